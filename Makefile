@@ -1,0 +1,49 @@
+# Two entry points: `make demo` and `make test`. Both are idempotent and set up a fresh
+# Debian 12 machine as root: system packages, the unprivileged accounts, the .venv.
+SHELL := /bin/bash
+VENV := .venv
+# Debian's interpreter: world-readable, so the sandbox account can execute it (a pyenv
+# interpreter under /root, mode 0700, cannot be run by anyone else).
+PYTHON := /usr/bin/python3
+SANDBOX_ACCOUNT := sandbox-kernel
+SANDBOX_UID := 65532
+# A second, non-root account: the tests run supervisors as it to prove the rootless paths.
+SUPERVISOR_ACCOUNT := sandbox-supervisor
+SUPERVISOR_UID := 65533
+APT_PACKAGES := bubblewrap nftables slirp4netns passt util-linux iproute2 libseccomp2 python3-venv
+
+.PHONY: demo test setup system accounts venv
+
+demo: setup
+	$(VENV)/bin/sandbox-kernel doctor
+
+test: setup
+	$(VENV)/bin/python -m pytest
+
+setup: system accounts venv
+
+system:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+accounts:
+	@getent group $(SANDBOX_ACCOUNT) >/dev/null || groupadd -g $(SANDBOX_UID) $(SANDBOX_ACCOUNT)
+	@id -u $(SANDBOX_ACCOUNT) >/dev/null 2>&1 || useradd -u $(SANDBOX_UID) -g $(SANDBOX_UID) -M -d /nonexistent -s /usr/sbin/nologin $(SANDBOX_ACCOUNT) 2>/dev/null
+	@getent group $(SUPERVISOR_ACCOUNT) >/dev/null || groupadd -g $(SUPERVISOR_UID) $(SUPERVISOR_ACCOUNT)
+	@id -u $(SUPERVISOR_ACCOUNT) >/dev/null 2>&1 || useradd -u $(SUPERVISOR_UID) -g $(SUPERVISOR_UID) -M -d /nonexistent -s /usr/sbin/nologin $(SUPERVISOR_ACCOUNT) 2>/dev/null
+
+venv: $(VENV)/.installed
+	@chmod -R a+rX $(VENV) sandbox_kernel
+	@setpriv --reuid=$(SANDBOX_UID) --regid=$(SANDBOX_UID) --clear-groups $(VENV)/bin/python -c "import sandbox_kernel" 2>/dev/null || \
+	  { echo "error: the sandbox account cannot run $(VENV)/bin/python; make the path to this repository world-traversable (chmod o+x on each parent directory)"; exit 1; }
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@

@@ -1,0 +1,111 @@
+"""Operator configuration the Jupyter way: ``c.SandboxPolicyConfig.<trait>`` in any Jupyter
+config file, or a ``policy_file``. Every trait defaults to "not set" (None): the value then
+comes from the policy file, else from the secure default. Invalid values raise at startup
+with the trait's name.
+"""
+
+from __future__ import annotations
+
+import os
+
+from traitlets import Bool, Enum, Float, Int, List, Unicode, Union
+from traitlets.config import Config, Configurable
+
+from .policy import PolicyError, SandboxPolicy, load_policy_file, policy_from_dict, secure_default
+
+_D = secure_default()
+_SIZE = lambda default, what: Union([Int(), Unicode()], default_value=None, allow_none=True,  # noqa: E731
+                                    help=f"{what}. Bytes, or a string like '512M'/'2G', or 'unlimited'. Secure default: {default}.").tag(config=True)
+_COUNT = lambda default, what: Union([Int(), Unicode()], default_value=None, allow_none=True,  # noqa: E731
+                                     help=f"{what}, or 'unlimited'. Secure default: {default}.").tag(config=True)
+
+# trait name -> policy path
+TRAIT_FIELDS = {
+    "enabled": ("enabled",), "on_unavailable": ("on_unavailable",),
+    "cpu_seconds": ("resources", "cpu_seconds"), "memory_bytes": ("resources", "memory_bytes"),
+    "max_processes": ("resources", "max_processes"), "max_open_files": ("resources", "max_open_files"),
+    "max_file_size_bytes": ("resources", "max_file_size_bytes"), "max_output_bytes": ("resources", "max_output_bytes"),
+    "wall_seconds": ("resources", "wall_seconds"),
+    "filesystem_mode": ("filesystem", "mode"), "read_only_paths": ("filesystem", "read_only_paths"),
+    "scratch_bytes": ("filesystem", "scratch_bytes"),
+    "network_mode": ("network", "mode"), "network_allow": ("network", "allow"), "block_metadata": ("network", "block_metadata"),
+    "privilege_mode": ("privilege", "mode"), "uid": ("privilege", "uid"), "gid": ("privilege", "gid"),
+}
+FIELD_TRAITS = {".".join(v): k for k, v in TRAIT_FIELDS.items()}
+
+
+class SandboxPolicyConfig(Configurable):
+    """The operator's sandbox policy. Per-kernel (kernelspec) and per-cell options can only
+    tighten it."""
+
+    policy_file = Unicode(None, allow_none=True, help="A JSON or TOML policy file (contract 3.1). Traits set here override its values.").tag(config=True)
+    enabled = Bool(None, allow_none=True, help="Sandbox kernels at all. Secure default: True.").tag(config=True)
+    on_unavailable = Enum(["fail", "degrade"], default_value=None, allow_none=True,
+                          help="'fail': refuse to start when any layer cannot be enforced; 'degrade': start and report each gap. Secure default: 'fail'.").tag(config=True)
+    cpu_seconds = _COUNT(_D.resources.cpu_seconds, "CPU seconds per process (RLIMIT_CPU)")
+    memory_bytes = _SIZE("512M", "Memory for the whole sandbox (cgroup), else per process (RLIMIT_AS)")
+    max_processes = _COUNT(_D.resources.max_processes, "Processes/threads the sandbox may hold")
+    max_open_files = _COUNT(_D.resources.max_open_files, "Open files per process")
+    max_file_size_bytes = _SIZE("256M", "Largest file a process may write")
+    max_output_bytes = _SIZE("5M", "Output bytes kept per run or cell before it is cut off")
+    wall_seconds = Union([Float(), Unicode()], default_value=None, allow_none=True,
+                         help="Wall-clock limit per run, seconds, or 'unlimited'. Secure default: unlimited.").tag(config=True)
+    filesystem_mode = Enum(["off", "scratch-only", "scratch-plus-ro"], default_value=None, allow_none=True,
+                           help="What the sandbox sees. Secure default: 'scratch-plus-ro'.").tag(config=True)
+    read_only_paths = List(Unicode(), default_value=None, allow_none=True, help="Extra absolute host paths visible read-only (scratch-plus-ro).").tag(config=True)
+    scratch_bytes = _SIZE("1G", "Size of the private scratch dir and of /tmp")
+    network_mode = Enum(["deny", "allowlist", "unrestricted"], default_value=None, allow_none=True,
+                        help="Network policy. Secure default: 'deny'.").tag(config=True)
+    network_allow = List(Unicode(), default_value=None, allow_none=True,
+                         help="Allowed destinations for 'allowlist': 'IP', 'CIDR', 'IP:port', '[v6]:port'.").tag(config=True)
+    block_metadata = Bool(None, allow_none=True, help="Always block cloud metadata and link-local ranges. Secure default: True.").tag(config=True)
+    privilege_mode = Enum(["inherit", "drop-to-uid"], default_value=None, allow_none=True,
+                          help="Secure default: 'drop-to-uid' (the sandbox account when uid is unset).").tag(config=True)
+    uid = Int(None, allow_none=True, help="uid sandboxed code runs as under a root supervisor.").tag(config=True)
+    gid = Int(None, allow_none=True, help="gid sandboxed code runs as under a root supervisor.").tag(config=True)
+
+    def overrides(self) -> dict:
+        """The policy keys set through traits, as a partial policy dict."""
+        out: dict = {}
+        for trait, path in TRAIT_FIELDS.items():
+            value = getattr(self, trait)
+            if value is None:
+                continue
+            node = out
+            for key in path[:-1]:
+                node = node.setdefault(key, {})
+            node[path[-1]] = value
+        return out
+
+    def policy(self) -> SandboxPolicy:
+        """Secure default <- policy_file <- traits. Raises PolicyError naming the trait."""
+        base = secure_default()
+        if self.policy_file:
+            base = load_policy_file(os.path.expanduser(self.policy_file))
+        try:
+            return policy_from_dict(self.overrides(), base)
+        except PolicyError as e:
+            cls = type(self).__name__
+            raise PolicyError([(f"c.{cls}.{FIELD_TRAITS[f]}" if f in FIELD_TRAITS else f, m) for f, m in e.problems]) from None
+
+
+CONFIG_BASENAME = "jupyter_sandbox_kernel_config"
+
+
+def load_jupyter_config(basenames: tuple[str, ...] = (CONFIG_BASENAME,)) -> Config:
+    """Read ``<basename>.py``/``.json`` from every Jupyter config dir (lowest priority first)."""
+    from jupyter_core.paths import jupyter_config_path
+    from traitlets.config.loader import JSONFileConfigLoader, PyFileConfigLoader
+
+    config = Config()
+    for directory in reversed(jupyter_config_path()):
+        for base in basenames:
+            for loader_cls, ext in ((JSONFileConfigLoader, ".json"), (PyFileConfigLoader, ".py")):
+                path = os.path.join(directory, base + ext)
+                if os.path.isfile(path):
+                    config.merge(loader_cls(base + ext, path=directory).load_config())
+    return config
+
+
+def operator_policy(config: Config | None = None) -> SandboxPolicy:
+    return SandboxPolicyConfig(config=config if config is not None else load_jupyter_config()).policy()

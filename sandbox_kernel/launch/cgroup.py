@@ -1,0 +1,136 @@
+"""Per-run cgroups: create, limit, join (from the child before exec), kill, remove.
+
+v1 (a hierarchy per controller, as on hosts without systemd) and v2 (one hierarchy) are both
+handled. Cgroups are created as siblings under ``<root>/`` (the probe made ``root``), never
+inside the supervisor's own cgroup, so a run's memory cap does not share the supervisor's.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from ..planner.resources import CgroupPlan
+
+
+class CgroupError(RuntimeError):
+    pass
+
+
+@dataclass
+class RunCgroups:
+    paths: list[str] = field(default_factory=list)  # one per controller (v1) or one (v2)
+    memory_path: str | None = None
+
+    def join_fds(self) -> list[int]:
+        """Open cgroup.procs files for the child to write ``0`` into (itself) before exec."""
+        return [os.open(os.path.join(p, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC) for p in self.paths]
+
+    def pids(self) -> set[int]:
+        found: set[int] = set()
+        for p in self.paths:
+            try:
+                with open(os.path.join(p, "cgroup.procs")) as f:
+                    found.update(int(x) for x in f.read().split())
+            except OSError:
+                continue
+        return found
+
+    def oom_killed(self) -> bool:
+        if self.memory_path is None:
+            return False
+        for name, key in (("memory.events", "oom_kill"), ("memory.oom_control", "oom_kill")):
+            try:
+                with open(os.path.join(self.memory_path, name)) as f:
+                    for line in f:
+                        k, _, v = line.partition(" ")
+                        if k == key and int(v) > 0:
+                            return True
+            except OSError:
+                continue
+        return False
+
+    def signal_all(self, sig: int) -> None:
+        for pid in self.pids():
+            _kill(pid, sig)
+
+    def kill_all(self, settle: float = 2.0) -> None:
+        """SIGKILL every process in the run's cgroups until none is left (v1 has no cgroup.kill,
+        and a fork bomb may add processes while we kill)."""
+        kill_files = [os.path.join(p, "cgroup.kill") for p in self.paths]
+        deadline = time.monotonic() + settle
+        while True:
+            for k in kill_files:
+                if os.path.exists(k):
+                    with open(k, "w") as f:
+                        f.write("1")
+            pids = self.pids()
+            if not pids or time.monotonic() > deadline:
+                return
+            for pid in pids:
+                _kill(pid, signal.SIGKILL)
+            time.sleep(0.01)
+
+    def remove(self) -> None:
+        for p in self.paths:
+            for _ in range(200):
+                try:
+                    os.rmdir(p)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    # Exiting processes may linger a moment in cgroup.procs.
+                    self.kill_all(settle=0.05)
+                    time.sleep(0.01)
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def create(plan: CgroupPlan) -> RunCgroups:
+    name = f"run-{uuid.uuid4().hex[:12]}"
+    cg = RunCgroups()
+    try:
+        if plan.version == 1:
+            if plan.memory_bytes is not None:
+                path = os.path.join(plan.memory_root, name)
+                os.mkdir(path)
+                cg.paths.append(path)
+                cg.memory_path = path
+                _write(path, "memory.limit_in_bytes", plan.memory_bytes)
+                if os.path.exists(os.path.join(path, "memory.memsw.limit_in_bytes")):
+                    _write(path, "memory.memsw.limit_in_bytes", plan.memory_bytes)  # no escape into swap
+            if plan.pids_max is not None:
+                path = os.path.join(plan.pids_root, name)
+                os.mkdir(path)
+                cg.paths.append(path)
+                _write(path, "pids.max", plan.pids_max)
+        else:
+            root = plan.memory_root or plan.pids_root
+            path = os.path.join(root, name)
+            os.mkdir(path)
+            cg.paths.append(path)
+            if plan.memory_bytes is not None:
+                cg.memory_path = path
+                _write(path, "memory.max", plan.memory_bytes)
+                if os.path.exists(os.path.join(path, "memory.swap.max")):
+                    _write(path, "memory.swap.max", 0)
+            if plan.pids_max is not None:
+                _write(path, "pids.max", plan.pids_max)
+    except OSError as e:
+        cg.remove()
+        raise CgroupError(f"could not set up the run's cgroup: {e}") from None
+    return cg
+
+
+def _write(path: str, name: str, value) -> None:
+    with open(os.path.join(path, name), "w") as f:
+        f.write(str(value))

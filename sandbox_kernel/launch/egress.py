@@ -1,0 +1,121 @@
+"""Allowlisted egress: a network namespace the supervisor owns, filtered, then plumbed.
+
+Order matters (rule "filter before link"): the holder process creates the namespace, the nft
+ruleset is loaded into it from outside, and only then does slirp4netns attach ``tap0``. The
+untrusted process joins last, inside a nested user namespace with no capabilities, so it can
+neither change the rules nor leave the namespace. Every step fails closed: an error here means
+the run does not start.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+from ..planner.network import EgressPlan
+
+
+class EgressError(RuntimeError):
+    """Egress plumbing could not be brought up; nothing untrusted was started."""
+
+
+READY_TIMEOUT = 5.0
+
+
+@dataclass
+class EgressHandle:
+    holder: subprocess.Popen
+    slirp: subprocess.Popen | None = None
+    exit_fd: int | None = None  # write end: closing it (or our death) stops slirp4netns
+    join_prefix: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def close(self) -> None:
+        if self.exit_fd is not None:
+            os.close(self.exit_fd)
+            self.exit_fd = None
+        for proc in (self.slirp, self.holder):
+            if proc is None or proc.poll() is not None:
+                continue
+            proc.kill()
+        for proc in (self.slirp, self.holder):
+            if proc is not None:
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:  # pragma: no cover - kill cannot be ignored
+                    pass
+                for stream in (proc.stdin, proc.stdout, proc.stderr):
+                    if stream:
+                        stream.close()
+
+
+def _ns_enter(egress: EgressPlan, holder_pid: int) -> list[str]:
+    if egress.rootless:
+        # Enter the holder's user namespace too: that is where CAP_NET_ADMIN over the netns lives.
+        return [egress.nsenter, "--preserve-credentials", "--user", "--net", f"--target={holder_pid}", "--"]
+    return [egress.nsenter, f"--net=/proc/{holder_pid}/ns/net", "--"]
+
+
+def _read_line(stream, timeout: float) -> str:
+    ready, _, _ = select.select([stream], [], [], timeout)
+    if not ready:
+        return ""
+    return stream.readline().decode(errors="replace").strip()
+
+
+def bring_up(egress: EgressPlan) -> EgressHandle:
+    """Create the namespace, load the ruleset, attach slirp4netns. Returns a handle whose
+    ``join_prefix`` puts a command into the namespace. Raises :class:`EgressError`."""
+    t0 = time.monotonic()
+    holder_cmd = [egress.unshare, "--net"]
+    if egress.rootless:
+        holder_cmd += ["--user", "--map-root-user"]
+    # The holder lives until its stdin closes: when the supervisor exits for any reason the
+    # namespace goes away with it.
+    holder_cmd += ["--", "/bin/sh", "-c", "echo ready; exec cat >/dev/null"]
+    holder = subprocess.Popen(
+        holder_cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, close_fds=True
+    )
+    handle = EgressHandle(holder=holder)
+    try:
+        if _read_line(holder.stdout, READY_TIMEOUT) != "ready":
+            holder.kill()
+            err = holder.stderr.read().decode(errors="replace").strip()
+            raise EgressError(f"could not create the network namespace ({' '.join(holder_cmd[:4])}): {err or 'no answer'}")
+        handle.timings["namespace"] = time.monotonic() - t0
+        enter = _ns_enter(egress, holder.pid)
+        load = subprocess.run(enter + [egress.nft, "-f", "-"], input=egress.ruleset.encode(), capture_output=True)
+        if load.returncode != 0:
+            raise EgressError(f"nft could not load the egress ruleset: {load.stderr.decode(errors='replace').strip()}")
+        handle.timings["ruleset"] = time.monotonic() - t0
+        ready_r, ready_w = os.pipe()
+        exit_r, exit_w = os.pipe()
+        slirp_cmd = [egress.slirp4netns, "--configure", "--mtu=65520", f"--ready-fd={ready_w}", f"--exit-fd={exit_r}"]
+        slirp_cmd += egress.slirp_flags + [str(holder.pid), "tap0"]
+        try:
+            slirp = subprocess.Popen(
+                slirp_cmd, pass_fds=(ready_w, exit_r), stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            )
+        finally:
+            os.close(ready_w)
+            os.close(exit_r)
+        handle.slirp, handle.exit_fd = slirp, exit_w
+        try:
+            ready, _, _ = select.select([ready_r], [], [], READY_TIMEOUT)
+            ok = bool(ready) and os.read(ready_r, 1) == b"1"
+        finally:
+            os.close(ready_r)
+        if not ok:
+            slirp.kill()
+            err = slirp.stderr.read().decode(errors="replace").strip()
+            raise EgressError(f"slirp4netns did not come up: {err or 'timed out'}")
+        handle.timings["plumbed"] = time.monotonic() - t0
+        handle.join_prefix = enter
+        return handle
+    except BaseException:
+        handle.close()
+        raise

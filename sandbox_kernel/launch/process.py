@@ -1,0 +1,285 @@
+"""Carry out a Plan: stage files, bring up egress, create cgroups, spawn, stream, kill, clean.
+
+All OS work lives here and in its siblings (egress, cgroup, seccomp_bpf); nothing here decides
+policy. Every path (success, refusal, timeout, exception) ends in :meth:`SandboxProcess.close`,
+which kills the whole tree and removes the staging dir, cgroups and namespace.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..planner import FD_PLACEHOLDER, Plan
+from . import cgroup as cgroups_mod
+from .egress import EgressHandle, bring_up
+from .seccomp_bpf import filter_fd
+
+TERM_GRACE = 0.5  # seconds between SIGTERM to the sandbox's processes and SIGKILL
+READ_CHUNK = 65536
+DEFAULT_RETAIN = 16 * 1024 * 1024  # bytes kept in memory when the policy sets no output cap
+
+
+def truncation_marker(limit: int) -> bytes:
+    return f"\n[sandbox-kernel: output truncated at {limit} bytes; the run was stopped]\n".encode()
+
+
+def make_staging_dir() -> str:
+    return tempfile.mkdtemp(prefix="sandbox-kernel-run-")
+
+
+def stage(plan: Plan) -> None:
+    """Write the plan's staged files, readable by the sandbox uid only."""
+    _, uid, gid = plan.run_as
+    d = plan.staging_dir
+    for name, content in plan.staged_files.items():
+        path = os.path.join(d, name)
+        with open(path, "w") as f:
+            f.write(content)
+        os.chmod(path, 0o444)
+    if os.geteuid() == 0 and plan.sandboxed:
+        os.chown(d, uid, gid)
+    os.chmod(d, 0o700)
+
+
+@dataclass
+class SandboxProcess:
+    plan: Plan
+    popen: subprocess.Popen | None = None
+    egress: EgressHandle | None = None
+    cgroups: cgroups_mod.RunCgroups | None = None
+    seccomp_fd: int | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    killed_reason: str | None = None
+    _closed: bool = False
+
+    @property
+    def pid(self) -> int | None:
+        return self.popen.pid if self.popen else None
+
+    def poll(self) -> int | None:
+        return self.popen.poll() if self.popen else None
+
+    def kill_tree(self, reason: str | None = None, grace: float = TERM_GRACE) -> None:
+        """SIGTERM the sandbox's processes, then SIGKILL the whole tree. Killing the outer bwrap
+        takes its pid namespace down with it (--die-with-parent on pid 1); the process group
+        and the cgroups catch anything else."""
+        if reason and self.killed_reason is None:
+            self.killed_reason = reason
+        if self.popen is None:
+            return
+        if self.popen.poll() is None and grace > 0 and self.cgroups is not None:
+            outer = self.popen.pid
+            for pid in self.cgroups.pids() - {outer}:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+            try:
+                self.popen.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                pass
+        for target in (lambda s: os.killpg(self.popen.pid, s), lambda s: self.popen.send_signal(s)):
+            try:
+                target(signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if self.cgroups is not None:
+            self.cgroups.kill_all()
+        try:
+            self.popen.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL cannot be ignored
+            pass
+
+    def close(self) -> None:
+        """Kill anything left and remove every trace of the run. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        t0 = time.monotonic()
+        try:
+            if self.popen is not None:
+                if self.popen.poll() is None:
+                    self.kill_tree(grace=0)
+                elif self.cgroups is not None:
+                    self.cgroups.kill_all(settle=0.5)
+                try:  # stray members of our process group (unsandboxed, degraded runs)
+                    os.killpg(self.popen.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+                for stream in (self.popen.stdin, self.popen.stdout, self.popen.stderr):
+                    if stream:
+                        stream.close()
+        finally:
+            if self.egress is not None:
+                self.egress.close()
+            if self.cgroups is not None:
+                self.cgroups.remove()
+            if self.seccomp_fd is not None:
+                os.close(self.seccomp_fd)
+                self.seccomp_fd = None
+            shutil.rmtree(self.plan.staging_dir, ignore_errors=True)
+            self.timings["teardown"] = time.monotonic() - t0
+
+
+def start(plan: Plan, *, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+          pass_fds: tuple[int, ...] = ()) -> SandboxProcess:
+    """Stage, plumb and spawn. On any failure everything set up so far is torn down and the
+    error propagates: nothing untrusted has run."""
+    proc = SandboxProcess(plan)
+    t0 = time.monotonic()
+    try:
+        stage(plan)
+        argv = list(plan.argv)
+        fds = list(pass_fds)
+        if plan.seccomp is not None:
+            proc.seccomp_fd = filter_fd(plan.seccomp)
+            os.set_inheritable(proc.seccomp_fd, True)
+            argv = [str(proc.seccomp_fd) if a == FD_PLACEHOLDER else a for a in argv]
+            fds.append(proc.seccomp_fd)
+        if plan.egress is not None:
+            proc.egress = bring_up(plan.egress)
+            argv = proc.egress.join_prefix + argv
+            proc.timings["egress"] = time.monotonic() - t0
+        preexec = None
+        if plan.cgroup is not None:
+            proc.cgroups = cgroups_mod.create(plan.cgroup)
+            join = proc.cgroups.join_fds()
+
+            def preexec():  # in the child, before exec: "0" moves the writer itself
+                for fd in join:
+                    os.write(fd, b"0")
+        else:
+            join = []
+        try:
+            proc.popen = subprocess.Popen(
+                argv, env=plan.env, cwd="/", stdin=stdin, stdout=stdout, stderr=stderr,
+                pass_fds=tuple(fds), start_new_session=True, preexec_fn=preexec,
+            )
+        finally:
+            for fd in join:
+                os.close(fd)
+        proc.timings["setup"] = time.monotonic() - t0
+        return proc
+    except BaseException:
+        proc.close()
+        raise
+
+
+@dataclass
+class RunResult:
+    exit_code: int | None
+    signal: int | None
+    timed_out: bool
+    truncated: bool
+    killed_reason: str | None
+    stdout: bytes
+    stderr: bytes
+    durations: dict[str, float]
+    report: dict
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out and not self.truncated
+
+
+OutputCallback = Callable[[str, bytes], None]
+
+
+def communicate(proc: SandboxProcess, *, timeout: float | None = None, on_output: OutputCallback | None = None,
+                retain: int | None = None, stdin_data: bytes | None = None,
+                interrupted: Callable[[], bool] | None = None) -> RunResult:
+    """Stream the run's output against one combined byte budget, enforce the wall clock,
+    then tear the run down and describe what happened."""
+    plan, popen = proc.plan, proc.popen
+    cap = plan.max_output_bytes
+    limits = [t for t in (timeout, plan.wall_seconds) if t is not None]
+    wall = min(limits) if limits else None
+    keep = retain if retain is not None else (cap if cap is not None else DEFAULT_RETAIN)
+    kept = {"stdout": bytearray(), "stderr": bytearray()}
+    total = 0
+    truncated = timed_out = False
+    t0 = time.monotonic()
+    deadline = t0 + wall if wall is not None else None
+    if stdin_data is not None and popen.stdin:
+        try:
+            popen.stdin.write(stdin_data)
+        except BrokenPipeError:
+            pass
+        popen.stdin.close()
+
+    sel = selectors.DefaultSelector()
+    for name in ("stdout", "stderr"):
+        stream = getattr(popen, name)
+        if stream is not None:
+            os.set_blocking(stream.fileno(), False)
+            sel.register(stream, selectors.EVENT_READ, name)
+
+    def emit(name: str, data: bytes) -> None:
+        room = max(0, keep - len(kept["stdout"]) - len(kept["stderr"]))
+        kept[name] += data[:room]
+        if on_output is not None:
+            on_output(name, data)
+
+    drain_until = None  # after the main process is gone, read what is left for at most 1 s
+    try:
+        while sel.get_map():
+            wait = 0.1
+            if deadline is not None:
+                wait = min(wait, max(0.0, deadline - time.monotonic()))
+            for key, _ in sel.select(wait):
+                try:
+                    chunk = os.read(key.fileobj.fileno(), READ_CHUNK)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    sel.unregister(key.fileobj)
+                    continue
+                if cap is not None and total + len(chunk) > cap:
+                    emit(key.data, chunk[: cap - total])
+                    total = cap
+                    truncated = True
+                    emit(key.data, truncation_marker(cap))
+                    proc.kill_tree("output-cap", grace=0)
+                    for k in list(sel.get_map().values()):
+                        sel.unregister(k.fileobj)
+                    break
+                total += len(chunk)
+                emit(key.data, chunk)
+            now = time.monotonic()
+            if deadline is not None and now >= deadline and popen.poll() is None:
+                timed_out = True
+                proc.kill_tree("timeout")
+                deadline = None
+            if interrupted is not None and popen.poll() is None and interrupted():
+                proc.kill_tree("interrupted")
+            if popen.poll() is not None:
+                drain_until = drain_until or time.monotonic() + 1.0
+                if time.monotonic() >= drain_until:
+                    break
+        popen.wait()
+    finally:
+        sel.close()
+        run_seconds = time.monotonic() - t0
+        oom = proc.cgroups.oom_killed() if proc.cgroups is not None else False
+        proc.close()
+    if oom and proc.killed_reason is None:
+        proc.killed_reason = "oom"
+    rc = popen.returncode
+    sig = -rc if rc is not None and rc < 0 else (rc - 128 if plan.sandboxed and rc is not None and rc > 128 else None)
+    durations = {"setup": proc.timings.get("setup", 0.0), "run": run_seconds, "teardown": proc.timings.get("teardown", 0.0)}
+    report = plan.report.to_dict()
+    report["outcome"] = {
+        "exit_code": rc, "signal": sig, "timed_out": timed_out, "output_truncated": truncated,
+        "killed_reason": proc.killed_reason, "oom_killed": oom,
+        "durations": {k: round(v, 4) for k, v in durations.items()},
+    }
+    return RunResult(rc, sig, timed_out, truncated, proc.killed_reason, bytes(kept["stdout"]),
+                     bytes(kept["stderr"]), durations, report)

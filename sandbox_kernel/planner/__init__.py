@@ -1,0 +1,126 @@
+"""``plan(policy, capabilities, spec) -> Plan``: the one place that decides how a process is
+confined. Pure: no subprocess, no file I/O, no globals. The launch shell carries a Plan out.
+
+Argv shape, outer to inner::
+
+    [setpriv --reuid ...]  bwrap <namespaces> <mounts> --seccomp FD --  [prlimit ... --]  cmd...
+
+(the launch shell may put ``nsenter`` in front to join an allowlisted network namespace).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal, Mapping
+
+from ..capabilities import HostCapabilities
+from ..policy import SandboxPolicy
+from ..report import Downgrade, EffectiveSandbox, LayerState, Note, SandboxUnavailable
+from .env import plan_env
+from .filesystem import plan_filesystem
+from .network import EgressPlan, plan_network
+from .privilege import plan_privilege
+from .resources import CgroupPlan, plan_resources
+from .seccomp import FD_PLACEHOLDER, SeccompPlan, plan_seccomp
+
+__all__ = ["RunSpec", "Plan", "plan", "EgressPlan", "CgroupPlan", "SeccompPlan", "FD_PLACEHOLDER"]
+
+Runtime = Literal["python", "shell", "node", "other"]
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What is being run, and what it needs from the host."""
+
+    argv: tuple[str, ...]
+    staging_dir: str  # host dir (private to the run) where the launch shell writes staged files
+    runtime: Runtime = "other"
+    scope: Literal["kernel", "cell"] = "cell"
+    scratch_dir: str = "/scratch"  # in-sandbox path of the private, sized scratch tmpfs
+    runtime_paths: tuple[str, ...] = ()  # read-only even under scratch-only: the interpreter's env
+    rw_paths: tuple[str, ...] = ()  # host paths bound read-write (e.g. a kernel's ipc dir)
+    cwd: str | None = None  # default: the scratch dir
+    env: Mapping[str, str] = field(default_factory=dict)  # caller overrides, filtered
+    sandbox_env: Mapping[str, str] = field(default_factory=dict)  # set by our own code, trusted
+    host_env: Mapping[str, str] = field(default_factory=dict)  # supervisor env; only locale is read
+
+
+@dataclass(frozen=True)
+class Plan:
+    argv: tuple[str, ...]  # may contain FD_PLACEHOLDER, replaced by the launch shell
+    env: dict[str, str]
+    cwd: str
+    staged_files: dict[str, str]  # name -> content, written under spec.staging_dir
+    staging_dir: str
+    egress: EgressPlan | None
+    cgroup: CgroupPlan | None
+    seccomp: SeccompPlan | None
+    run_as: tuple[str, int, int]
+    max_output_bytes: int | None
+    wall_seconds: float | None
+    report: EffectiveSandbox
+    sandboxed: bool = True
+
+
+def _disabled_plan(policy: SandboxPolicy, caps: HostCapabilities, spec: RunSpec) -> Plan:
+    layers = {name: LayerState("not-requested", None) for name in ("filesystem", "network", "resources", "privilege", "env", "seccomp")}
+    report = EffectiveSandbox(spec.scope, policy.to_dict(), layers, notes=[Note("policy", "sandbox disabled by policy (enabled: false)")], platform=caps.platform)
+    env = {**spec.host_env, **spec.env, **spec.sandbox_env}
+    return Plan(tuple(spec.argv), env, spec.cwd or "/", {}, spec.staging_dir, None, None, None,
+                (caps.user_name, caps.euid, caps.egid), None, None, report, sandboxed=False)
+
+
+def plan(policy: SandboxPolicy, caps: HostCapabilities, spec: RunSpec) -> Plan:
+    """Decide the whole confinement of one run. Raises :class:`SandboxUnavailable` (before
+    anything runs) when a requested layer cannot be enforced and ``on_unavailable`` is fail."""
+    if not policy.enabled:
+        return _disabled_plan(policy, caps, spec)
+
+    priv = plan_privilege(policy.privilege, caps)
+    net = plan_network(policy.network, caps)
+    user, uid, gid = priv.run_as
+    scratch = spec.scratch_dir if policy.filesystem.mode != "off" else (spec.cwd or "/tmp")
+    fs = plan_filesystem(
+        policy.filesystem, caps, staging_dir=spec.staging_dir, scratch_dir=spec.scratch_dir,
+        runtime_paths=spec.runtime_paths, rw_paths=spec.rw_paths, cwd=spec.cwd, run_as=priv.run_as,
+        nameserver=net.nameserver,
+    )
+    res = plan_resources(policy.resources, caps, spec.runtime, in_userns=caps.bwrap.ok)
+    sec = plan_seccomp(caps)
+    sandbox_set = {"HOME": scratch, "TMPDIR": "/tmp", "USER": user, "LOGNAME": user, "SHELL": "/bin/sh", **spec.sandbox_env}
+    env = plan_env(spec.host_env, spec.env, sandbox_set)
+
+    layers = {"filesystem": fs.layer, "network": net.layer, "resources": res.layer,
+              "privilege": priv.layer, "env": env.layer, "seccomp": sec.layer}
+    downgrades: list[Downgrade] = priv.downgrades + fs.downgrades + net.downgrades + res.downgrades + sec.downgrades
+    notes: list[Note] = priv.notes + net.notes + res.notes
+    report = EffectiveSandbox(spec.scope, policy.to_dict(), layers, downgrades, notes, caps.platform)
+    if downgrades and policy.on_unavailable == "fail":
+        raise SandboxUnavailable(downgrades, report)
+
+    argv: list[str] = list(priv.prefix)
+    if caps.bwrap.ok:
+        argv += [caps.tool("bwrap"), "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+                 "--unshare-cgroup-try", net.bwrap_flag, "--die-with-parent", "--new-session",
+                 "--cap-drop", "ALL", "--hostname", "sandbox"]
+        if sec.plan is not None:
+            # Cell sandboxes are started from outside, so nothing inside needs a user namespace.
+            argv += ["--disable-userns"]
+        if net.egress is not None and net.egress.rootless:
+            # Inside the holder's user namespace we are "root"; map back to our real uid.
+            argv += ["--uid", str(uid), "--gid", str(gid)]
+        argv += fs.mounts
+        if sec.plan is not None:
+            argv += ["--seccomp", FD_PLACEHOLDER]
+        argv += ["--"]
+    argv += res.prlimit + list(spec.argv)
+    staged = fs.staged
+    return Plan(
+        argv=tuple(argv), env=env.env, cwd=fs.cwd, staged_files=staged, staging_dir=spec.staging_dir,
+        egress=net.egress, cgroup=res.cgroup, seccomp=sec.plan, run_as=priv.run_as,
+        max_output_bytes=res.max_output_bytes, wall_seconds=res.wall_seconds, report=report,
+    )
+
+
+def with_staging_dir(spec: RunSpec, staging_dir: str) -> RunSpec:
+    return replace(spec, staging_dir=staging_dir)

@@ -1,0 +1,119 @@
+"""Filesystem layer: the mount table of the sandbox, as bwrap arguments.
+
+``scratch-plus-ro``: system paths read-only, a curated ``/etc`` (host files programs need plus
+staged passwd/group/hosts/resolv.conf), the caller's runtime paths and the policy's
+``read_only_paths`` read-only, a private sized tmpfs for ``/tmp`` and for the scratch dir.
+Never ``/home``, ``/root``, ``/srv``, ``/opt``, ``/var``, ``/run`` of the host.
+``scratch-only``: the same minus ``read_only_paths`` and the curated host ``/etc`` files.
+``off``: the host root is bound read-write (nothing confined; still a fresh /proc and /dev).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..capabilities import HostCapabilities
+from ..policy import FilesystemPolicy
+from ..report import Downgrade, LayerState
+
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+
+# Host /etc entries a program may legitimately need. Everything else in /etc (shadow, ssh
+# keys, mounted secrets, the host's passwd) stays invisible.
+CURATED_ETC = (
+    "alternatives", "ca-certificates", "ca-certificates.conf", "ssl", "ld.so.cache", "ld.so.conf",
+    "ld.so.conf.d", "localtime", "timezone", "protocols", "services", "mime.types", "host.conf",
+    "gai.conf", "os-release", "debian_version", "bash.bashrc", "profile", "inputrc", "magic",
+    "python3", "python3.11", "fonts", "matplotlibrc",
+)
+# Always needed to run anything at all (dynamic loader cache).
+MINIMAL_ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives")
+# Written by the launch shell from plan data: never the host's copies.
+STAGED_ETC = ("passwd", "group", "hosts", "hostname", "nsswitch.conf", "resolv.conf")
+
+
+@dataclass
+class FilesystemDecision:
+    mounts: list[str]
+    cwd: str
+    layer: LayerState
+    staged: dict[str, str] = field(default_factory=dict)
+    downgrades: list[Downgrade] = field(default_factory=list)
+
+
+def _system_mounts(caps: HostCapabilities) -> list[str]:
+    args: list[str] = []
+    for path in SYSTEM_DIRS:
+        kind = caps.host_layout.get(path)
+        if kind is None:
+            continue
+        if kind == "dir":
+            args += ["--ro-bind", path, path]
+        else:  # a merged-/usr symlink such as /bin -> usr/bin
+            args += ["--symlink", kind, path]
+    return args
+
+
+def _staged_files(user: str, uid: int, gid: int, home: str, nameserver: str | None) -> dict[str, str]:
+    return {
+        "passwd": (
+            "root:x:0:0:root:/nonexistent:/usr/sbin/nologin\n"
+            f"{user}:x:{uid}:{gid}:sandboxed code:{home}:/bin/sh\n"
+            "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+        ),
+        "group": f"root:x:0:\n{user}:x:{gid}:\nnogroup:x:65534:\n",
+        "hosts": "127.0.0.1 localhost sandbox\n::1 localhost ip6-localhost ip6-loopback\n",
+        "hostname": "sandbox\n",
+        "nsswitch.conf": "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\nservices: files\nprotocols: files\n",
+        "resolv.conf": f"nameserver {nameserver}\n" if nameserver else "# name resolution is not available in this sandbox\n",
+    }
+
+
+def plan_filesystem(
+    fs: FilesystemPolicy,
+    caps: HostCapabilities,
+    *,
+    staging_dir: str,
+    scratch_dir: str,
+    runtime_paths: tuple[str, ...],
+    rw_paths: tuple[str, ...],
+    cwd: str | None,
+    run_as: tuple[str, int, int],
+    nameserver: str | None,
+) -> FilesystemDecision:
+    if not caps.bwrap.ok:
+        reason = f"filesystem confinement needs bwrap, which is unavailable: {caps.bwrap.error}"
+        state = "not-requested" if fs.mode == "off" else "degraded"
+        downgrades = [] if fs.mode == "off" else [Downgrade("filesystem", reason + "; host filesystem fully visible")]
+        return FilesystemDecision([], cwd or "/", LayerState(state, None), downgrades=downgrades)
+
+    if fs.mode == "off":
+        mounts = ["--bind", "/", "/", "--proc", "/proc", "--dev", "/dev"]
+        mounts += [a for p in rw_paths for a in ("--bind", p, p)]
+        return FilesystemDecision(mounts, cwd or "/tmp", LayerState("not-requested", "host root (read-write)"))
+
+    user, uid, gid = run_as
+    staged = _staged_files(user, uid, gid, scratch_dir, nameserver)
+    etc = CURATED_ETC if fs.mode == "scratch-plus-ro" else MINIMAL_ETC
+    mounts = _system_mounts(caps)
+    mounts += [a for name in etc for a in ("--ro-bind-try", f"/etc/{name}", f"/etc/{name}")]
+    mounts += [a for name in STAGED_ETC for a in ("--ro-bind", f"{staging_dir}/{name}", f"/etc/{name}")]
+    # /tmp first: runtime, rw and scratch paths may live under /tmp and must land on top of it.
+    size = [] if fs.scratch_bytes is None else ["--size", str(fs.scratch_bytes)]
+    mounts += size + ["--tmpfs", "/tmp"]
+    ro_paths = tuple(runtime_paths) + (tuple(fs.read_only_paths) if fs.mode == "scratch-plus-ro" else ())
+    for p in ro_paths:
+        if not any(p == d or p.startswith(d + "/") for d in SYSTEM_DIRS):
+            mounts += ["--ro-bind-try", p, p]
+    mounts += size + ["--tmpfs", scratch_dir, "--chmod", "0700", scratch_dir]
+    for p in rw_paths:
+        mounts += ["--bind", p, p]
+    mounts += ["--proc", "/proc", "--dev", "/dev", "--chdir", cwd or scratch_dir]
+    detail = {
+        "mode": fs.mode,
+        "read_only": [d for d in SYSTEM_DIRS if caps.host_layout.get(d)] + ["/etc (curated)"] + list(ro_paths),
+        "writable": [scratch_dir, "/tmp"] + list(rw_paths),
+        "scratch_bytes": fs.scratch_bytes,
+        "proc": "private (own pid namespace)",
+    }
+    return FilesystemDecision(mounts, cwd or scratch_dir, LayerState("enforced", "bwrap", detail), staged=staged)

@@ -1,0 +1,123 @@
+"""Resources layer: one mechanism per control, and the report names the one actually used.
+
+- cpu, open files, file size: rlimits set by ``prlimit`` *inside* the sandbox.
+- processes: a pids cgroup where the host gives us one, plus RLIMIT_NPROC applied inside the
+  sandbox's fresh user namespace (applied outside it, the limit would count every process of
+  the uid, so one run's fork bomb would stop another run of the same uid from forking).
+- memory: a memory cgroup (v1 or v2) where available, else RLIMIT_AS for runtimes that
+  tolerate it (not Node/V8, which reserves huge address ranges), else a downgrade.
+- output and wall clock: enforced by the supervisor while it streams the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..capabilities import HostCapabilities
+from ..policy import ResourcesPolicy
+from ..report import Downgrade, LayerState, Note
+
+RLIMIT_AS_TOLERANT = ("python", "shell")
+# Headroom in the pids cgroup for bwrap's own two processes (monitor and pid 1).
+PIDS_OVERHEAD = 2
+
+
+@dataclass(frozen=True)
+class CgroupPlan:
+    version: int
+    memory_bytes: int | None
+    pids_max: int | None
+    memory_root: str | None
+    pids_root: str | None
+
+
+@dataclass
+class ResourcesDecision:
+    prlimit: list[str]  # argv run inside the sandbox before the command ("prlimit ... --"), or []
+    cgroup: CgroupPlan | None
+    max_output_bytes: int | None
+    wall_seconds: float | None
+    layer: LayerState
+    downgrades: list[Downgrade] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
+
+
+def plan_resources(res: ResourcesPolicy, caps: HostCapabilities, runtime: str, in_userns: bool) -> ResourcesDecision:
+    controls: dict[str, dict] = {}
+    downgrades: list[Downgrade] = []
+    notes: list[Note] = []
+    rlimit_flags: list[str] = []
+
+    def control(name: str, limit, mechanism: str | None, reason: str | None = None):
+        controls[name] = {"limit": limit, "mechanism": mechanism, "state": "enforced" if mechanism else "degraded"}
+        if reason:
+            downgrades.append(Downgrade("resources", f"{name}: {reason}"))
+
+    prlimit_ok = caps.prlimit.ok
+    for name, flag in (("cpu_seconds", "--cpu"), ("max_open_files", "--nofile"), ("max_file_size_bytes", "--fsize")):
+        limit = getattr(res, name)
+        if limit is None:
+            continue
+        if prlimit_ok:
+            rlimit_flags.append(f"{flag}={limit}")
+            control(name, limit, "rlimit")
+        else:
+            control(name, limit, None, f"needs prlimit, which is unavailable: {caps.prlimit.error}")
+
+    memory_cg = caps.cgroup_memory.ok
+    pids_cg = caps.cgroup_pids.ok
+    cgroup_memory = cgroup_pids = None
+
+    if res.max_processes is not None:
+        mechanisms = []
+        if pids_cg:
+            cgroup_pids = res.max_processes + PIDS_OVERHEAD
+            mechanisms.append(f"cgroup-v{caps.cgroup_pids.detail['version']}-pids")
+        if prlimit_ok and in_userns:
+            rlimit_flags.append(f"--nproc={res.max_processes}")
+            mechanisms.append("rlimit-nproc-in-userns")
+        if mechanisms:
+            control("max_processes", res.max_processes, "+".join(mechanisms))
+            if not pids_cg:
+                notes.append(Note("resources", "max_processes: no pids cgroup here; RLIMIT_NPROC in the sandbox's own user namespace is the only cap"))
+        else:
+            why = "no pids cgroup" + ("" if in_userns else " and no user namespace to scope RLIMIT_NPROC (a per-uid limit outside it would throttle other runs)")
+            control("max_processes", res.max_processes, None, why)
+
+    if res.memory_bytes is not None:
+        if memory_cg:
+            cgroup_memory = res.memory_bytes
+            control("memory_bytes", res.memory_bytes, f"cgroup-v{caps.cgroup_memory.detail['version']}-memory")
+        elif prlimit_ok and runtime in RLIMIT_AS_TOLERANT:
+            rlimit_flags.append(f"--as={res.memory_bytes}")
+            control("memory_bytes", res.memory_bytes, "rlimit-as")
+            notes.append(Note("resources", "memory_bytes: no memory cgroup here; RLIMIT_AS caps each process's address space, not the sandbox total"))
+        else:
+            why = f"no memory cgroup ({caps.cgroup_memory.error})"
+            if runtime not in RLIMIT_AS_TOLERANT:
+                why += f", and RLIMIT_AS would break the {runtime} runtime"
+            control("memory_bytes", res.memory_bytes, None, why)
+
+    if res.max_output_bytes is not None:
+        control("max_output_bytes", res.max_output_bytes, "supervisor-stream-cap")
+    if res.wall_seconds is not None:
+        control("wall_seconds", res.wall_seconds, "supervisor-timer")
+
+    cgroup = None
+    if cgroup_memory is not None or cgroup_pids is not None:
+        cgroup = CgroupPlan(
+            version=caps.cgroup_memory.detail.get("version") if memory_cg else caps.cgroup_pids.detail["version"],
+            memory_bytes=cgroup_memory, pids_max=cgroup_pids,
+            memory_root=caps.cgroup_memory.detail.get("root") if cgroup_memory is not None else None,
+            pids_root=caps.cgroup_pids.detail.get("root") if cgroup_pids is not None else None,
+        )
+    if not controls:
+        state, mechanism = "not-requested", None
+    else:
+        state = "degraded" if downgrades else "enforced"
+        mechanism = "+".join(sorted({c["mechanism"] for c in controls.values() if c["mechanism"]})) or None
+    prlimit = [caps.tool("prlimit"), *rlimit_flags, "--"] if rlimit_flags else []
+    return ResourcesDecision(
+        prlimit, cgroup, res.max_output_bytes, res.wall_seconds,
+        LayerState(state, mechanism, {"controls": controls}), downgrades, notes,
+    )
