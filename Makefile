@@ -30,6 +30,9 @@ system:
 	  echo "installing:$$missing"; apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	fi
+	@# Rootless egress (slirp4netns as a non-root supervisor) opens /dev/net/tun; Debian's udev
+	@# default is 0666, some VM images ship it 0600.
+	@[ ! -c /dev/net/tun ] || [ "$$(stat -c %a /dev/net/tun)" = 666 ] || chmod 0666 /dev/net/tun
 
 accounts:
 	@getent group $(SANDBOX_ACCOUNT) >/dev/null || groupadd -g $(SANDBOX_UID) $(SANDBOX_ACCOUNT)

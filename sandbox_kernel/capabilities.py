@@ -306,7 +306,8 @@ def _probe_egress(tools, euid) -> Capability:
     try:
         handle = bring_up(plan)
     except EgressError as e:
-        hint = "slirp4netns needs /dev/net/tun; nft needs CONFIG_NF_TABLES; both need user namespaces when not root"
+        hint = ("slirp4netns needs /dev/net/tun (mode 0666 for a non-root supervisor: chmod 0666 /dev/net/tun); "
+                "nft needs CONFIG_NF_TABLES; a non-root supervisor needs unprivileged user namespaces")
         return Capability(False, error=str(e), hint=hint)
     try:
         listing = _run(handle.join_prefix + [tools["nft"], "list", "table", "inet", "sandbox_egress"])
