@@ -331,7 +331,8 @@ def probe() -> HostCapabilities:
     t0 = time.monotonic()
     euid, egid = os.geteuid(), os.getegid()
     # Tools are looked up on PATH as the operator set it: hiding a tool hides its layer.
-    tools = {t: shutil.which(t) for t in TOOLS}
+    # Resolved to real paths: prlimit runs *inside* the sandbox, where only system dirs exist.
+    tools = {t: os.path.realpath(p) if (p := shutil.which(t)) else None for t in TOOLS}
     layout = _host_layout()
     account = _sandbox_account(euid)
     if sys.platform != "linux":

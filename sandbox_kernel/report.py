@@ -72,6 +72,11 @@ class EffectiveSandbox:
             out["outcome"] = self.outcome
         return out
 
+    def to_json(self) -> str:
+        import json
+
+        return json.dumps(self.to_dict(), sort_keys=True)
+
 
 class SandboxUnavailable(RuntimeError):
     """The policy cannot be enforced on this host and ``on_unavailable`` is ``fail``.

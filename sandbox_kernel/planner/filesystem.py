@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from ..capabilities import HostCapabilities
 from ..policy import FilesystemPolicy
-from ..report import Downgrade, LayerState
+from ..report import Downgrade, LayerState, Note
 
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 
@@ -30,6 +30,13 @@ CURATED_ETC = (
 MINIMAL_ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives")
 # Written by the launch shell from plan data: never the host's copies.
 STAGED_ETC = ("passwd", "group", "hosts", "hostname", "nsswitch.conf", "resolv.conf")
+# The sandbox's own layout: a read-only path equal to one of these (or to "/"), or inside
+# /etc, /proc or /dev, would replace it (host /etc over the staged passwd, shadow exposed...).
+RESERVED_DIRS = ("/etc", "/proc", "/dev", "/tmp")
+
+
+def _reserved(path: str) -> bool:
+    return path == "/" or path in RESERVED_DIRS or path.startswith(("/etc/", "/proc/", "/dev/"))
 
 
 @dataclass
@@ -39,6 +46,7 @@ class FilesystemDecision:
     layer: LayerState
     staged: dict[str, str] = field(default_factory=dict)
     downgrades: list[Downgrade] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
 
 
 def _system_mounts(caps: HostCapabilities) -> list[str]:
@@ -58,10 +66,10 @@ def _staged_files(user: str, uid: int, gid: int, home: str, nameserver: str | No
     return {
         "passwd": (
             "root:x:0:0:root:/nonexistent:/usr/sbin/nologin\n"
-            f"{user}:x:{uid}:{gid}:sandboxed code:{home}:/bin/sh\n"
-            "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+            + (f"{user}:x:{uid}:{gid}:sandboxed code:{home}:/bin/sh\n" if uid != 0 else "")
+            + "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
         ),
-        "group": f"root:x:0:\n{user}:x:{gid}:\nnogroup:x:65534:\n",
+        "group": "root:x:0:\n" + (f"{user}:x:{gid}:\n" if gid != 0 else "") + "nogroup:x:65534:\n",
         "hosts": "127.0.0.1 localhost sandbox\n::1 localhost ip6-localhost ip6-loopback\n",
         "hostname": "sandbox\n",
         "nsswitch.conf": "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\nservices: files\nprotocols: files\n",
@@ -102,18 +110,24 @@ def plan_filesystem(
     size = [] if fs.scratch_bytes is None else ["--size", str(fs.scratch_bytes)]
     mounts += size + ["--tmpfs", "/tmp"]
     ro_paths = tuple(runtime_paths) + (tuple(fs.read_only_paths) if fs.mode == "scratch-plus-ro" else ())
+    refused = [p for p in ro_paths if _reserved(p)]
+    ro_paths = tuple(p for p in ro_paths if p not in refused)
     for p in ro_paths:
         if not any(p == d or p.startswith(d + "/") for d in SYSTEM_DIRS):
             mounts += ["--ro-bind-try", p, p]
     mounts += size + ["--tmpfs", scratch_dir, "--chmod", "0700", scratch_dir]
     for p in rw_paths:
         mounts += ["--bind", p, p]
-    mounts += ["--proc", "/proc", "--dev", "/dev", "--chdir", cwd or scratch_dir]
+    # bwrap's own root is a writable tmpfs: once every mount point exists, make it read-only
+    # so nothing can be created next to the binds (/etc/x, /newdir).
+    mounts += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/", "--chdir", cwd or scratch_dir]
     detail = {
         "mode": fs.mode,
-        "read_only": [d for d in SYSTEM_DIRS if caps.host_layout.get(d)] + ["/etc (curated)"] + list(ro_paths),
+        "read_only": [d for d in SYSTEM_DIRS if caps.host_layout.get(d)]
+        + ["/etc (curated)" if fs.mode == "scratch-plus-ro" else "/etc (minimal)"] + list(ro_paths),
         "writable": [scratch_dir, "/tmp"] + list(rw_paths),
         "scratch_bytes": fs.scratch_bytes,
         "proc": "private (own pid namespace)",
     }
-    return FilesystemDecision(mounts, cwd or scratch_dir, LayerState("enforced", "bwrap", detail), staged=staged)
+    notes = [Note("filesystem", f"read-only path {p} not bound: it would replace the sandbox's own / /etc /proc /dev or /tmp (host /etc holds shadow and secrets)") for p in refused]
+    return FilesystemDecision(mounts, cwd or scratch_dir, LayerState("enforced", "bwrap", detail), staged=staged, notes=notes)

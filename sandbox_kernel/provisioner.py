@@ -1,0 +1,184 @@
+"""SandboxProvisioner: every kernel it starts runs inside the planner's sandbox.
+
+A ``LocalProvisioner`` subclass (entry point ``sandbox-provisioner``) so any Jupyter client
+gets a confined kernel just by choosing the kernelspec. It decides nothing about confinement
+itself: it asks ``plan()`` for the kernel's plan and the launch shell to carry it out.
+
+Transport: ZMQ over ``ipc`` sockets in a private 0700 run dir bound into the sandbox, because
+under ``network: deny`` the kernel has no interface but its own loopback. The run dir and the
+connection file survive restarts and are removed at final cleanup.
+
+The kernel-scope report is held here, on the trusted side (``effective_sandbox``, also in
+``get_provisioner_info()``): code in the kernel is untrusted and could forge anything the
+kernel itself reports.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from typing import Any
+
+from jupyter_client.provisioning import LocalProvisioner
+from traitlets import Bool, Dict, Int, Unicode
+
+from .capabilities import detect, python_runtime_paths
+from .config import SandboxPolicyConfig, load_jupyter_config
+from .launch import SandboxProcess, prepare, start
+from .launch.signals import signal_command
+from .planner import RunSpec
+from .policy import SandboxPolicy, deep_merge, tighten
+
+KERNEL_EXTENSION = "sandbox_kernel.kernel"
+REPORT_ENV = "SANDBOX_KERNEL_REPORT"
+
+
+class SandboxProvisioner(LocalProvisioner):
+    """Start the kernel inside the sandbox planned from the operator's policy
+    (``SandboxPolicyConfig``) tightened by this kernelspec's ``kernel_provisioner.config``."""
+
+    # Kernelspec config: the same keys as a policy file. They can only tighten the operator's
+    # policy; a loosening value refuses the start with PolicyError naming the field.
+    version = Int(None, allow_none=True, help="Policy version of the kernelspec's keys (1).").tag(config=True)
+    enabled = Bool(None, allow_none=True, help="Kernelspec override of policy 'enabled' (tighten-only).").tag(config=True)
+    on_unavailable = Unicode(None, allow_none=True, help="Kernelspec override of 'on_unavailable' (tighten-only).").tag(config=True)
+    resources = Dict(None, allow_none=True, help="Kernelspec override of policy 'resources' (tighten-only).").tag(config=True)
+    filesystem = Dict(None, allow_none=True, help="Kernelspec override of policy 'filesystem' (tighten-only).").tag(config=True)
+    network = Dict(None, allow_none=True, help="Kernelspec override of policy 'network' (tighten-only).").tag(config=True)
+    privilege = Dict(None, allow_none=True, help="Kernelspec override of policy 'privilege' (tighten-only).").tag(config=True)
+    kernel_policy_file = Unicode(None, allow_none=True, help="A policy file whose keys tighten the operator's policy for this kernelspec.").tag(config=True)
+
+    effective_sandbox: dict | None = None  # the trusted kernel-scope report of the running kernel
+    _sandbox: SandboxProcess | None = None
+    _run_dir: str | None = None
+
+    # ------------------------------------------------------------------ policy
+
+    def kernelspec_overrides(self) -> dict:
+        override: dict = {}
+        if self.kernel_policy_file:
+            override = _raw_policy(self.kernel_policy_file)
+        for key in ("version", "enabled", "on_unavailable", "resources", "filesystem", "network", "privilege"):
+            value = getattr(self, key)
+            if value is not None:
+                override = deep_merge(override, {key: value})
+        return override
+
+    def requested_policy(self) -> SandboxPolicy:
+        config = load_jupyter_config()
+        config.merge(self.config)  # the server's own config files win over ours
+        operator = SandboxPolicyConfig(config=config).policy()
+        return tighten(operator, self.kernelspec_overrides())
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _ensure_run_dir(self, uid: int, gid: int) -> str:
+        if self._run_dir is None:
+            self._run_dir = tempfile.mkdtemp(prefix="sandbox-kernel-")
+            if os.geteuid() == 0:
+                os.chown(self._run_dir, uid, gid)  # the kernel creates its sockets here
+            os.chmod(self._run_dir, 0o700)
+        return self._run_dir
+
+    async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        fresh = self._run_dir is None
+        try:
+            return await self._pre_launch(**kwargs)
+        except BaseException:
+            # Refused (SandboxUnavailable, PolicyError) or broken: leave nothing behind.
+            if fresh and self._run_dir is not None:
+                shutil.rmtree(self._run_dir, ignore_errors=True)
+                self._run_dir = None
+            raise
+
+    async def _pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        km = self.parent
+        policy = self.requested_policy()
+        caps = detect()
+        from .planner.privilege import plan_privilege
+
+        _, uid, gid = plan_privilege(policy.privilege, caps).run_as
+        run_dir = self._ensure_run_dir(uid, gid)
+        if km is not None:
+            km.transport = "ipc"
+            km.cache_ports = False
+            km.ip = os.path.join(run_dir, "k")
+            km.connection_file = os.path.join(run_dir, "connection.json")
+        kwargs = await super().pre_launch(**kwargs)
+        if km is not None and os.geteuid() == 0 and os.path.exists(km.connection_file):
+            os.chown(km.connection_file, uid, gid)
+            os.chmod(km.connection_file, 0o600)
+
+        cmd = list(kwargs.pop("cmd"))
+        if any("ipykernel" in part for part in cmd):
+            # ipykernel ignores the connection file's transport unless told on its command line.
+            cmd += ["--transport=ipc", f"--ip={os.path.join(run_dir, 'k')}",
+                    f"--IPKernelApp.extra_extensions={KERNEL_EXTENSION}"]
+        env = kwargs.pop("env", None) or {}
+        # Only what the caller deliberately added (kernelspec env, session name) is a candidate
+        # override; the supervisor's own environment never reaches the sandbox.
+        overrides = {k: v for k, v in env.items() if os.environ.get(k) != v}
+        spec = RunSpec(
+            argv=tuple(cmd), staging_dir="", runtime="python", scope="kernel",
+            runtime_paths=python_runtime_paths(), rw_paths=(run_dir,), env=overrides,
+            sandbox_env={"JPY_PARENT_PID": "1", "IPYTHONDIR": "/tmp/.ipython", "PYTHONDONTWRITEBYTECODE": "1"},
+            host_env=dict(os.environ),
+        )
+        plan = prepare(policy, spec, caps)  # raises SandboxUnavailable before anything starts
+        plan.env[REPORT_ENV] = plan.report.to_json()
+        self._plan = plan
+        self.effective_sandbox = plan.report.to_dict()
+        kwargs["cmd"] = plan.argv
+        return kwargs
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any):
+        self._sandbox = start(self._plan, stdin=subprocess.DEVNULL, stdout=None, stderr=None)
+        self.process = self._sandbox.popen
+        self.pid = self.process.pid
+        self.pgid = self.process.pid  # start_new_session: the outer bwrap leads its own group
+        self.cwd = self._plan.cwd
+        return self.connection_info
+
+    async def send_signal(self, signum: int) -> None:
+        if self._sandbox is None:
+            return
+        if signum in (signal.SIGKILL, signal.SIGTERM):
+            self._sandbox.kill_tree("signal")
+            return
+        # bwrap does not forward signals: deliver e.g. SIGINT to the kernel inside the namespace.
+        signal_command(self._sandbox, signum)
+
+    async def kill(self, restart: bool = False) -> None:
+        if self._sandbox is not None:
+            self._sandbox.kill_tree("kill", grace=0)
+
+    async def terminate(self, restart: bool = False) -> None:
+        if self._sandbox is not None:
+            self._sandbox.kill_tree("terminate")
+
+    async def cleanup(self, restart: bool = False) -> None:
+        if self._sandbox is not None:
+            self._sandbox.close()
+            self._sandbox = None
+        if not restart:
+            if self._run_dir is not None:
+                shutil.rmtree(self._run_dir, ignore_errors=True)
+                self._run_dir = None
+        await super().cleanup(restart=restart)
+
+    async def get_provisioner_info(self) -> dict:
+        info = await super().get_provisioner_info()
+        info["sandbox"] = self.effective_sandbox
+        return info
+
+
+def _raw_policy(path: str) -> dict:
+    """A kernelspec policy file's keys, unmerged (they are an override, not a base)."""
+    import json
+    import tomllib
+
+    with open(path, "rb") as f:
+        return json.load(f) if path.endswith(".json") else tomllib.load(f)

@@ -1,0 +1,110 @@
+"""Helpers for tests that start sandboxed kernels through jupyter_client."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from contextlib import contextmanager
+from pathlib import Path
+
+from jupyter_client.manager import KernelManager
+
+from sandbox_kernel.kernelspec import KERNEL_NAME, kernelspec
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_kernelspec(data_dir: Path, name: str = KERNEL_NAME, **overrides) -> Path:
+    spec = kernelspec()
+    spec["metadata"]["kernel_provisioner"]["config"].update(overrides)
+    d = data_dir / "kernels" / name
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "kernel.json").write_text(json.dumps(spec))
+    return d
+
+
+def write_operator_config(config_dir: Path, **traits) -> None:
+    config_dir.mkdir(parents=True, exist_ok=True)
+    lines = [f"c.SandboxPolicyConfig.{k} = {v!r}" for k, v in traits.items()]
+    (config_dir / "jupyter_sandbox_kernel_config.py").write_text("\n".join(lines) + "\n")
+
+
+def execute(kc, code: str, timeout: float = 30) -> tuple[str, dict]:
+    """Run code, return (stdout+stderr text, execute_reply)."""
+    out: list[str] = []
+
+    def hook(msg):
+        if msg["msg_type"] == "stream":
+            out.append(msg["content"]["text"])
+        elif msg["msg_type"] == "error":
+            out.append(f"{msg['content']['ename']}: {msg['content']['evalue']}")
+
+    reply = kc.execute_interactive(textwrap.dedent(code), timeout=timeout, output_hook=hook)
+    return "".join(out), reply
+
+
+@contextmanager
+def running_kernel(name: str = KERNEL_NAME, **km_kwargs):
+    km = KernelManager(kernel_name=name, **km_kwargs)
+    km.start_kernel()
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        yield km, kc
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def run_in_outer_netns(script: str, *, env: dict | None = None, lo_addresses: tuple[str, ...] = (),
+                       as_uid: int | None = None, timeout: float = 120) -> dict:
+    """Run a Python script as a separate supervisor inside a network namespace this test
+    creates: only loopback (plus test-owned addresses on lo), no route out. Whatever the
+    sandbox's egress does, nothing can reach the machine's real network. The script prints
+    one JSON object on its last stdout line."""
+    setup = ["ip link set lo up"] + [f"ip addr add {a} dev lo" for a in lo_addresses]
+    python = [sys.executable, "-c", textwrap.dedent(script)]
+    if as_uid is not None:
+        python = ["setpriv", f"--reuid={as_uid}", f"--regid={as_uid}", "--clear-groups", *python]
+    cmd = ["unshare", "--net", "--", "sh", "-c", " && ".join(setup) + ' && exec "$@"', "sh", *python]
+    full_env = {**os.environ, **(env or {})}
+    full_env["PATH"] = full_env.get("PATH", "") + ":/usr/sbin:/sbin"
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=str(REPO))
+    lines = proc.stdout.strip().splitlines()
+    assert proc.returncode == 0 and lines, f"scenario failed (rc {proc.returncode}):\n{proc.stdout}\n{proc.stderr[-4000:]}"
+    return json.loads(lines[-1])
+
+
+def path_without(tmp_dir: Path, *hidden: str) -> str:
+    """A PATH made of symlinks to every tool on the current PATH (plus sbin) except ``hidden``:
+    what a host without those tools looks like to the capability probe."""
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    dirs = os.environ.get("PATH", "").split(":") + ["/usr/sbin", "/sbin"]
+    for d in dirs:
+        if not os.path.isdir(d):
+            continue
+        for name in os.listdir(d):
+            link = tmp_dir / name
+            if name in hidden or link.exists():
+                continue
+            target = os.path.join(d, name)
+            if os.path.isfile(target) and os.access(target, os.X_OK):
+                link.symlink_to(target)
+    return str(tmp_dir)
+
+
+def sandbox_processes(uid: int = 65532) -> list[int]:
+    """PIDs currently owned by the sandbox account."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}").st_uid == uid:
+                    pids.append(int(entry))
+            except FileNotFoundError:
+                continue
+    return pids

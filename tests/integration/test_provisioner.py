@@ -1,0 +1,347 @@
+"""SandboxProvisioner with real kernels: KernelManager/KernelClient, jupyter server, papermill,
+nbconvert. Every confinement claim is checked by code running inside the kernel."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from sandbox_kernel.launch.signals import command_pids
+from sandbox_kernel.report import SandboxUnavailable
+
+from .kernels import REPO, execute, path_without, run_in_outer_netns, running_kernel, write_kernelspec, write_operator_config
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def jupyter_dirs(tmp_path, monkeypatch):
+    """A private Jupyter data dir holding the python3-sandboxed kernelspec, and an empty
+    config dir (the operator policy is the secure default unless a test writes one)."""
+    data, config = tmp_path / "data", tmp_path / "config"
+    write_kernelspec(data)
+    config.mkdir()
+    monkeypatch.setenv("JUPYTER_PATH", str(data))
+    monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(config))
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
+    return data, config
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _wait_gone(pids, timeout=10.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = [p for p in pids if _alive(p)]
+        if not left:
+            return []
+        time.sleep(0.05)
+    return [p for p in pids if _alive(p)]
+
+
+def _listener():
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    threading.Thread(target=lambda: [srv.accept()[0].close() for _ in iter(int, 1)], daemon=True).start()
+    return srv, srv.getsockname()[1]
+
+
+PROBE = r"""
+import errno, json, os, socket
+res = {"uid": os.getuid()}
+status = open("/proc/self/status").read()
+res["capeff"] = status.split("CapEff:")[1].split()[0]
+res["nnp"] = status.split("NoNewPrivs:")[1].split()[0]
+def write(p):
+    try:
+        with open(p, "w") as f:
+            f.write("x")
+        return "ok"
+    except OSError as e:
+        return errno.errorcode[e.errno]
+res["write_usr"] = write("/usr/lib/sbx-probe")
+res["write_etc"] = write("/etc/sbx-probe")
+res["write_scratch"] = write(os.path.join(os.getcwd(), "probe.txt"))
+res["visible"] = {p: os.path.exists(p) for p in ("/home", "/root", "/srv", "/opt", "/var", "/run")}
+res["secret"] = os.environ.get("SBX_TEST_SECRET")
+try:
+    socket.create_connection(("127.0.0.1", PORT), timeout=5).close()
+    res["net"] = "connected"
+except OSError as e:
+    res["net"] = type(e).__name__
+pids = [p for p in os.listdir("/proc") if p.isdigit()]
+res["proc"] = [open(f"/proc/{p}/cmdline", "rb").read().split(b"\0")[0].decode() for p in pids]
+res["other"] = [os.path.exists(p) for p in OTHER]
+print(json.dumps(res))
+"""
+
+
+def test_kernel_runs_confined(monkeypatch):
+    monkeypatch.setenv("SBX_TEST_SECRET", "hunter2")
+    srv, port = _listener()
+    with running_kernel() as (km_b, _), running_kernel() as (km, kc):
+        other = [km_b.provisioner._run_dir, km_b.connection_file]
+        assert all(os.path.exists(p) for p in other)  # the other kernel's files exist on the host
+        out, reply = execute(kc, PROBE.replace("PORT", str(port)).replace("OTHER", repr(other)))
+        res = json.loads(out)
+        trusted = km.provisioner.effective_sandbox
+    srv.close()
+    assert res["uid"] != 0 and res["capeff"] == "0000000000000000" and res["nnp"] == "1"
+    assert res["write_usr"] in ("EROFS", "EACCES") and res["write_etc"] in ("EROFS", "EACCES")
+    assert res["write_scratch"] == "ok"
+    assert not any(res["visible"].values()), res["visible"]
+    assert res["secret"] is None
+    assert res["net"] == "ConnectionRefusedError"  # the sandbox's own loopback, not the host's
+    # Only the sandbox's own processes: bwrap's pid 1 and the kernel (and nothing of the host).
+    assert len(res["proc"]) <= 3 and not any("pytest" in c for c in res["proc"]), res["proc"]
+    assert res["other"] == [False, False]
+    assert all(trusted["enforced"].values()) and trusted["scope"] == "kernel" and not trusted["downgrades"]
+    # Plain clients see the report too, labelled as coming from the (untrusted) kernel.
+    assert reply["metadata"]["sandbox"]["reported_by"] == "kernel"
+    assert reply["metadata"]["sandbox"]["enforced"] == trusted["enforced"]
+
+
+def test_interrupt_restart_and_shutdown_leave_nothing():
+    with running_kernel() as (km, kc):
+        msg_id = kc.execute("while True: pass")
+        time.sleep(0.5)
+        km.interrupt_kernel()
+        reply = kc.get_shell_msg(timeout=20)
+        assert reply["parent_header"]["msg_id"] == msg_id
+        assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"
+        assert execute(kc, "print(6 * 7)")[0].strip() == "42"
+        first = [km.provisioner.pid, *command_pids(km.provisioner._sandbox)]
+        run_dir = km.provisioner._run_dir
+        km.restart_kernel(now=True)
+        kc.wait_for_ready(timeout=60)
+        assert _wait_gone(first) == []
+        assert km.provisioner._run_dir == run_dir and os.path.isdir(run_dir)  # survives restart
+        assert execute(kc, "print('again')")[0].strip() == "again"
+        second = [km.provisioner.pid, *command_pids(km.provisioner._sandbox)]
+    assert _wait_gone(second) == []
+    assert not os.path.exists(run_dir)
+
+
+SUPERVISOR = r"""
+import json, sys, time
+from jupyter_client.manager import KernelManager
+from sandbox_kernel.launch.signals import command_pids
+km = KernelManager(kernel_name="python3-sandboxed")
+km.start_kernel()
+kc = km.client(); kc.start_channels(); kc.wait_for_ready(timeout=60)
+print(json.dumps({"pids": [km.provisioner.pid, *command_pids(km.provisioner._sandbox)]}), flush=True)
+time.sleep(600)
+"""
+
+
+def test_supervisor_crash_leaves_no_kernel():
+    proc = subprocess.Popen([sys.executable, "-c", SUPERVISOR], stdout=subprocess.PIPE, text=True, cwd=str(REPO))
+    try:
+        pids = json.loads(proc.stdout.readline())["pids"]
+        assert len(pids) == 2 and all(_alive(p) for p in pids)
+        proc.kill()
+        proc.wait()
+    finally:
+        proc.kill()
+    assert _wait_gone(pids) == []
+
+
+FAIL_CLOSED = r"""
+import json, os, glob, tempfile
+from jupyter_client.manager import KernelManager
+from sandbox_kernel.report import SandboxUnavailable
+before = set(glob.glob(os.path.join(tempfile.gettempdir(), "sandbox-kernel-*")))
+km = KernelManager(kernel_name="python3-sandboxed")
+try:
+    km.start_kernel()
+    result = {"started": True, "downgrades": km.provisioner.effective_sandbox["downgrades"]}
+    kc = km.client(); kc.start_channels(); kc.wait_for_ready(timeout=60)
+    out = []
+    kc.execute_interactive("print('ran')", timeout=30, output_hook=lambda m: out.append(m["content"].get("text", "")))
+    result["output"] = "".join(out)
+    kc.stop_channels(); km.shutdown_kernel(now=True)
+except SandboxUnavailable as e:
+    result = {"started": False, "error": str(e), "layers": [d.layer for d in e.downgrades]}
+after = set(glob.glob(os.path.join(tempfile.gettempdir(), "sandbox-kernel-*")))
+result["leftover"] = sorted(after - before)
+print(json.dumps(result))
+"""
+
+
+def test_fail_closed_without_bwrap_starts_nothing(tmp_path):
+    env = {**os.environ, "PATH": path_without(tmp_path / "bin", "bwrap")}
+    out = subprocess.run([sys.executable, "-c", FAIL_CLOSED],
+                         env=env, capture_output=True, text=True, cwd=str(REPO), timeout=120)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["started"] is False, res
+    assert res["error"].startswith("sandbox unavailable") and "bwrap" in res["error"]
+    assert {"filesystem", "network", "seccomp"} <= set(res["layers"])
+    assert res["leftover"] == [] and "output" not in res
+
+
+def test_degrade_starts_and_reports(tmp_path, jupyter_dirs):
+    _, config = jupyter_dirs
+    write_operator_config(config, on_unavailable="degrade", network_mode="allowlist", network_allow=["10.0.2.2:9"])
+    env = {**os.environ, "PATH": path_without(tmp_path / "bin", "slirp4netns")}
+    out = subprocess.run([sys.executable, "-c", FAIL_CLOSED],
+                         env=env, capture_output=True, text=True, cwd=str(REPO), timeout=120)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["started"] is True, (res, out.stderr[-2000:])
+    assert [d["layer"] for d in res["downgrades"]] == ["network"]
+    assert "slirp4netns" in res["downgrades"][0]["reason"] and "unreachable" in res["downgrades"][0]["reason"]
+    assert res["output"].strip() == "ran" and res["leftover"] == []
+
+
+ALLOWLIST = r"""
+import json, socket, threading
+from jupyter_client.manager import KernelManager
+def serve():
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(8)
+    def loop():
+        while True:
+            c, _ = s.accept(); c.sendall(b"hi"); c.close()
+    threading.Thread(target=loop, daemon=True).start()
+    return s.getsockname()[1]
+allowed, other = serve(), serve()
+import os, pathlib
+cfg = pathlib.Path(os.environ["JUPYTER_CONFIG_DIR"]) / "jupyter_sandbox_kernel_config.py"
+cfg.write_text(f"c.SandboxPolicyConfig.network_mode = 'allowlist'\nc.SandboxPolicyConfig.network_allow = ['10.0.2.2:{allowed}']\n")
+km = KernelManager(kernel_name="python3-sandboxed"); km.start_kernel()
+kc = km.client(); kc.start_channels(); kc.wait_for_ready(timeout=60)
+code = f'''
+import socket, json
+res = {{}}
+for name, port in (("allowed", {allowed}), ("other", {other})):
+    try:
+        s = socket.create_connection(("10.0.2.2", port), timeout=5); res[name] = s.recv(2).decode(); s.close()
+    except OSError as e:
+        res[name] = type(e).__name__
+print(json.dumps(res))
+'''
+out = []
+kc.execute_interactive(code, timeout=30, output_hook=lambda m: out.append(m["content"].get("text", "")) if m["msg_type"] == "stream" else None)
+report = km.provisioner.effective_sandbox["layers"]["network"]
+kc.stop_channels(); km.shutdown_kernel(now=True)
+print(json.dumps({"kernel": json.loads("".join(out)), "network": report}))
+"""
+
+
+def test_allowlist_kernel_reaches_only_allowed_destination(jupyter_dirs):
+    res = run_in_outer_netns(ALLOWLIST, env={k: os.environ[k] for k in ("JUPYTER_PATH", "JUPYTER_CONFIG_DIR")})
+    assert res["kernel"] == {"allowed": "hi", "other": "ConnectionRefusedError"}
+    assert res["network"]["state"] == "enforced" and res["network"]["mechanism"] == "nft+slirp4netns"
+
+
+# ----------------------------------------------------------------- real clients
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_jupyter_server_rest_and_websocket(tmp_path):
+    import websocket
+
+    port, token = _free_port(), uuid.uuid4().hex
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyter_server", f"--port={port}", "--ip=127.0.0.1", f"--IdentityProvider.token={token}",
+         "--no-browser", "--allow-root", f"--ServerApp.root_dir={tmp_path}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=str(tmp_path),
+    )
+    base, headers = f"http://127.0.0.1:{port}", {"Authorization": f"token {token}"}
+    try:
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(urllib.request.Request(f"{base}/api/status", headers=headers), timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        req = urllib.request.Request(f"{base}/api/kernels", data=json.dumps({"name": "python3-sandboxed"}).encode(),
+                                     headers={**headers, "Content-Type": "application/json"}, method="POST")
+        kernel = json.load(urllib.request.urlopen(req, timeout=60))
+        ws = websocket.create_connection(f"ws://127.0.0.1:{port}/api/kernels/{kernel['id']}/channels?token={token}", timeout=60)
+        msg_id = uuid.uuid4().hex
+        code = f"import os, socket\nprint(os.getuid())\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=5); print('reached')\nexcept OSError as e:\n    print(type(e).__name__)"
+        ws.send(json.dumps({"header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "t", "session": "s", "version": "5.3"},
+                            "parent_header": {}, "metadata": {}, "channel": "shell",
+                            "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {}, "allow_stdin": False}}))
+        text, reply = "", None
+        while reply is None:
+            msg = json.loads(ws.recv())
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            if msg["msg_type"] == "stream":
+                text += msg["content"]["text"]
+            elif msg["msg_type"] == "execute_reply":
+                reply = msg
+        ws.close()
+        uid, net = text.split()
+        assert int(uid) != 0
+        assert net == "ConnectionRefusedError"  # the server itself is unreachable from the kernel
+        assert reply["metadata"]["sandbox"]["enforced"]["network"] is True
+        urllib.request.urlopen(urllib.request.Request(f"{base}/api/kernels/{kernel['id']}", headers=headers, method="DELETE"), timeout=30)
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def _probe_notebook(path: Path) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(
+        "import os\nprint('uid', os.getuid())\n"
+        "try:\n    open('/etc/sbx-probe', 'w')\nexcept OSError as e:\n    print('etc', type(e).__name__)\n"
+        "print('home', os.path.exists('/home'))")]
+    nbformat.write(nb, path)
+
+
+def _cell_text(path: Path) -> str:
+    nb = nbformat.read(path, as_version=4)
+    return "".join(o.get("text", "") for o in nb.cells[0].outputs)
+
+
+def test_papermill_runs_notebook_confined(tmp_path):
+    src, out = tmp_path / "in.ipynb", tmp_path / "out.ipynb"
+    _probe_notebook(src)
+    subprocess.run([sys.executable, "-m", "papermill", str(src), str(out), "-k", "python3-sandboxed"],
+                   check=True, capture_output=True, timeout=180)
+    text = _cell_text(out)
+    assert "uid 65532" in text and "etc OSError" in text and "home False" in text
+
+
+def test_nbconvert_execute_runs_notebook_confined(tmp_path):
+    src = tmp_path / "in.ipynb"
+    _probe_notebook(src)
+    subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
+                    "--ExecutePreprocessor.kernel_name=python3-sandboxed", "--output", "out", str(src)],
+                   check=True, capture_output=True, timeout=180)
+    text = _cell_text(tmp_path / "out.ipynb")
+    assert "uid 65532" in text and "etc OSError" in text and "home False" in text
