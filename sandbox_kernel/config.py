@@ -7,15 +7,19 @@ with the trait's name.
 from __future__ import annotations
 
 import os
+import re
+from difflib import get_close_matches
 
-from traitlets import Bool, Enum, Float, Int, List, Unicode, Union
+from traitlets import Bool, Enum, Float, Int, List, TraitError, Unicode, Union
 from traitlets.config import Config, Configurable
+from traitlets.config.loader import DeferredConfig, LazyConfigValue
 
 from .policy import PolicyError, SandboxPolicy, load_policy_file, policy_from_dict, secure_default
 
 _D = secure_default()
-_SIZE = lambda default, what: Union([Int(), Unicode()], default_value=None, allow_none=True,  # noqa: E731
-                                    help=f"{what}. Bytes, or a string like '512M'/'2G', or 'unlimited'. Secure default: {default}.").tag(config=True)
+_SIZE = lambda default, what: Union(  # noqa: E731
+    [Int(), Unicode()], default_value=None, allow_none=True,
+    help=f"{what}. Bytes, or a string like '512M'/'2G', or 'unlimited'. Secure default: {default}.").tag(config=True)
 _COUNT = lambda default, what: Union([Int(), Unicode()], default_value=None, allow_none=True,  # noqa: E731
                                      help=f"{what}, or 'unlimited'. Secure default: {default}.").tag(config=True)
 
@@ -38,10 +42,12 @@ class SandboxPolicyConfig(Configurable):
     """The operator's sandbox policy. Per-kernel (kernelspec) and per-cell options can only
     tighten it."""
 
-    policy_file = Unicode(None, allow_none=True, help="A JSON or TOML policy file (contract 3.1). Traits set here override its values.").tag(config=True)
+    policy_file = Unicode(None, allow_none=True,
+                          help="A JSON or TOML policy file (contract 3.1). Traits set here override its values.").tag(config=True)
     enabled = Bool(None, allow_none=True, help="Sandbox kernels at all. Secure default: True.").tag(config=True)
     on_unavailable = Enum(["fail", "degrade"], default_value=None, allow_none=True,
-                          help="'fail': refuse to start when any layer cannot be enforced; 'degrade': start and report each gap. Secure default: 'fail'.").tag(config=True)
+                          help="'fail': refuse to start when any layer cannot be enforced; 'degrade': start and report "
+                               "each gap. Secure default: 'fail'.").tag(config=True)
     cpu_seconds = _COUNT(_D.resources.cpu_seconds, "CPU seconds per process (RLIMIT_CPU)")
     memory_bytes = _SIZE("512M", "Memory for the whole sandbox (cgroup), else per process (RLIMIT_AS)")
     max_processes = _COUNT(_D.resources.max_processes, "Processes/threads the sandbox may hold")
@@ -52,17 +58,51 @@ class SandboxPolicyConfig(Configurable):
                          help="Wall-clock limit per run, seconds, or 'unlimited'. Secure default: unlimited.").tag(config=True)
     filesystem_mode = Enum(["off", "scratch-only", "scratch-plus-ro"], default_value=None, allow_none=True,
                            help="What the sandbox sees. Secure default: 'scratch-plus-ro'.").tag(config=True)
-    read_only_paths = List(Unicode(), default_value=None, allow_none=True, help="Extra absolute host paths visible read-only (scratch-plus-ro).").tag(config=True)
+    read_only_paths = List(Unicode(), default_value=None, allow_none=True,
+                           help="Extra absolute host paths visible read-only (scratch-plus-ro).").tag(config=True)
     scratch_bytes = _SIZE("1G", "Size of the private scratch dir and of /tmp")
     network_mode = Enum(["deny", "allowlist", "unrestricted"], default_value=None, allow_none=True,
                         help="Network policy. Secure default: 'deny'.").tag(config=True)
     network_allow = List(Unicode(), default_value=None, allow_none=True,
                          help="Allowed destinations for 'allowlist': 'IP', 'CIDR', 'IP:port', '[v6]:port'.").tag(config=True)
-    block_metadata = Bool(None, allow_none=True, help="Always block cloud metadata and link-local ranges. Secure default: True.").tag(config=True)
+    block_metadata = Bool(None, allow_none=True,
+                          help="Always block cloud metadata and link-local ranges. Secure default: True.").tag(config=True)
     privilege_mode = Enum(["inherit", "drop-to-uid"], default_value=None, allow_none=True,
                           help="Secure default: 'drop-to-uid' (the sandbox account when uid is unset).").tag(config=True)
     uid = Int(None, allow_none=True, help="uid sandboxed code runs as under a root supervisor.").tag(config=True)
     gid = Int(None, allow_none=True, help="gid sandboxed code runs as under a root supervisor.").tag(config=True)
+
+    def _load_config(self, cfg, section_names=None, traits=None):
+        """Refuse bad operator config with a :class:`PolicyError` naming
+        ``c.SandboxPolicyConfig.<trait>``, instead of traitlets' TraitError (wrong type) or a
+        mere warning (misspelt option: a typo such as ``memroy_bytes`` would otherwise leave
+        the operator believing a cap is set)."""
+        known = self.traits(config=True)
+        cls = type(self).__name__
+        problems: list[tuple[str, str]] = []
+        for name, value in self._find_my_config(cfg).items():
+            if name in known:
+                if isinstance(value, LazyConfigValue) and isinstance(known[name], List) and getattr(self, name) is None:
+                    # c.SandboxPolicyConfig.network_allow.append(...) on an unset (None) list
+                    # would silently resolve to None: start from an empty list instead.
+                    setattr(self, name, [])
+                if isinstance(value, LazyConfigValue):
+                    continue  # resolved against the current value by traitlets below
+                try:
+                    if isinstance(value, DeferredConfig):  # a command-line string, typed by the trait
+                        value = value.get_value(known[name])
+                    known[name]._validate(self, value)
+                except (TraitError, ValueError) as e:
+                    problems.append((f"c.{cls}.{name}", str(e)))
+            elif not isinstance(value, Config) and not name[:1].isupper():
+                hint = get_close_matches(name, known, n=1)
+                problems.append((f"c.{cls}.{name}", "unknown option" + (f"; did you mean {hint[0]!r}?" if hint else "")))
+        if problems:
+            raise PolicyError(problems)
+        try:
+            super()._load_config(cfg, section_names, traits)
+        except TraitError as e:
+            raise PolicyError(f"c.{cls}", str(e)) from None
 
     def overrides(self) -> dict:
         """The policy keys set through traits, as a partial policy dict."""
@@ -79,14 +119,27 @@ class SandboxPolicyConfig(Configurable):
 
     def policy(self) -> SandboxPolicy:
         """Secure default <- policy_file <- traits. Raises PolicyError naming the trait."""
+        cls = type(self).__name__
         base = secure_default()
         if self.policy_file:
-            base = load_policy_file(os.path.expanduser(self.policy_file))
+            path = os.path.expanduser(self.policy_file)
+            try:
+                base = load_policy_file(path)
+            except PolicyError as e:
+                # Problems inside the file keep the file's field names; say which file it was.
+                raise PolicyError([(f"c.{cls}.policy_file" if f == "<file>" else f,
+                                    m if f == "<file>" else f"{m} (in policy file {path})") for f, m in e.problems]) from None
         try:
             return policy_from_dict(self.overrides(), base)
         except PolicyError as e:
-            cls = type(self).__name__
-            raise PolicyError([(f"c.{cls}.{FIELD_TRAITS[f]}" if f in FIELD_TRAITS else f, m) for f, m in e.problems]) from None
+            raise PolicyError([(_trait_name(cls, f), m) for f, m in e.problems]) from None
+
+
+def _trait_name(cls: str, field: str) -> str:
+    """``network.allow[1]`` -> ``c.SandboxPolicyConfig.network_allow[1]``."""
+    m = re.fullmatch(r"([^\[]+)(\[.*)?", field)
+    path, index = (m.group(1), m.group(2) or "") if m else (field, "")
+    return f"c.{cls}.{FIELD_TRAITS[path]}{index}" if path in FIELD_TRAITS else field
 
 
 CONFIG_BASENAME = "jupyter_sandbox_kernel_config"
@@ -100,7 +153,8 @@ def load_jupyter_config(basenames: tuple[str, ...] = (CONFIG_BASENAME,)) -> Conf
     config = Config()
     for directory in reversed(jupyter_config_path()):
         for base in basenames:
-            for loader_cls, ext in ((JSONFileConfigLoader, ".json"), (PyFileConfigLoader, ".py")):
+            # Same order as traitlets' Application: .py first, then .json (which wins).
+            for loader_cls, ext in ((PyFileConfigLoader, ".py"), (JSONFileConfigLoader, ".json")):
                 path = os.path.join(directory, base + ext)
                 if os.path.isfile(path):
                     config.merge(loader_cls(base + ext, path=directory).load_config())

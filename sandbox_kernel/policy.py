@@ -14,6 +14,7 @@ import os
 import re
 import tomllib
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
 
@@ -54,7 +55,9 @@ class PolicyError(ValueError):
 
 # --------------------------------------------------------------------------- sizes
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
+# ASCII digits only (``\d`` would also take e.g. Arabic-Indic digits); a unit letter may be
+# followed by "B" or "iB"; a bare "B" means bytes.
+_SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(?:([KMGT])(?:i?B)?|B)?\s*$", re.IGNORECASE | re.ASCII)
 _SIZE_UNITS = {"": 1, "K": KiB, "M": MiB, "G": GiB, "T": TiB}
 
 
@@ -68,8 +71,9 @@ def parse_size(value: Any) -> int:
         m = _SIZE_RE.match(value)
         if m:
             number, unit = m.groups()
-            size = float(number) * _SIZE_UNITS[unit.upper()]
-            if size != int(size):
+            # Exact arithmetic: float() would silently round large byte counts.
+            size = Fraction(number) * _SIZE_UNITS[(unit or "").upper()]
+            if size.denominator != 1:
                 raise ValueError(f"size {value!r} is not a whole number of bytes")
             return int(size)
     raise ValueError(f"{value!r} is not a size; use bytes (an integer) or a string like '512M', '2G'")
@@ -88,8 +92,8 @@ def _size_field(minimum: int, maximum: int):
 
 # --------------------------------------------------------------------------- allow entries
 
-_PORTED_V6 = re.compile(r"^\[([^\]]+)\]:(\d+)$")
-_PORTED_V4 = re.compile(r"^([0-9./]+):(\d+)$")
+_PORTED_V6 = re.compile(r"^\[([^\]]+)\]:([0-9]+)$", re.ASCII)
+_PORTED_V4 = re.compile(r"^([0-9./]+):([0-9]+)$", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -131,9 +135,9 @@ def parse_allow_entry(entry: str) -> AllowRule:
     if not isinstance(entry, str):
         raise ValueError(f"allow entry {entry!r} must be a string like '203.0.113.0/24:443'")
     raw = entry.strip()
-    address, port_text = raw, None
+    address, port_text, bracketed = raw, None, False
     if m := _PORTED_V6.match(raw):
-        address, port_text = m.groups()
+        (address, port_text), bracketed = m.groups(), True
     elif m := _PORTED_V4.match(raw):
         address, port_text = m.groups()
     port = None
@@ -141,13 +145,20 @@ def parse_allow_entry(entry: str) -> AllowRule:
         port = int(port_text)
         if not 1 <= port <= 65535:
             raise ValueError(f"allow entry {entry!r}: port {port} is outside 1-65535")
+    bad = ValueError(
+        f"allow entry {entry!r} is not an IPv4/IPv6 address or CIDR with an optional port "
+        "(examples: '203.0.113.7', '10.0.0.0/8:443', '[2001:db8::1]:443')"
+    )
+    # ipaddress accepts IPv6 scope ids ("fe80::1%eth0") with almost any text after the '%';
+    # that text would be copied into the nft ruleset, so no '%' may pass.
+    if "%" in address:
+        raise bad
     try:
         network = ipaddress.ip_network(address, strict=False)
     except ValueError:
-        raise ValueError(
-            f"allow entry {entry!r} is not an IPv4/IPv6 address or CIDR with an optional port "
-            "(examples: '203.0.113.7', '10.0.0.0/8:443', '[2001:db8::1]:443')"
-        ) from None
+        raise bad from None
+    if bracketed and network.version != 6:
+        raise bad  # "[v4]:port" is not a documented spelling
     return AllowRule(network, port)
 
 
@@ -163,7 +174,9 @@ def _absolute_path(p: str) -> str:
         raise ValueError(f"{p!r} is not an absolute path")
     if "\0" in p or any(part == ".." for part in p.split("/")):
         raise ValueError(f"{p!r} must not contain '..' or NUL")
-    return os.path.normpath(p)
+    # normpath keeps a leading "//" (POSIX allows it to be special); Linux does not care, but
+    # the tighten() subset check compares strings, so spell every path one way.
+    return "/" + os.path.normpath(p).lstrip("/")
 
 
 AbsPath = Annotated[str, AfterValidator(_absolute_path)]
@@ -195,7 +208,7 @@ class ResourcesPolicy(_Strict):
     max_output_bytes: _size_field(1, 1 * GiB) | None = Field(  # type: ignore[valid-type]
         5 * MiB, description="stdout+stderr bytes kept per run before the run is cut off"
     )
-    wall_seconds: Annotated[float, Field(gt=0, le=7 * 24 * 3600)] | None = Field(
+    wall_seconds: Annotated[float, Field(gt=0, le=7 * 24 * 3600, allow_inf_nan=False)] | None = Field(
         None, description="wall-clock limit per run, seconds"
     )
 
@@ -283,9 +296,7 @@ def _problems_from(err: ValidationError) -> list[tuple[str, str]]:
         # branch label so the operator sees the field path only.
         loc = tuple(p for p in loc if p not in ("int", "float", "none", "str", "is-instance[int]"))
         field = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
-        msg = e["msg"]
-        if msg.startswith("Value error, "):
-            msg = msg[len("Value error, ") :]
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
         problems.append((field or "<policy>", msg))
@@ -301,16 +312,25 @@ def _problems_from(err: ValidationError) -> list[tuple[str, str]]:
 _UNLIMITED = "unlimited"
 
 
-def _normalise_input(data: Any) -> Any:
-    """Map the TOML spelling of an unlimited cap ("unlimited") to None."""
-    if isinstance(data, dict):
-        return {k: (None if v == _UNLIMITED else _normalise_input(v)) for k, v in data.items()}
-    return data
+# Fields where None means "no cap", so "unlimited" (TOML has no null) may stand for it.
+_UNLIMITED_OK = {"resources": set(ResourcesPolicy.model_fields), "filesystem": {"scratch_bytes"}}
+
+
+def _normalise_input(data: dict) -> dict:
+    """Map the TOML spelling of an unlimited cap ("unlimited") to None, on cap fields only
+    (elsewhere it stays a string and fails validation: ``privilege.uid = "unlimited"`` must
+    not quietly become "the default account")."""
+    out = dict(data)
+    for section, fields in _UNLIMITED_OK.items():
+        sub = out.get(section)
+        if isinstance(sub, Mapping):
+            out[section] = {k: (None if k in fields and v == _UNLIMITED else v) for k, v in sub.items()}
+    return out
 
 
 def _check_version(data: Mapping[str, Any]) -> None:
     version = data.get("version", POLICY_VERSION)
-    if version != POLICY_VERSION or isinstance(version, bool):
+    if type(version) is not int or version != POLICY_VERSION:  # not True, 1.0 or "1"
         raise PolicyError("version", f"unsupported policy version {version!r}; this release reads version 1")
 
 
@@ -333,6 +353,13 @@ def policy_from_dict(data: Mapping[str, Any], base: SandboxPolicy | None = None)
     _check_version(data)
     data = _normalise_input(dict(data))
     merged = deep_merge((base or secure_default()).to_dict(), data)
+    # Switching network.mode away from allowlist without naming entries drops the base's
+    # entries (they would be meaningless, and _check_consistency would refuse them): an
+    # allowlist base tightened to {"network": {"mode": "deny"}} is simply deny.
+    net = data.get("network")
+    if isinstance(net, Mapping) and "allow" not in net and net.get("mode") != "allowlist" and "mode" in net:
+        if isinstance(merged.get("network"), dict):
+            merged["network"]["allow"] = []
     try:
         policy = SandboxPolicy.model_validate(merged)
     except ValidationError as err:
@@ -356,9 +383,11 @@ def load_policy_file(path: str | os.PathLike, base: SandboxPolicy | None = None)
     """Read a JSON (``.json``) or TOML (anything else, typically ``.toml``) policy file."""
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise PolicyError("<file>", f"cannot read policy file {str(p)!r}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise PolicyError("<file>", f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     try:
         if p.suffix.lower() == ".json":
             data = json.loads(text)

@@ -40,6 +40,8 @@ class RunSpec:
     runtime_paths: tuple[str, ...] = ()  # read-only even under scratch-only: the interpreter's env
     rw_paths: tuple[str, ...] = ()  # host paths bound read-write (e.g. a kernel's ipc dir)
     cwd: str | None = None  # default: the scratch dir
+    input_dir: str | None = None  # host dir whose entries appear read-only inside scratch
+    input_entries: tuple[str, ...] = ()  # names in input_dir (listed by the caller: plan() does no I/O)
     env: Mapping[str, str] = field(default_factory=dict)  # caller overrides, filtered
     sandbox_env: Mapping[str, str] = field(default_factory=dict)  # set by our own code, trusted
     host_env: Mapping[str, str] = field(default_factory=dict)  # supervisor env; only locale is read
@@ -65,7 +67,9 @@ class Plan:
 def _disabled_plan(policy: SandboxPolicy, caps: HostCapabilities, spec: RunSpec) -> Plan:
     layers = {name: LayerState("not-requested", None) for name in ("filesystem", "network", "resources", "privilege", "env", "seccomp")}
     report = EffectiveSandbox(spec.scope, policy.to_dict(), layers, notes=[Note("policy", "sandbox disabled by policy (enabled: false)")], platform=caps.platform)
-    env = {**spec.host_env, **spec.env, **spec.sandbox_env}
+    # No confinement, but still no supervisor secrets: locale and PATH from the host only.
+    host = {k: v for k, v in spec.host_env.items() if k == "PATH" or k.startswith("LC_") or k in ("LANG", "TZ")}
+    env = {**host, **spec.env, **spec.sandbox_env}
     return Plan(tuple(spec.argv), env, spec.cwd or "/", {}, spec.staging_dir, None, None, None,
                 (caps.user_name, caps.euid, caps.egid), None, None, report, sandboxed=False)
 
@@ -79,21 +83,25 @@ def plan(policy: SandboxPolicy, caps: HostCapabilities, spec: RunSpec) -> Plan:
     priv = plan_privilege(policy.privilege, caps)
     net = plan_network(policy.network, caps)
     user, uid, gid = priv.run_as
-    scratch = spec.scratch_dir if policy.filesystem.mode != "off" else (spec.cwd or "/tmp")
     fs = plan_filesystem(
         policy.filesystem, caps, staging_dir=spec.staging_dir, scratch_dir=spec.scratch_dir,
         runtime_paths=spec.runtime_paths, rw_paths=spec.rw_paths, cwd=spec.cwd, run_as=priv.run_as,
-        nameserver=net.nameserver,
+        nameserver=net.nameserver, input_dir=spec.input_dir, input_entries=spec.input_entries,
     )
-    res = plan_resources(policy.resources, caps, spec.runtime, in_userns=caps.bwrap.ok)
+    res = plan_resources(policy.resources, caps, spec.runtime, in_userns=caps.bwrap.ok, scope=spec.scope)
     sec = plan_seccomp(caps)
+    # HOME is the private scratch dir only where the filesystem layer really provides one.
+    scratch = spec.scratch_dir if fs.layer.state == "enforced" else fs.cwd
     sandbox_set = {"HOME": scratch, "TMPDIR": "/tmp", "USER": user, "LOGNAME": user, "SHELL": "/bin/sh", **spec.sandbox_env}
     env = plan_env(spec.host_env, spec.env, sandbox_set)
 
     layers = {"filesystem": fs.layer, "network": net.layer, "resources": res.layer,
               "privilege": priv.layer, "env": env.layer, "seccomp": sec.layer}
     downgrades: list[Downgrade] = priv.downgrades + fs.downgrades + net.downgrades + res.downgrades + sec.downgrades
-    notes: list[Note] = priv.notes + net.notes + res.notes
+    notes: list[Note] = priv.notes + fs.notes + net.notes + res.notes
+    if policy.filesystem.mode == "off" and (net.bwrap_flag == "--unshare-net" or net.egress is not None):
+        notes.append(Note("network", "filesystem.mode 'off' binds the host root read-write: host Unix sockets "
+                                     "(Docker, D-Bus, the Jupyter server's) stay reachable despite the network namespace"))
     report = EffectiveSandbox(spec.scope, policy.to_dict(), layers, downgrades, notes, caps.platform)
     if downgrades and policy.on_unavailable == "fail":
         raise SandboxUnavailable(downgrades, report)

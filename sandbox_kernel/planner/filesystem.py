@@ -77,6 +77,14 @@ def _staged_files(user: str, uid: int, gid: int, home: str, nameserver: str | No
     }
 
 
+MAX_INPUT_ENTRIES = 1000
+
+
+def _input_entries(names: tuple[str, ...]) -> tuple[str, ...]:
+    ok = [n for n in names if n not in ("", ".", "..") and "/" not in n and "\0" not in n]
+    return tuple(sorted(ok)[:MAX_INPUT_ENTRIES])
+
+
 def plan_filesystem(
     fs: FilesystemPolicy,
     caps: HostCapabilities,
@@ -88,6 +96,8 @@ def plan_filesystem(
     cwd: str | None,
     run_as: tuple[str, int, int],
     nameserver: str | None,
+    input_dir: str | None = None,
+    input_entries: tuple[str, ...] = (),
 ) -> FilesystemDecision:
     if not caps.bwrap.ok:
         reason = f"filesystem confinement needs bwrap, which is unavailable: {caps.bwrap.error}"
@@ -116,6 +126,11 @@ def plan_filesystem(
         if not any(p == d or p.startswith(d + "/") for d in SYSTEM_DIRS):
             mounts += ["--ro-bind-try", p, p]
     mounts += size + ["--tmpfs", scratch_dir, "--chmod", "0700", scratch_dir]
+    # The input dir's entries (a notebook's siblings) appear read-only inside scratch, so
+    # relative reads work while every write lands in scratch and never in the input dir.
+    inputs = _input_entries(input_entries) if input_dir and fs.mode == "scratch-plus-ro" else ()
+    for name in inputs:
+        mounts += ["--ro-bind-try", f"{input_dir}/{name}", f"{scratch_dir}/{name}"]
     for p in rw_paths:
         mounts += ["--bind", p, p]
     # bwrap's own root is a writable tmpfs: once every mount point exists, make it read-only
@@ -129,5 +144,7 @@ def plan_filesystem(
         "scratch_bytes": fs.scratch_bytes,
         "proc": "private (own pid namespace)",
     }
+    if inputs:
+        detail["inputs"] = {"from": input_dir, "entries": len(inputs), "access": "read-only, inside scratch"}
     notes = [Note("filesystem", f"read-only path {p} not bound: it would replace the sandbox's own / /etc /proc /dev or /tmp (host /etc holds shadow and secrets)") for p in refused]
     return FilesystemDecision(mounts, cwd or scratch_dir, LayerState("enforced", "bwrap", detail), staged=staged, notes=notes)

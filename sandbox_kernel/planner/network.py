@@ -113,7 +113,12 @@ def plan_network(net: NetworkPolicy, caps: HostCapabilities) -> NetworkDecision:
         )
 
     notes: list[Note] = []
+    downgrades: list[Downgrade] = []
     effective_rules = rules
+    v6 = [r for r in rules if r.network.version == 6]
+    if v6 and net.mode == "allowlist":
+        # slirp4netns is started without IPv6: these destinations would be a silent blackhole.
+        downgrades.append(Downgrade("network", "slirp4netns egress is IPv4-only, so these allowed destinations are unreachable: " + ", ".join(map(str, v6))))
     if net.block_metadata:
         dropped = [r for r in rules if r.overlaps_metadata()]
         if dropped:
@@ -155,6 +160,6 @@ def plan_network(net: NetworkPolicy, caps: HostCapabilities) -> NetworkDecision:
         "refusal": "reject",
     }
     return NetworkDecision(
-        "--share-net", LayerState("enforced", mechanism, detail), egress=egress,
-        nameserver=str(SLIRP_DNS) if dns else None, notes=notes,
+        "--share-net", LayerState("degraded" if downgrades else "enforced", mechanism, detail), egress=egress,
+        nameserver=str(SLIRP_DNS) if dns else None, downgrades=downgrades, notes=notes,
     )

@@ -42,7 +42,8 @@ class ResourcesDecision:
     notes: list[Note] = field(default_factory=list)
 
 
-def plan_resources(res: ResourcesPolicy, caps: HostCapabilities, runtime: str, in_userns: bool) -> ResourcesDecision:
+def plan_resources(res: ResourcesPolicy, caps: HostCapabilities, runtime: str, in_userns: bool,
+                   scope: str = "cell") -> ResourcesDecision:
     controls: dict[str, dict] = {}
     downgrades: list[Downgrade] = []
     notes: list[Note] = []
@@ -81,7 +82,9 @@ def plan_resources(res: ResourcesPolicy, caps: HostCapabilities, runtime: str, i
             if not pids_cg:
                 notes.append(Note("resources", "max_processes: no pids cgroup here; RLIMIT_NPROC in the sandbox's own user namespace is the only cap"))
         else:
-            why = "no pids cgroup" + ("" if in_userns else " and no user namespace to scope RLIMIT_NPROC (a per-uid limit outside it would throttle other runs)")
+            why = f"no pids cgroup ({caps.cgroup_pids.error})" + (
+                f", and RLIMIT_NPROC needs prlimit, which is unavailable: {caps.prlimit.error}" if in_userns
+                else ", and no user namespace to scope RLIMIT_NPROC (a per-uid limit outside it would throttle other runs)")
             control("max_processes", res.max_processes, None, why)
 
     if res.memory_bytes is not None:
@@ -96,12 +99,23 @@ def plan_resources(res: ResourcesPolicy, caps: HostCapabilities, runtime: str, i
             why = f"no memory cgroup ({caps.cgroup_memory.error})"
             if runtime not in RLIMIT_AS_TOLERANT:
                 why += f", and RLIMIT_AS would break the {runtime} runtime"
+            else:
+                why += f", and RLIMIT_AS needs prlimit, which is unavailable: {caps.prlimit.error}"
             control("memory_bytes", res.memory_bytes, None, why)
 
-    if res.max_output_bytes is not None:
-        control("max_output_bytes", res.max_output_bytes, "supervisor-stream-cap")
-    if res.wall_seconds is not None:
-        control("wall_seconds", res.wall_seconds, "supervisor-timer")
+    if scope == "kernel":
+        # A kernel lives across cells: output and wall-clock caps apply per cell, enforced by the
+        # executing client (the batch executor), not by anything around the kernel process.
+        for name in ("max_output_bytes", "wall_seconds"):
+            limit = getattr(res, name)
+            if limit is not None:
+                controls[name] = {"limit": limit, "mechanism": "per-cell, by the executing client", "state": "delegated"}
+                notes.append(Note("resources", f"{name} applies per cell and only where a sandbox-kernel client executes (plain clients do not cap it)"))
+    else:
+        if res.max_output_bytes is not None:
+            control("max_output_bytes", res.max_output_bytes, "supervisor-stream-cap")
+        if res.wall_seconds is not None:
+            control("wall_seconds", res.wall_seconds, "supervisor-timer")
 
     cgroup = None
     if cgroup_memory is not None or cgroup_pids is not None:
@@ -115,7 +129,7 @@ def plan_resources(res: ResourcesPolicy, caps: HostCapabilities, runtime: str, i
         state, mechanism = "not-requested", None
     else:
         state = "degraded" if downgrades else "enforced"
-        mechanism = "+".join(sorted({c["mechanism"] for c in controls.values() if c["mechanism"]})) or None
+        mechanism = "+".join(sorted({c["mechanism"] for c in controls.values() if c["mechanism"] and c["state"] != "delegated"})) or None
     prlimit = [caps.tool("prlimit"), *rlimit_flags, "--"] if rlimit_flags else []
     return ResourcesDecision(
         prlimit, cgroup, res.max_output_bytes, res.wall_seconds,

@@ -1,0 +1,937 @@
+"""Table-driven unit tests of the pure planner ``plan(policy, caps, spec)``.
+
+Hosts are hand-built HostCapabilities records (no probing, no subprocess, no file I/O): a fully
+capable root host, and variants made with ``dataclasses.replace``. Each table reads like a row
+of the policy matrix: host variant, policy, expected layer state / argv / report entries.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+
+import pytest
+
+from sandbox_kernel.capabilities import Capability, HostCapabilities
+from sandbox_kernel.planner import FD_PLACEHOLDER, RunSpec, plan
+from sandbox_kernel.planner.env import BASE_PATH
+from sandbox_kernel.planner.filesystem import CURATED_ETC, MINIMAL_ETC, STAGED_ETC
+from sandbox_kernel.planner.network import build_ruleset
+from sandbox_kernel.planner.resources import PIDS_OVERHEAD
+from sandbox_kernel.policy import MiB, PolicyError, deep_merge, parse_allow_entry, policy_from_dict
+from sandbox_kernel.report import LAYERS, SandboxUnavailable
+
+# --------------------------------------------------------------------------- host factory
+
+TOOL_NAMES = ("bwrap", "setpriv", "prlimit", "unshare", "nsenter", "nft", "slirp4netns", "pasta")
+TOOLS = {t: f"/usr/bin/{t}" for t in TOOL_NAMES}
+BWRAP, SETPRIV, PRLIMIT = TOOLS["bwrap"], TOOLS["setpriv"], TOOLS["prlimit"]
+MERGED_USR = {"/usr": "dir", "/bin": "usr/bin", "/sbin": "usr/sbin", "/lib": "usr/lib",
+              "/lib32": None, "/lib64": "usr/lib64", "/libx32": None}
+SPLIT_USR = {"/usr": "dir", "/bin": "dir", "/sbin": "dir", "/lib": "dir",
+             "/lib32": None, "/lib64": "dir", "/libx32": None}
+SANDBOX_UID = 65532
+CMD = ("python3", "-c", "print(1)")
+STAGE = "/stage"
+
+
+def _missing(what: str) -> Capability:
+    return Capability(False, error=f"{what} not found on PATH", hint="apt-get install it")
+
+
+def _cgroup(controller: str) -> Capability:
+    return Capability(True, "created and removed a probe cgroup",
+                      detail={"version": 1, "root": f"/sys/fs/cgroup/{controller}/sandbox-kernel"})
+
+
+ROOT_HOST = HostCapabilities(
+    platform="linux", euid=0, egid=0, user_name="root", tools=dict(TOOLS), host_layout=dict(MERGED_USR),
+    bwrap=Capability(True, "bwrap ran"), setpriv=Capability(True, "setpriv switched"),
+    prlimit=Capability(True, "prlimit took effect"), seccomp=Capability(True, "filter built"),
+    egress=Capability(True, "namespace + nft + slirp4netns up", detail={"backend": "slirp4netns", "rootless": False}),
+    cgroup_memory=_cgroup("memory"), cgroup_pids=_cgroup("pids"), landlock=Capability(True, "ABI 7"),
+    sandbox_account=Capability(True, "account found", detail={"name": "sandbox-kernel", "uid": SANDBOX_UID, "gid": SANDBOX_UID}),
+    interpreter=Capability(True, "python runs"),
+)
+
+_DARWIN_NO = Capability(False, error="OS-level isolation needs Linux; this host is darwin")
+VARIANTS: dict[str, dict] = {
+    "non-root": dict(euid=1000, egid=1000, user_name="alice", setpriv=Capability(True, "not needed: the supervisor is not root"),
+                     sandbox_account=Capability(True, "non-root supervisor", detail={"name": "alice", "uid": 1000, "gid": 1000})),
+    "no-bwrap": dict(bwrap=_missing("bwrap")),
+    "no-setpriv": dict(setpriv=_missing("setpriv")),
+    "no-prlimit": dict(prlimit=_missing("prlimit")),
+    "no-seccomp": dict(seccomp=Capability(False, error="could not build a seccomp filter: libseccomp missing")),
+    "no-egress": dict(egress=_missing("slirp4netns")),
+    "no-cgroups": dict(cgroup_memory=Capability(False, error="no cgroup filesystem mounted"),
+                       cgroup_pids=Capability(False, error="no cgroup filesystem mounted")),
+    "no-account": dict(sandbox_account=Capability(False, error="the sandbox account 'sandbox-kernel' does not exist")),
+    "split-usr": dict(host_layout=dict(SPLIT_USR)),
+    "darwin": dict(platform="darwin", euid=501, egid=20, user_name="alice",
+                   host_layout={d: None for d in MERGED_USR} | {"/usr": "dir", "/bin": "dir", "/sbin": "dir"},
+                   bwrap=_DARWIN_NO, setpriv=_DARWIN_NO, prlimit=_DARWIN_NO, seccomp=_DARWIN_NO, egress=_DARWIN_NO,
+                   cgroup_memory=_DARWIN_NO, cgroup_pids=_DARWIN_NO, landlock=_DARWIN_NO, interpreter=_DARWIN_NO,
+                   sandbox_account=Capability(True, detail={"name": "alice", "uid": 501, "gid": 20})),
+}
+
+
+def host(*variants: str) -> HostCapabilities:
+    """The fully capable root host with the named variants applied, left to right."""
+    caps = ROOT_HOST
+    for name in variants:
+        caps = replace(caps, **VARIANTS[name])
+    return caps
+
+
+def policy(overrides: dict | None = None, **top):
+    """The secure default with overrides; ``degrade`` unless asked otherwise, so a plan with
+    downgrades can be inspected. ``top`` keys are top-level (on_unavailable=..., enabled=...)."""
+    data = deep_merge({"on_unavailable": "degrade"}, overrides or {})
+    return policy_from_dict({**data, **top})
+
+
+def spec(**kw) -> RunSpec:
+    kw.setdefault("argv", CMD)
+    kw.setdefault("staging_dir", STAGE)
+    kw.setdefault("runtime", "python")
+    return RunSpec(**kw)
+
+
+def run_plan(caps=None, pol=None, **spec_kw):
+    return plan(pol or policy(), caps or host(), spec(**spec_kw))
+
+
+# --------------------------------------------------------------------------- argv / report helpers
+
+def bwrap_args(p) -> list[str]:
+    """bwrap's own arguments: between the bwrap binary and its ``--`` separator."""
+    argv = list(p.argv)
+    start = argv.index(BWRAP)
+    return argv[start + 1: argv.index("--", start)]
+
+
+def after_bwrap(p) -> list[str]:
+    argv = list(p.argv)
+    start = argv.index(BWRAP)
+    return argv[argv.index("--", start) + 1:]
+
+
+def triples(args: list[str], flag: str) -> list[tuple[str, str]]:
+    """(a, b) for each ``flag a b`` in args."""
+    return [(args[i + 1], args[i + 2]) for i, a in enumerate(args) if a == flag]
+
+
+def pairs(args: list[str], flag: str) -> list[str]:
+    return [args[i + 1] for i, a in enumerate(args) if a == flag]
+
+
+def has_seq(seq, sub) -> bool:
+    seq, sub = list(seq), list(sub)
+    return any(seq[i:i + len(sub)] == sub for i in range(len(seq) - len(sub) + 1))
+
+
+def index_of_seq(seq, sub) -> int:
+    seq, sub = list(seq), list(sub)
+    for i in range(len(seq) - len(sub) + 1):
+        if seq[i:i + len(sub)] == sub:
+            return i
+    raise AssertionError(f"{sub} not in argv")
+
+
+def downgrades(p, layer: str | None = None) -> list[str]:
+    return [d.reason for d in p.report.downgrades if layer is None or d.layer == layer]
+
+
+def notes(p, layer: str | None = None) -> list[str]:
+    return [n.note for n in p.report.notes if layer is None or n.layer == layer]
+
+
+def layer(p, name: str) -> dict:
+    return p.report.to_dict()["layers"][name]
+
+
+def enforced(p, name: str) -> bool:
+    return p.report.to_dict()["enforced"][name]
+
+
+def prlimit_args(p) -> list[str]:
+    """The prlimit prelude's flags (between prlimit and its ``--``), or [] when absent."""
+    argv = list(p.argv)
+    if PRLIMIT not in argv:
+        return []
+    i = argv.index(PRLIMIT)
+    return argv[i + 1: argv.index("--", i)]
+
+
+def ruleset_lines(p) -> list[str]:
+    return [line.strip() for line in p.egress.ruleset.splitlines() if line.strip()]
+
+
+# =========================================================================== privilege
+
+SETPRIV_FLAGS = ["--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"]
+
+PRIVILEGE_MATRIX = [
+    # id, host variants, privilege policy, state, (uid, gid) run as, setpriv prefix?, downgrade substr, note substr
+    ("root-account", (), {}, "enforced", (SANDBOX_UID, SANDBOX_UID), True, None, None),
+    ("root-explicit-uid", (), {"uid": 2000}, "enforced", (2000, 2000), True, None, None),
+    ("root-explicit-uid-gid", (), {"uid": 2000, "gid": 3000}, "enforced", (2000, 3000), True, None, None),
+    ("root-no-account-explicit-uid", ("no-account",), {"uid": 2000}, "enforced", (2000, 2000), True, None, None),
+    ("root-no-account-no-uid", ("no-account",), {}, "degraded", (0, 0), False, "host root", None),
+    ("root-inherit", (), {"mode": "inherit"}, "degraded", (0, 0), False, "inherit", None),
+    ("root-no-setpriv", ("no-setpriv",), {}, "degraded", (0, 0), False, "setpriv", None),
+    ("root-no-setpriv-explicit-uid", ("no-setpriv",), {"uid": 2000}, "degraded", (0, 0), False, "setpriv", None),
+    ("root-no-bwrap-still-drops", ("no-bwrap",), {}, "enforced", (SANDBOX_UID, SANDBOX_UID), True, None, None),
+    ("nonroot-drop", ("non-root",), {}, "enforced", (1000, 1000), False, None, None),
+    ("nonroot-drop-same-uid", ("non-root",), {"uid": 1000}, "enforced", (1000, 1000), False, None, None),
+    ("nonroot-drop-other-uid", ("non-root",), {"uid": 2000}, "enforced", (1000, 1000), False, None, "2000"),
+    ("nonroot-inherit", ("non-root",), {"mode": "inherit"}, "enforced", (1000, 1000), False, None, None),
+    ("nonroot-no-setpriv-needed", ("non-root", "no-setpriv"), {}, "enforced", (1000, 1000), False, None, None),
+]
+
+
+@pytest.mark.parametrize("variants,priv,state,ids,prefixed,down,note",
+                         [r[1:] for r in PRIVILEGE_MATRIX], ids=[r[0] for r in PRIVILEGE_MATRIX])
+def test_privilege_matrix(variants, priv, state, ids, prefixed, down, note):
+    p = run_plan(host(*variants), policy({"privilege": priv}))
+    lay = layer(p, "privilege")
+    assert lay["state"] == state
+    assert enforced(p, "privilege") is (state == "enforced")
+    assert p.run_as[1:] == ids
+    if prefixed:
+        uid, gid = ids
+        assert list(p.argv[:7]) == [SETPRIV, f"--reuid={uid}", f"--regid={gid}", *SETPRIV_FLAGS]
+        assert lay["mechanism"] == "setpriv" and (lay["uid"], lay["gid"]) == ids
+    else:
+        assert SETPRIV not in p.argv
+    if state == "enforced":
+        assert lay["uid"] == ids[0] and lay["no_new_privs"] is True
+    got = downgrades(p, "privilege")
+    if down:
+        assert len(got) == 1 and down in got[0]
+    else:
+        assert got == []
+    got_notes = notes(p, "privilege")
+    if note:
+        assert len(got_notes) == 1 and note in got_notes[0] and "ignored" in got_notes[0]
+    else:
+        assert got_notes == []
+
+
+def test_setpriv_comes_right_before_bwrap_and_nothing_runs_as_root():
+    p = run_plan()
+    assert p.argv[7] == BWRAP
+    assert p.run_as == ("sandbox-kernel", SANDBOX_UID, SANDBOX_UID)
+
+
+def test_nonroot_argv_starts_with_bwrap():
+    p = run_plan(host("non-root"))
+    assert p.argv[0] == BWRAP
+    assert "--uid" not in bwrap_args(p)  # no rootless id games without allowlisted egress
+
+
+# =========================================================================== filesystem
+
+FORBIDDEN_HOST_DIRS = ("/home", "/root", "/srv", "/opt", "/var", "/run", "/mnt", "/media")
+
+
+@pytest.mark.parametrize("layout_variant,expected", [
+    ((), {"ro": ["/usr"], "symlink": [("usr/bin", "/bin"), ("usr/sbin", "/sbin"), ("usr/lib", "/lib"), ("usr/lib64", "/lib64")]}),
+    (("split-usr",), {"ro": ["/usr", "/bin", "/sbin", "/lib", "/lib64"], "symlink": []}),
+], ids=["merged-usr", "split-usr"])
+@pytest.mark.parametrize("mode", ["scratch-plus-ro", "scratch-only"])
+def test_system_dirs_follow_host_layout(layout_variant, expected, mode):
+    p = run_plan(host(*layout_variant), policy({"filesystem": {"mode": mode}}))
+    args = bwrap_args(p)
+    ro = [dst for src, dst in triples(args, "--ro-bind") if src == dst]
+    assert ro == expected["ro"]
+    assert triples(args, "--symlink") == expected["symlink"]
+    for absent in ("/lib32", "/libx32"):
+        assert absent not in args
+
+
+@pytest.mark.parametrize("mode,etc_expected,etc_absent", [
+    ("scratch-plus-ro", CURATED_ETC, ()),
+    ("scratch-only", MINIMAL_ETC, tuple(n for n in CURATED_ETC if n not in MINIMAL_ETC)),
+])
+def test_etc_is_curated_and_staged(mode, etc_expected, etc_absent):
+    p = run_plan(pol=policy({"filesystem": {"mode": mode}}))
+    args = bwrap_args(p)
+    tried = triples(args, "--ro-bind-try")
+    for name in etc_expected:
+        assert (f"/etc/{name}", f"/etc/{name}") in tried
+    for name in etc_absent:
+        assert (f"/etc/{name}", f"/etc/{name}") not in tried
+    binds = triples(args, "--ro-bind")
+    for name in STAGED_ETC:
+        assert (f"{STAGE}/{name}", f"/etc/{name}") in binds
+        assert name in p.staged_files
+    # The host's own identity, secrets and /etc never show up as a source.
+    sources = [src for flag in ("--ro-bind", "--ro-bind-try", "--bind") for src, _ in triples(args, flag)]
+    for secret in ("/etc", "/etc/shadow", "/etc/gshadow", "/etc/passwd", "/etc/group", "/etc/sudoers", "/etc/ssh", "/"):
+        assert secret not in sources
+    assert not any(s.startswith("/etc/") and s[5:] not in CURATED_ETC for s in sources)
+
+
+@pytest.mark.parametrize("mode", ["scratch-plus-ro", "scratch-only"])
+def test_no_private_host_dirs(mode):
+    p = run_plan(pol=policy({"filesystem": {"mode": mode}}))
+    args = bwrap_args(p)
+    for arg in args:
+        for d in FORBIDDEN_HOST_DIRS:
+            assert arg != d and not arg.startswith(d + "/"), arg
+
+
+def test_tmp_tmpfs_sized_and_before_every_path_under_tmp():
+    pol = policy({"filesystem": {"scratch_bytes": "64M"}})
+    p = run_plan(pol=pol, scratch_dir="/tmp/scratch", runtime_paths=("/tmp/venv",), rw_paths=("/tmp/ipc",))
+    args = bwrap_args(p)
+    tmp = index_of_seq(args, ["--size", str(64 * MiB), "--tmpfs", "/tmp"])
+    under_tmp = [i for i, a in enumerate(args) if a.startswith("/tmp/")]
+    assert under_tmp and min(under_tmp) > tmp
+    assert ("/tmp/venv", "/tmp/venv") in triples(args, "--ro-bind-try")
+    assert ("/tmp/ipc", "/tmp/ipc") in triples(args, "--bind")
+    assert has_seq(args, ["--size", str(64 * MiB), "--tmpfs", "/tmp/scratch", "--chmod", "0700", "/tmp/scratch"])
+
+
+@pytest.mark.parametrize("scratch_bytes,sized", [("1G", True), (None, False)])
+def test_scratch_tmpfs_sized_by_scratch_bytes(scratch_bytes, sized):
+    p = run_plan(pol=policy({"filesystem": {"scratch_bytes": scratch_bytes}}))
+    args = bwrap_args(p)
+    if sized:
+        assert has_seq(args, ["--size", str(1024 * MiB), "--tmpfs", "/scratch"])
+        assert layer(p, "filesystem")["scratch_bytes"] == 1024 * MiB
+    else:
+        assert "--size" not in args
+        assert has_seq(args, ["--tmpfs", "/scratch"])
+
+
+@pytest.mark.parametrize("cwd,expected", [(None, "/scratch"), ("/scratch/work", "/scratch/work")])
+def test_proc_dev_and_chdir(cwd, expected):
+    p = run_plan(cwd=cwd)
+    args = bwrap_args(p)
+    assert has_seq(args, ["--proc", "/proc"]) and has_seq(args, ["--dev", "/dev"])
+    assert pairs(args, "--chdir") == [expected]
+    assert p.cwd == expected
+    lay = layer(p, "filesystem")
+    assert lay["state"] == "enforced" and lay["mechanism"] == "bwrap" and enforced(p, "filesystem")
+
+
+@pytest.mark.parametrize("mode,ro_policy_bound", [("scratch-plus-ro", True), ("scratch-only", False)])
+def test_read_only_paths_and_runtime_paths(mode, ro_policy_bound):
+    pol = policy({"filesystem": {"mode": mode, "read_only_paths": ["/data/shared"]}})
+    p = run_plan(pol=pol, runtime_paths=("/venv/kernel", "/usr/lib/python3"))
+    tried = triples(bwrap_args(p), "--ro-bind-try")
+    assert ("/venv/kernel", "/venv/kernel") in tried  # runtime paths survive scratch-only
+    assert (("/data/shared", "/data/shared") in tried) is ro_policy_bound
+    assert ("/usr/lib/python3", "/usr/lib/python3") not in tried  # already under the ro /usr
+
+
+@pytest.mark.parametrize("path", ["/", "/etc", "/etc/shadow", "/proc/1", "/dev", "/tmp"])
+def test_read_only_path_may_not_replace_the_sandbox_layout(path):
+    p = run_plan(pol=policy({"filesystem": {"read_only_paths": [path]}}))
+    args = bwrap_args(p)
+    assert (path, path) not in triples(args, "--ro-bind-try")
+    assert "/etc/shadow" not in args
+    for name in STAGED_ETC:  # the staged files stay in force
+        assert (f"{STAGE}/{name}", f"/etc/{name}") in triples(args, "--ro-bind")
+    assert any(path in n for n in notes(p, "filesystem"))
+    assert downgrades(p) == []
+
+
+def test_filesystem_off_binds_host_root_and_is_not_requested():
+    p = run_plan(pol=policy({"filesystem": {"mode": "off"}}), rw_paths=("/run/ipc",))
+    args = bwrap_args(p)
+    assert has_seq(args, ["--bind", "/", "/"])
+    assert ("/run/ipc", "/run/ipc") in triples(args, "--bind")
+    assert "--tmpfs" not in args and p.staged_files == {}
+    lay = layer(p, "filesystem")
+    assert lay["state"] == "not-requested" and enforced(p, "filesystem") is False
+    assert downgrades(p, "filesystem") == []
+    # The network namespace does not cut host Unix sockets when the host root is bound.
+    assert any("Unix sockets" in n for n in notes(p, "network"))
+
+
+@pytest.mark.parametrize("mode,state,downgraded", [
+    ("scratch-plus-ro", "degraded", True),
+    ("scratch-only", "degraded", True),
+    ("off", "not-requested", False),
+])
+def test_filesystem_without_bwrap(mode, state, downgraded):
+    p = run_plan(host("no-bwrap"), policy({"filesystem": {"mode": mode}}))
+    assert BWRAP not in p.argv
+    assert layer(p, "filesystem")["state"] == state
+    assert enforced(p, "filesystem") is False
+    got = downgrades(p, "filesystem")
+    if downgraded:
+        assert len(got) == 1 and "bwrap" in got[0]
+    else:
+        assert got == []
+    assert p.staged_files == {}
+    assert p.env["HOME"] == p.cwd  # no private scratch dir exists: HOME is not a made-up path
+
+
+@pytest.mark.parametrize("variants,pol,user,uid,gid", [
+    ((), {}, "sandbox-kernel", SANDBOX_UID, SANDBOX_UID),
+    (("non-root",), {}, "alice", 1000, 1000),
+    ((), {"privilege": {"uid": 2000, "gid": 3000}}, "sandbox", 2000, 3000),
+])
+def test_staged_passwd_names_the_run_uid_only(variants, pol, user, uid, gid):
+    p = run_plan(host(*variants), policy(pol))
+    passwd = p.staged_files["passwd"].splitlines()
+    assert f"{user}:x:{uid}:{gid}:sandboxed code:/scratch:/bin/sh" in passwd
+    assert {line.split(":")[0] for line in passwd} == {"root", user, "nobody"}
+    assert f"{user}:x:{gid}:" in p.staged_files["group"].splitlines()
+    assert "sandbox" in p.staged_files["hostname"]
+    assert p.staged_files["nsswitch.conf"].startswith("passwd: files")
+
+
+def test_staged_passwd_has_no_duplicate_root_when_running_as_root():
+    p = run_plan(pol=policy({"privilege": {"mode": "inherit"}}))
+    names = [line.split(":")[0] for line in p.staged_files["passwd"].splitlines()]
+    assert names.count("root") == 1
+
+
+# =========================================================================== network
+
+ALLOW = ["203.0.113.0/24:443"]
+
+
+def allowlist(allow, block=True):
+    return policy({"network": {"mode": "allowlist", "allow": allow, "block_metadata": block}})
+
+
+NETWORK_MATRIX = [
+    # id, host variants, network policy, bwrap net flag (None: no bwrap), state, egress?, downgrade substr
+    ("deny", (), {"mode": "deny"}, "--unshare-net", "enforced", False, None),
+    ("allowlist-empty", (), {"mode": "allowlist", "allow": []}, "--unshare-net", "enforced", False, None),
+    ("allowlist", (), {"mode": "allowlist", "allow": ALLOW}, "--share-net", "enforced", True, None),
+    ("allowlist-nonroot", ("non-root",), {"mode": "allowlist", "allow": ALLOW}, "--share-net", "enforced", True, None),
+    ("unrestricted-block", (), {"mode": "unrestricted"}, "--share-net", "enforced", True, None),
+    ("unrestricted-open", (), {"mode": "unrestricted", "block_metadata": False}, "--share-net", "not-requested", False, None),
+    ("allowlist-no-egress", ("no-egress",), {"mode": "allowlist", "allow": ALLOW}, "--unshare-net", "degraded", False, "unreachable"),
+    ("unrestricted-block-no-egress", ("no-egress",), {"mode": "unrestricted"}, "--share-net", "degraded", False, "metadata"),
+    ("allowlist-empty-no-egress", ("no-egress",), {"mode": "allowlist"}, "--unshare-net", "enforced", False, None),
+    ("deny-no-egress", ("no-egress",), {"mode": "deny"}, "--unshare-net", "enforced", False, None),
+    ("deny-no-bwrap", ("no-bwrap",), {"mode": "deny"}, None, "degraded", False, "egress unrestricted"),
+    ("allowlist-empty-no-bwrap", ("no-bwrap",), {"mode": "allowlist"}, None, "degraded", False, "egress unrestricted"),
+    ("allowlist-no-bwrap", ("no-bwrap",), {"mode": "allowlist", "allow": ALLOW}, None, "degraded", False, "egress unrestricted"),
+    ("unrestricted-block-no-bwrap", ("no-bwrap",), {"mode": "unrestricted"}, None, "degraded", False, "metadata"),
+    ("unrestricted-open-no-bwrap", ("no-bwrap",), {"mode": "unrestricted", "block_metadata": False}, None, "not-requested", False, None),
+]
+
+
+@pytest.mark.parametrize("variants,net,flag,state,has_egress,down",
+                         [r[1:] for r in NETWORK_MATRIX], ids=[r[0] for r in NETWORK_MATRIX])
+def test_network_matrix(variants, net, flag, state, has_egress, down):
+    p = run_plan(host(*variants), policy({"network": net}))
+    if flag is None:
+        assert BWRAP not in p.argv
+    else:
+        args = bwrap_args(p)
+        assert flag in args
+        assert ({"--unshare-net", "--share-net"} - {flag}).isdisjoint(args)
+    lay = layer(p, "network")
+    assert lay["state"] == state
+    assert enforced(p, "network") is (state == "enforced")
+    assert (p.egress is not None) is has_egress
+    got = downgrades(p, "network")
+    if down:
+        assert len(got) == 1 and down in got[0]
+    else:
+        assert got == []
+    if has_egress:
+        assert lay["mechanism"] == "nft+slirp4netns" and lay["refusal"] == "reject"
+
+
+def test_allowlist_without_egress_is_no_network_not_a_claimed_blackhole():
+    p = run_plan(host("no-egress"), allowlist(ALLOW))
+    assert "--unshare-net" in bwrap_args(p)
+    assert p.egress is None
+    reason = downgrades(p, "network")[0]
+    assert "allowed destinations are unreachable" in reason and "slirp4netns" in reason
+    assert enforced(p, "network") is False
+
+
+@pytest.mark.parametrize("variants,rootless,uid_gid", [
+    ((), False, None),
+    (("non-root",), True, ("1000", "1000")),
+])
+def test_egress_rootless_follows_euid(variants, rootless, uid_gid):
+    p = run_plan(host(*variants), allowlist(ALLOW))
+    assert p.egress.rootless is rootless
+    args = bwrap_args(p)
+    if uid_gid is None:
+        assert "--uid" not in args and "--gid" not in args
+    else:
+        assert pairs(args, "--uid") == [uid_gid[0]] and pairs(args, "--gid") == [uid_gid[1]]
+    assert (p.egress.unshare, p.egress.nsenter, p.egress.nft, p.egress.slirp4netns) == (
+        TOOLS["unshare"], TOOLS["nsenter"], TOOLS["nft"], TOOLS["slirp4netns"])
+
+
+def test_allowlist_ruleset_rejects_and_blocks_metadata_first():
+    p = run_plan(pol=allowlist(["203.0.113.7", "198.51.100.0/24:443"]))
+    lines = ruleset_lines(p)
+    assert lines[0] == "table inet sandbox_egress {"
+    verdict_lines = [ln for ln in lines if not ln.startswith("type ")]
+    assert not any(re.search(r"\bdrop\b", ln) for ln in verdict_lines)  # reject, never a silent drop
+    assert lines.count("type filter hook output priority 0; policy drop;") == 1
+    meta4 = next(i for i, ln in enumerate(lines) if "169.254.0.0/16" in ln)
+    meta6 = next(i for i, ln in enumerate(lines) if "fe80::/10" in ln)
+    first_accept = min(i for i, ln in enumerate(lines) if ln.endswith("accept"))
+    assert max(meta4, meta6) < first_accept
+    for needle in ("100.100.100.200/32", "fc00::/7"):
+        assert needle in lines[meta4] + lines[meta6]
+    assert "reject" in lines[meta4] and "reject" in lines[meta6]
+    assert "ip daddr 203.0.113.7/32 accept" in lines
+    assert "ip daddr 198.51.100.0/24 tcp dport 443 accept" in lines
+    assert "ip daddr 198.51.100.0/24 udp dport 443 accept" in lines
+    output_chain = lines[:lines.index("chain input {")]
+    assert output_chain[-3:] == ["meta l4proto tcp reject with tcp reset", "reject with icmpx type admin-prohibited", "}"]
+    assert "accept" not in output_chain  # no default accept in allowlist mode
+    detail = layer(p, "network")
+    assert detail["allow"] == ["203.0.113.7", "198.51.100.0/24:443"] and detail["metadata_blocked"] is True
+
+
+def test_unrestricted_with_block_is_filtered_default_accept():
+    p = run_plan(pol=policy({"network": {"mode": "unrestricted", "block_metadata": True}}))
+    lines = ruleset_lines(p)
+    meta = next(i for i, ln in enumerate(lines) if "169.254.0.0/16" in ln)
+    assert "reject" in lines[meta]
+    assert lines.index("accept") > meta
+    assert "--disable-host-loopback" in p.egress.slirp_flags
+    assert p.egress.dns is True and "--disable-dns" not in p.egress.slirp_flags
+    assert layer(p, "network")["allow"] == "all except metadata"
+
+
+def test_allowlist_without_metadata_block_has_no_metadata_lines():
+    p = run_plan(pol=allowlist(["169.254.169.254:80"], block=False))
+    assert "169.254.0.0/16" not in p.egress.ruleset
+    assert "ip daddr 169.254.169.254/32 tcp dport 80 accept" in ruleset_lines(p)
+    assert not any("metadata" in n for n in notes(p, "network"))
+
+
+@pytest.mark.parametrize("entry", ["169.254.169.254", "169.254.0.0/16:80", "100.100.100.200"])
+def test_metadata_entry_gets_a_note_and_is_still_rejected_first(entry):
+    p = run_plan(pol=allowlist([entry, "203.0.113.7"]))
+    rule = parse_allow_entry(entry)
+    assert any("metadata" in n and str(rule) in n for n in notes(p, "network"))
+    lines = ruleset_lines(p)
+    meta = next(i for i, ln in enumerate(lines) if "169.254.0.0/16" in ln)
+    allow_line = next(i for i, ln in enumerate(lines) if rule.network.with_prefixlen in ln and ln.endswith("accept"))
+    assert meta < allow_line
+    assert downgrades(p) == []
+
+
+SLIRP_MATRIX = [
+    # allow entries, host loopback open?, dns?
+    (["203.0.113.7"], False, False),
+    (["10.0.2.2"], True, False),
+    (["10.0.2.2:8888"], True, False),
+    (["10.0.2.0/24:8888"], False, False),  # a range is not "exactly 10.0.2.2"
+    (["10.0.2.3:53"], False, True),
+    (["10.0.2.3"], False, True),
+    (["10.0.2.3:80"], False, False),
+    (["10.0.2.2:8888", "10.0.2.3:53"], True, True),
+]
+
+
+@pytest.mark.parametrize("allow,loopback,dns", SLIRP_MATRIX, ids=[",".join(r[0]) for r in SLIRP_MATRIX])
+def test_slirp_flags(allow, loopback, dns):
+    p = run_plan(pol=allowlist(allow))
+    flags = p.egress.slirp_flags
+    assert "--enable-sandbox" in flags and "--enable-seccomp" in flags
+    assert ("--disable-host-loopback" in flags) is not loopback
+    assert ("--disable-dns" in flags) is not dns
+    assert p.egress.dns is dns
+    resolv = p.staged_files["resolv.conf"]
+    dns_notes = [n for n in notes(p, "network") if "name resolution is unavailable" in n]
+    if dns:
+        assert resolv == "nameserver 10.0.2.3\n" and dns_notes == []
+    else:
+        assert "nameserver" not in resolv and len(dns_notes) == 1
+    assert layer(p, "network")["host_loopback"] is loopback
+
+
+def test_deny_notes_no_name_resolution():
+    p = run_plan()
+    assert any("name resolution is unavailable" in n for n in notes(p, "network"))
+    assert "nameserver" not in p.staged_files["resolv.conf"]
+
+
+def test_ipv6_allow_entries_are_a_downgrade_not_a_silent_blackhole():
+    p = run_plan(pol=allowlist(["203.0.113.7", "[2001:db8::1]:443"]))
+    assert "ip6 daddr 2001:db8::1/128 tcp dport 443 accept" in ruleset_lines(p)
+    got = downgrades(p, "network")
+    assert len(got) == 1 and "IPv4-only" in got[0] and "2001:db8::1" in got[0]
+    assert enforced(p, "network") is False
+    with pytest.raises(SandboxUnavailable):
+        plan(policy({"network": {"mode": "allowlist", "allow": ["[2001:db8::1]:443"]}}, on_unavailable="fail"), host(), spec())
+
+
+@pytest.mark.parametrize("entry", [
+    "1.2.3.4} accept; {", "1.2.3.4;", "10.0.0.0/8 accept", "example.com", "1.2.3.4:443}", '"1.2.3.4"', "1.2.3.4\naccept",
+])
+def test_allow_entries_cannot_inject_rule_text(entry):
+    with pytest.raises(ValueError):
+        parse_allow_entry(entry)
+    with pytest.raises(PolicyError) as err:
+        policy({"network": {"mode": "allowlist", "allow": [entry]}})
+    assert "network.allow" in str(err.value)
+
+
+def test_ruleset_holds_only_parsed_addresses():
+    rules = [parse_allow_entry(e) for e in (" 10.1.2.3/8:443 ", "[2001:db8::/32]:53", "192.0.2.9")]
+    text = build_ruleset(rules, True, False)
+    accept_lines = [ln.strip() for ln in text.splitlines() if "daddr" in ln and ln.strip().endswith("accept")]
+    assert accept_lines == [
+        "ip daddr 10.0.0.0/8 tcp dport 443 accept", "ip daddr 10.0.0.0/8 udp dport 443 accept",
+        "ip6 daddr 2001:db8::/32 tcp dport 53 accept", "ip6 daddr 2001:db8::/32 udp dport 53 accept",
+        "ip daddr 192.0.2.9/32 accept",
+    ]
+    # Braces: the table and two chains, plus one set per metadata line; nothing from entries.
+    assert text.count("{") == text.count("}") == 3 + 2
+
+
+# =========================================================================== resources
+
+FULL_CONTROLS = {
+    "cpu_seconds": "rlimit",
+    "max_open_files": "rlimit",
+    "max_file_size_bytes": "rlimit",
+    "max_processes": "cgroup-v1-pids+rlimit-nproc-in-userns",
+    "memory_bytes": "cgroup-v1-memory",
+    "max_output_bytes": "supervisor-stream-cap",
+    "wall_seconds": "supervisor-timer",
+}
+
+
+def test_each_control_names_its_mechanism():
+    p = run_plan(pol=policy({"resources": {"wall_seconds": 30}}))
+    controls = layer(p, "resources")["controls"]
+    assert {k: v["mechanism"] for k, v in controls.items()} == FULL_CONTROLS
+    assert all(v["state"] == "enforced" for v in controls.values())
+    assert layer(p, "resources")["state"] == "enforced" and enforced(p, "resources")
+    assert prlimit_args(p) == ["--cpu=60", "--nofile=1024", "--fsize=268435456", "--nproc=256"]
+    assert p.cgroup.version == 1
+    assert p.cgroup.memory_bytes == 512 * MiB and p.cgroup.memory_root == "/sys/fs/cgroup/memory/sandbox-kernel"
+    assert p.cgroup.pids_max == 256 + PIDS_OVERHEAD and p.cgroup.pids_root == "/sys/fs/cgroup/pids/sandbox-kernel"
+    assert p.max_output_bytes == 5 * MiB and p.wall_seconds == 30
+    assert downgrades(p, "resources") == [] and notes(p, "resources") == []
+
+
+def test_prlimit_runs_inside_the_sandbox():
+    p = run_plan()
+    inner = after_bwrap(p)
+    assert inner[0] == PRLIMIT
+    assert PRLIMIT not in list(p.argv)[: list(p.argv).index(BWRAP)]
+    assert inner[inner.index("--") + 1:] == list(CMD)
+
+
+RESOURCE_MATRIX = [
+    # id, host variants, runtime, resources policy, {control: mechanism or None(degraded)}, prlimit flags (subset), absent flags, downgrade substrs, note substrs
+    ("no-cgroups-python", ("no-cgroups",), "python", {},
+     {"max_processes": "rlimit-nproc-in-userns", "memory_bytes": "rlimit-as"},
+     ["--nproc=256", f"--as={512 * MiB}"], [], [], ["max_processes", "memory_bytes"]),
+    ("no-cgroups-shell", ("no-cgroups",), "shell", {},
+     {"memory_bytes": "rlimit-as"}, [f"--as={512 * MiB}"], [], [], ["RLIMIT_AS", "RLIMIT_NPROC"]),
+    ("no-cgroups-node", ("no-cgroups",), "node", {},
+     {"memory_bytes": None}, ["--nproc=256"], ["--as="], ["node runtime"], ["max_processes"]),
+    ("no-cgroups-other", ("no-cgroups",), "other", {},
+     {"memory_bytes": None}, [], ["--as="], ["RLIMIT_AS would break"], ["max_processes"]),
+    ("node-with-cgroup", (), "node", {}, {"memory_bytes": "cgroup-v1-memory"}, [], ["--as="], [], []),
+    ("no-bwrap-cgroups", ("no-bwrap",), "python", {},
+     {"max_processes": "cgroup-v1-pids"}, ["--cpu=60"], ["--nproc="], [], []),
+    ("no-bwrap-no-cgroups", ("no-bwrap", "no-cgroups"), "python", {},
+     {"max_processes": None, "memory_bytes": "rlimit-as"}, [f"--as={512 * MiB}"], ["--nproc="], ["user namespace"], ["memory_bytes"]),
+    ("no-prlimit", ("no-prlimit",), "python", {},
+     {"cpu_seconds": None, "max_open_files": None, "max_file_size_bytes": None,
+      "max_processes": "cgroup-v1-pids", "memory_bytes": "cgroup-v1-memory"}, [], ["--cpu="],
+     ["cpu_seconds: needs prlimit", "max_open_files: needs prlimit", "max_file_size_bytes: needs prlimit"], []),
+    ("no-prlimit-no-cgroups", ("no-prlimit", "no-cgroups"), "python", {},
+     {"max_processes": None, "memory_bytes": None}, [], ["--cpu="],
+     ["cpu_seconds: needs prlimit", "max_open_files: needs prlimit", "max_file_size_bytes: needs prlimit",
+      "max_processes: no pids cgroup", "memory_bytes: no memory cgroup"], []),
+    ("only-output-cap", (), "python",
+     {"cpu_seconds": None, "memory_bytes": None, "max_processes": None, "max_open_files": None, "max_file_size_bytes": None},
+     {"max_output_bytes": "supervisor-stream-cap"}, [], ["--cpu="], [], []),
+]
+
+
+@pytest.mark.parametrize("variants,runtime,res,mechanisms,flags,absent,downs,note_subs",
+                         [r[1:] for r in RESOURCE_MATRIX], ids=[r[0] for r in RESOURCE_MATRIX])
+def test_resources_matrix(variants, runtime, res, mechanisms, flags, absent, downs, note_subs):
+    p = run_plan(host(*variants), policy({"resources": res}), runtime=runtime)
+    controls = layer(p, "resources")["controls"]
+    for name, mech in mechanisms.items():
+        assert controls[name]["mechanism"] == mech, name
+        assert controls[name]["state"] == ("enforced" if mech else "degraded")
+    got_flags = prlimit_args(p)
+    for f in flags:
+        assert f in got_flags
+    for f in absent:
+        assert not any(a.startswith(f) for a in got_flags)
+    got = downgrades(p, "resources")
+    assert len(got) == len(downs)
+    for sub in downs:
+        assert any(sub in r for r in got), (sub, got)
+    if downs:
+        assert layer(p, "resources")["state"] == "degraded" and enforced(p, "resources") is False
+    got_notes = notes(p, "resources")
+    assert len(got_notes) == len(note_subs)
+    for sub in note_subs:
+        assert any(sub in n for n in got_notes), (sub, got_notes)
+
+
+def test_without_prlimit_rlimit_reasons_do_not_blame_memory():
+    # R1 of the anchor: memory never depended on prlimit when a memory cgroup exists.
+    p = run_plan(host("no-prlimit"))
+    assert PRLIMIT not in p.argv
+    assert all("memory" not in r for r in downgrades(p, "resources"))
+    assert layer(p, "resources")["controls"]["memory_bytes"]["state"] == "enforced"
+
+
+def test_without_bwrap_prlimit_wraps_the_command_directly_and_never_sets_nproc():
+    p = run_plan(host("no-bwrap", "no-cgroups"))
+    argv = list(p.argv)
+    assert argv[:7] == [SETPRIV, f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_UID}", *SETPRIV_FLAGS]
+    assert argv[7] == PRLIMIT
+    assert not any(a.startswith("--nproc") for a in argv)
+    assert argv[argv.index("--", 7) + 1:] == list(CMD)
+
+
+def test_nothing_requested_is_not_requested():
+    none = {k: None for k in ("cpu_seconds", "memory_bytes", "max_processes", "max_open_files",
+                              "max_file_size_bytes", "max_output_bytes", "wall_seconds")}
+    p = run_plan(pol=policy({"resources": none}))
+    lay = layer(p, "resources")
+    assert lay["state"] == "not-requested" and lay["mechanism"] is None and lay["controls"] == {}
+    assert enforced(p, "resources") is False
+    assert PRLIMIT not in p.argv and p.cgroup is None and p.max_output_bytes is None
+    assert after_bwrap(p) == list(CMD)
+
+
+# =========================================================================== seccomp
+
+def test_seccomp_enforced():
+    p = run_plan()
+    args = bwrap_args(p)
+    assert has_seq(args, ["--seccomp", FD_PLACEHOLDER])
+    assert "--disable-userns" in args
+    assert p.seccomp is not None and "ptrace" in p.seccomp.denied
+    lay = layer(p, "seccomp")
+    assert lay["state"] == "enforced" and lay["mechanism"] == "seccomp-bpf" and enforced(p, "seccomp")
+
+
+@pytest.mark.parametrize("variant,why", [("no-seccomp", "seccomp filter"), ("no-bwrap", "bwrap")])
+def test_seccomp_unavailable(variant, why):
+    p = run_plan(host(variant))
+    assert "--seccomp" not in p.argv and FD_PLACEHOLDER not in p.argv and "--disable-userns" not in p.argv
+    assert p.seccomp is None
+    got = downgrades(p, "seccomp")
+    assert len(got) == 1 and why in got[0]
+    assert enforced(p, "seccomp") is False
+
+
+# =========================================================================== env
+
+HOSTILE_OVERRIDES = [
+    "LD_PRELOAD", "LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME", "PYTHONUSERBASE",
+    "PYTHONINSPECT", "PYTHONBREAKPOINT", "PYTHONWARNINGS", "NODE_OPTIONS", "NODE_PATH", "BASH_ENV", "ENV",
+    "http_proxy", "HTTPS_PROXY", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "GCONV_PATH", "MALLOC_ARENA_MAX",
+    "BASH_FUNC_x%%", "IFS", "PATH", "HOME", "TMPDIR",
+]
+HOST_ENV = {"AWS_SECRET_ACCESS_KEY": "hunter2", "GITHUB_TOKEN": "ghp_x", "JUPYTER_TOKEN": "tok",
+            "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "TZ": "UTC", "PATH": "/root/bin:/usr/bin", "HOME": "/root",
+            "LD_PRELOAD": "/host/evil.so", "SSH_AUTH_SOCK": "/run/ssh.sock"}
+
+
+@pytest.mark.parametrize("key", HOSTILE_OVERRIDES)
+def test_hostile_override_is_dropped_and_reported(key):
+    p = run_plan(env={key: "/evil", "FOO": "1"})
+    assert p.env.get(key) != "/evil"
+    assert key in layer(p, "env")["dropped_keys"]
+    assert p.env["FOO"] == "1"
+
+
+@pytest.mark.parametrize("key,value", [("FOO", "1"), ("PYTHONUNBUFFERED", "1"), ("MPLBACKEND", "Agg"), ("OMP_NUM_THREADS", "2")])
+def test_benign_override_passes(key, value):
+    p = run_plan(env={key: value})
+    assert p.env[key] == value
+    assert layer(p, "env")["dropped_keys"] == []
+
+
+def test_supervisor_env_never_leaks_only_locale_passes():
+    p = run_plan(host_env=HOST_ENV)
+    for secret in ("AWS_SECRET_ACCESS_KEY", "GITHUB_TOKEN", "JUPYTER_TOKEN", "LD_PRELOAD", "SSH_AUTH_SOCK"):
+        assert secret not in p.env
+    assert "hunter2" not in json.dumps(p.env) and "hunter2" not in json.dumps(p.report.to_dict())
+    assert {k: p.env[k] for k in ("LANG", "LC_ALL", "TZ")} == {"LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "TZ": "UTC"}
+    assert p.env["PATH"] == BASE_PATH
+    assert p.env["HOME"] == "/scratch"
+
+
+def test_pinned_values_and_sandbox_env_bypass():
+    p = run_plan(env={"HOME": "/root", "TMPDIR": "/var/tmp", "USER": "root"},
+                 sandbox_env={"PYTHONPATH": "/kernel/lib", "JPY_PARENT_PID": "1"})
+    assert p.env["HOME"] == "/scratch" and p.env["TMPDIR"] == "/tmp"
+    assert p.env["USER"] == p.env["LOGNAME"] == "sandbox-kernel"
+    assert p.env["PYTHONPATH"] == "/kernel/lib" and p.env["JPY_PARENT_PID"] == "1"
+    assert set(layer(p, "env")["dropped_keys"]) == {"HOME", "TMPDIR", "USER"}
+
+
+def test_home_follows_filesystem_mode_off():
+    p = run_plan(pol=policy({"filesystem": {"mode": "off"}}))
+    assert p.env["HOME"] == p.cwd == "/tmp"
+
+
+# =========================================================================== report
+
+REPORT_POLICIES = {
+    "default": {},
+    "allowlist": {"network": {"mode": "allowlist", "allow": ALLOW}},
+    "unrestricted-block": {"network": {"mode": "unrestricted"}},
+    "unrestricted-open": {"network": {"mode": "unrestricted", "block_metadata": False}},
+    "fs-off": {"filesystem": {"mode": "off"}},
+    "scratch-only": {"filesystem": {"mode": "scratch-only"}},
+    "inherit": {"privilege": {"mode": "inherit"}},
+    "no-caps": {"resources": {"cpu_seconds": None, "memory_bytes": None, "max_processes": None, "max_open_files": None,
+                              "max_file_size_bytes": None, "max_output_bytes": None}},
+}
+REPORT_HOSTS = [(), ("non-root",), ("no-bwrap",), ("no-setpriv",), ("no-prlimit",), ("no-seccomp",), ("no-egress",),
+                ("no-cgroups",), ("no-account",), ("non-root", "no-cgroups", "no-egress"), ("darwin",)]
+
+
+@pytest.mark.parametrize("variants", REPORT_HOSTS, ids=lambda v: "+".join(v) or "root")
+@pytest.mark.parametrize("pol_name", list(REPORT_POLICIES))
+def test_report_contract_holds_across_the_matrix(variants, pol_name):
+    p = run_plan(host(*variants), policy(REPORT_POLICIES[pol_name]))
+    r = p.report.to_dict()
+    assert json.loads(json.dumps(r)) == r
+    assert {"version", "scope", "platform", "requested", "enforced", "layers", "downgrades", "notes"} <= set(r)
+    assert r["version"] == 1 and r["scope"] == "cell"
+    assert r["platform"] == ("darwin" if "darwin" in variants else "linux")
+    assert r["requested"] == policy(REPORT_POLICIES[pol_name]).to_dict()
+    assert set(r["layers"]) == set(LAYERS) == set(r["enforced"])
+    for name, lay in r["layers"].items():
+        assert lay["state"] in ("enforced", "degraded", "not-requested") and "mechanism" in lay
+        # enforced.X only if requested AND enforced; a downgrade always shows as "degraded".
+        assert r["enforced"][name] is (lay["state"] == "enforced")
+        has_down = any(d["layer"] == name for d in r["downgrades"])
+        assert has_down is (lay["state"] == "degraded"), (name, lay, r["downgrades"])
+        if lay["state"] == "enforced":
+            assert lay["mechanism"]
+    for d in r["downgrades"]:
+        assert set(d) == {"layer", "reason"} and d["layer"] in LAYERS and d["reason"]
+    for n in r["notes"]:
+        assert set(n) == {"layer", "note"} and n["note"]
+
+
+def test_report_scope_follows_spec():
+    assert run_plan(scope="kernel").report.to_dict()["scope"] == "kernel"
+
+
+def test_secure_default_on_capable_host_is_fully_enforced():
+    for variants in ((), ("non-root",)):
+        p = plan(policy(on_unavailable="fail"), host(*variants), spec())
+        r = p.report.to_dict()
+        assert r["downgrades"] == []
+        assert all(r["enforced"].values()), r["enforced"]
+
+
+@pytest.mark.parametrize("variants,layers_down", [
+    (("darwin",), {"filesystem", "network", "resources", "seccomp"}),
+    (("no-bwrap",), {"filesystem", "network", "seccomp"}),
+])
+def test_weak_hosts_downgrade_exactly_the_missing_layers(variants, layers_down):
+    p = run_plan(host(*variants))
+    assert {d.layer for d in p.report.downgrades} == layers_down
+    if "darwin" in variants:
+        assert all("darwin" in d.reason for d in p.report.downgrades)
+        assert p.argv == CMD  # non-root, nothing to wrap with: the plain command (and the report says so)
+
+
+def test_disabled_policy_is_plain():
+    p = run_plan(pol=policy(enabled=False), env={"LD_PRELOAD": "x"})
+    r = p.report.to_dict()
+    assert p.argv == CMD and p.sandboxed is False
+    assert all(lay["state"] == "not-requested" for lay in r["layers"].values())
+    assert not any(r["enforced"].values())
+    assert r["downgrades"] == [] and r["requested"]["enabled"] is False
+    assert p.egress is None and p.cgroup is None and p.seccomp is None and p.staged_files == {}
+
+
+def test_disabled_policy_never_refuses_on_a_weak_host():
+    p = plan(policy(enabled=False, on_unavailable="fail"), host("darwin"), spec())
+    assert p.argv == CMD
+
+
+# =========================================================================== fail-closed gate
+
+GATE_MATRIX = [
+    # id, host variants, policy overrides, expected downgraded layers
+    ("no-bwrap", ("no-bwrap",), {}, ["filesystem", "network", "seccomp"]),
+    ("no-prlimit", ("no-prlimit",), {}, ["resources", "resources", "resources"]),
+    ("root-inherit", (), {"privilege": {"mode": "inherit"}}, ["privilege"]),
+    ("no-egress-allowlist", ("no-egress",), {"network": {"mode": "allowlist", "allow": ALLOW}}, ["network"]),
+    ("everything-missing", ("no-bwrap", "no-setpriv", "no-prlimit", "no-seccomp", "no-egress", "no-cgroups"),
+     {"network": {"mode": "allowlist", "allow": ALLOW}},
+     ["privilege", "filesystem", "network", "resources", "resources", "resources", "resources", "resources", "seccomp"]),
+]
+
+
+@pytest.mark.parametrize("variants,pol,layers_down", [r[1:] for r in GATE_MATRIX], ids=[r[0] for r in GATE_MATRIX])
+def test_fail_refuses_listing_every_downgrade_and_degrade_reports_them(variants, pol, layers_down):
+    caps = host(*variants)
+    with pytest.raises(SandboxUnavailable) as err:
+        plan(policy(pol, on_unavailable="fail"), caps, spec())
+    degraded = plan(policy(pol, on_unavailable="degrade"), caps, spec())
+    assert [d.layer for d in degraded.report.downgrades] == layers_down
+    exc = err.value
+    assert str(exc).startswith("sandbox unavailable")
+    assert exc.downgrades == degraded.report.downgrades
+    for d in degraded.report.downgrades:
+        assert f"{d.layer}: {d.reason}" in str(exc)
+    assert exc.report is not None and exc.report.to_dict()["downgrades"] == degraded.report.to_dict()["downgrades"]
+
+
+@pytest.mark.parametrize("variants,pol", [
+    (("non-root",), {"privilege": {"uid": 2000}}),
+    (("no-cgroups",), {}),
+    ((), {"network": {"mode": "allowlist", "allow": ["169.254.169.254", "203.0.113.7"]}}),
+    ((), {"filesystem": {"read_only_paths": ["/etc"]}}),
+    ((), {"filesystem": {"mode": "off"}}),
+], ids=["uid-ignored", "no-cgroups", "metadata-entry", "reserved-ro-path", "fs-off"])
+def test_notes_never_refuse(variants, pol):
+    p = plan(policy(pol, on_unavailable="fail"), host(*variants), spec())
+    assert p.report.notes and p.report.downgrades == []
+
+
+# =========================================================================== argv order
+
+@pytest.mark.parametrize("variants,head,has_bwrap,has_prlimit", [
+    ((), SETPRIV, True, True),
+    (("non-root",), BWRAP, True, True),
+    (("no-bwrap",), SETPRIV, False, True),
+    (("non-root", "no-bwrap"), PRLIMIT, False, True),
+    (("non-root", "no-prlimit"), BWRAP, True, False),
+    (("non-root", "no-bwrap", "no-prlimit"), CMD[0], False, False),
+])
+def test_argv_order(variants, head, has_bwrap, has_prlimit):
+    p = run_plan(host(*variants))
+    argv = list(p.argv)
+    assert argv[0] == head
+    assert argv[-len(CMD):] == list(CMD)
+    assert (BWRAP in argv) is has_bwrap and (PRLIMIT in argv) is has_prlimit
+    pos = {name: argv.index(name) for name in (SETPRIV, BWRAP, PRLIMIT) if name in argv}
+    order = [n for n in (SETPRIV, BWRAP, PRLIMIT) if n in pos]
+    assert [pos[n] for n in order] == sorted(pos.values())
+    if has_bwrap:
+        sep = argv.index("--", pos[BWRAP])
+        inner = argv[sep + 1:]
+        if has_prlimit:
+            assert inner[0] == PRLIMIT and inner[inner.index("--") + 1:] == list(CMD)
+        else:
+            assert inner == list(CMD)
+        assert argv[pos[BWRAP]: sep].count("--seccomp") == 1
