@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .policy import PolicyError, load_policy_file, secure_default
@@ -20,7 +21,10 @@ def _readiness(caps, policy):
     probe_policy = policy.model_copy(update={"on_unavailable": "degrade"})
     spec = RunSpec(argv=(sys.executable,), staging_dir="/nonexistent", runtime="python", scope="kernel",
                    runtime_paths=python_runtime_paths())
-    return plan(probe_policy, caps, spec).report
+    report = plan(probe_policy, caps, spec).report
+    # Report the policy that was asked about, not the report-only copy planned above.
+    report.requested = policy.to_dict()
+    return report
 
 
 def cmd_doctor(args) -> int:
@@ -31,8 +35,10 @@ def cmd_doctor(args) -> int:
     report = _readiness(caps, policy)
     enforceable = not report.downgrades
     if args.json:
+        unavailable = {name: {"error": cap.error, "hint": cap.hint}
+                       for name, cap in caps.items().items() if not cap.ok}
         out = {"enforceable": enforceable, "policy": "file" if args.policy else "secure-default",
-               "report": report.to_dict(), **caps.to_dict()}
+               "report": report.to_dict(), "unavailable": unavailable, **caps.to_dict()}
         print(json.dumps(out, indent=2))
         return EXIT_OK if enforceable else EXIT_UNENFORCEABLE
     print(f"sandbox-kernel doctor  (probe took {caps.probe_seconds * 1000:.0f} ms, supervisor uid {caps.euid})\n")
@@ -74,9 +80,107 @@ def cmd_policy_validate(args) -> int:
     return EXIT_OK
 
 
+def cmd_run(args) -> int:
+    from .config import operator_policy
+    from .executor import batch_exit_code, check_enforceable, format_table, run_batch
+    from .report import SandboxUnavailable
+
+    policy = load_policy_file(args.policy) if args.policy else operator_policy()
+    names = {}
+    for nb in args.notebooks:
+        if not os.path.isfile(nb):
+            print(f"notebook: {nb!r} does not exist", file=sys.stderr)
+            return EXIT_USAGE
+        other = names.setdefault(os.path.basename(nb), nb)
+        if other != nb:
+            print(f"notebook: {other!r} and {nb!r} would both be written as {os.path.basename(nb)!r} in the output dir", file=sys.stderr)
+            return EXIT_USAGE
+    for name in ("jobs",):
+        if getattr(args, name) < 1:
+            print(f"--{name}: must be at least 1", file=sys.stderr)
+            return EXIT_USAGE
+    for name in ("cell_timeout", "notebook_timeout"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            print(f"--{name.replace('_', '-')}: must be a positive number of seconds", file=sys.stderr)
+            return EXIT_USAGE
+    try:
+        if not args.dask_scheduler:
+            check_enforceable(policy)  # refuse before any kernel starts
+    except SandboxUnavailable as e:
+        print(str(e), file=sys.stderr)
+        return EXIT_UNENFORCEABLE
+    progress = _progress(len(args.notebooks))
+    results = run_batch(
+        args.notebooks, policy=policy, output_dir=args.output_dir, jobs=args.jobs,
+        dask_scheduler=args.dask_scheduler, on_result=progress, cell_timeout=args.cell_timeout,
+        notebook_timeout=args.notebook_timeout, allow_errors=args.allow_errors,
+    )
+    progress.close()
+    code = batch_exit_code(results)
+    print(format_table(results))
+    if code == EXIT_UNENFORCEABLE:
+        for r in results:
+            if r.status == "refused":
+                print(f"{r.path}: {r.reason}", file=sys.stderr)
+    if args.summary:
+        with open(args.summary, "w") as f:
+            json.dump({"exit_code": code, "policy": policy.to_dict(), "notebooks": [r.to_dict() for r in results]}, f, indent=2)
+    return code
+
+
+class _progress:
+    """A progress bar on a terminal, plain lines otherwise."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.bar = total, 0, None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="notebook", file=sys.stderr)
+
+    def __call__(self, result) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{os.path.basename(result.path)}: {result.status}")
+            self.bar.update(1)
+        else:
+            print(f"[{self.done}/{self.total}] {result.path}: {result.status} ({result.duration:.1f}s)", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def cmd_install(args) -> int:
+    from .kernelspec import install
+
+    path = install(name=args.name, user=args.user, sys_prefix=args.sys_prefix, policy_file=args.policy)
+    print(f"installed kernelspec {args.name!r} in {path}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sandbox-kernel", description="Run untrusted notebooks in an OS-level sandbox.")
     sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="execute untrusted notebooks, each in its own sandboxed kernel")
+    run.add_argument("notebooks", nargs="+", metavar="NOTEBOOK")
+    run.add_argument("--policy", metavar="FILE", help="policy file (default: the Jupyter config's policy, else the secure default)")
+    run.add_argument("--output-dir", default="sandbox-out", metavar="DIR", help="where executed notebooks go (default: ./sandbox-out)")
+    run.add_argument("--jobs", type=int, default=1, metavar="N", help="notebooks run at once (default 1)")
+    run.add_argument("--cell-timeout", type=float, metavar="S", help="wall-clock seconds per cell")
+    run.add_argument("--notebook-timeout", type=float, metavar="S", help="wall-clock seconds per notebook")
+    run.add_argument("--summary", metavar="FILE.json", help="also write the result table as JSON")
+    run.add_argument("--allow-errors", action="store_true", help="keep going after a failing cell; exit 0 if only cells errored")
+    run.add_argument("--dask-scheduler", metavar="ADDRESS", help="run each notebook as a task on this Dask cluster")
+    run.set_defaults(func=cmd_run)
+    install = sub.add_parser("install", help="install the python3-sandboxed kernelspec")
+    where = install.add_mutually_exclusive_group()
+    where.add_argument("--user", action="store_true", help="for the current user")
+    where.add_argument("--sys-prefix", action="store_true", help="into this Python environment")
+    install.add_argument("--name", default="python3-sandboxed", help="kernelspec name (default python3-sandboxed)")
+    install.add_argument("--policy", metavar="FILE", help="policy keys that tighten the operator's policy for this kernelspec")
+    install.set_defaults(func=cmd_install)
     doctor = sub.add_parser("doctor", help="probe this host and show which mechanism enforces each layer")
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
     doctor.add_argument("--policy", metavar="FILE", help="check this policy instead of the secure default")

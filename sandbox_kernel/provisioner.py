@@ -54,6 +54,7 @@ class SandboxProvisioner(LocalProvisioner):
     effective_sandbox: dict | None = None  # the trusted kernel-scope report of the running kernel
     _sandbox: SandboxProcess | None = None
     _run_dir: str | None = None
+    _last_exit: dict | None = None
 
     # ------------------------------------------------------------------ policy
 
@@ -68,9 +69,13 @@ class SandboxProvisioner(LocalProvisioner):
         return override
 
     def requested_policy(self) -> SandboxPolicy:
-        config = load_jupyter_config()
-        config.merge(self.config)  # the server's own config files win over ours
-        operator = SandboxPolicyConfig(config=config).policy()
+        # An embedding program (the batch executor) hands the operator policy to its kernel
+        # manager directly; otherwise it comes from Jupyter config.
+        operator = getattr(self.parent, "sandbox_policy", None)
+        if operator is None:
+            config = load_jupyter_config()
+            config.merge(self.config)  # the server's own config files win over ours
+            operator = SandboxPolicyConfig(config=config).policy()
         return tighten(operator, self.kernelspec_overrides())
 
     # ------------------------------------------------------------------ lifecycle
@@ -121,9 +126,11 @@ class SandboxProvisioner(LocalProvisioner):
         # Only what the caller deliberately added (kernelspec env, session name) is a candidate
         # override; the supervisor's own environment never reaches the sandbox.
         overrides = {k: v for k, v in env.items() if os.environ.get(k) != v}
+        input_dir = kwargs.get("cwd")
         spec = RunSpec(
             argv=tuple(cmd), staging_dir="", runtime="python", scope="kernel",
             runtime_paths=python_runtime_paths(), rw_paths=(run_dir,), env=overrides,
+            input_dir=str(input_dir) if input_dir else None, input_entries=_visible_entries(input_dir),
             sandbox_env={"JPY_PARENT_PID": "1", "IPYTHONDIR": "/tmp/.ipython", "PYTHONDONTWRITEBYTECODE": "1"},
             host_env=dict(os.environ),
         )
@@ -159,8 +166,26 @@ class SandboxProvisioner(LocalProvisioner):
         if self._sandbox is not None:
             self._sandbox.kill_tree("terminate")
 
+    def death_reason(self) -> str:
+        """Why the last kernel process ended, in words (for clients that saw it die)."""
+        info = self._last_exit or {}
+        if info.get("oom"):
+            limit = (self.effective_sandbox or {}).get("requested", {}).get("resources", {}).get("memory_bytes")
+            return f"the kernel was killed by the sandbox's memory cgroup (out of memory; limit {limit} bytes)"
+        rc = info.get("returncode")
+        if rc is None:
+            return "the kernel died"
+        if rc > 128 or rc < 0:
+            sig = rc - 128 if rc > 128 else -rc
+            name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+            return f"the kernel was killed by {name}"
+        return f"the kernel exited with status {rc}"
+
     async def cleanup(self, restart: bool = False) -> None:
         if self._sandbox is not None:
+            cg = self._sandbox.cgroups
+            self._last_exit = {"returncode": self._sandbox.popen.poll() if self._sandbox.popen else None,
+                               "oom": bool(cg and cg.oom_killed())}
             self._sandbox.close()
             self._sandbox = None
         if not restart:
@@ -173,6 +198,17 @@ class SandboxProvisioner(LocalProvisioner):
         info = await super().get_provisioner_info()
         info["sandbox"] = self.effective_sandbox
         return info
+
+
+def _visible_entries(directory) -> tuple[str, ...]:
+    """Names in the kernel's working dir to expose read-only. Dotfiles (.env, .git, keys) stay
+    hidden: a notebook's directory may hold secrets next to the data."""
+    if not directory or not os.path.isdir(directory):
+        return ()
+    try:
+        return tuple(sorted(n for n in os.listdir(directory) if not n.startswith(".")))
+    except OSError:
+        return ()
 
 
 def _raw_policy(path: str) -> dict:

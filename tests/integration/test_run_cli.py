@@ -1,0 +1,160 @@
+"""`sandbox-kernel run` end to end: real CLI, real sandboxed kernels, notebooks in tests/notebooks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+pytestmark = pytest.mark.integration
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+CLI = [sys.executable, "-m", "sandbox_kernel.cli"]
+
+
+def run_cli(*args, timeout=300, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def outputs(path: Path) -> list[str]:
+    nb = nbformat.read(path, as_version=4)
+    return ["".join(o.get("text", "") or o.get("ename", "") for o in c.outputs) for c in nb.cells if c.cell_type == "code"]
+
+
+def summary(path: Path) -> dict:
+    return {n["path"]: n for n in json.loads(path.read_text())["notebooks"]}
+
+
+def test_clean_notebook_exit_0_with_reports_in_every_cell(tmp_path):
+    proc = run_cli("run", NOTEBOOKS / "clean.ipynb", "--output-dir", tmp_path, "--summary", tmp_path / "s.json")
+    assert proc.returncode == 0, proc.stderr
+    nb = nbformat.read(tmp_path / "clean.ipynb", as_version=4)
+    for cell in nb.cells:
+        report = cell.metadata["sandbox"]
+        assert report["reported_by"] == "provisioner" and report["scope"] == "kernel"
+        assert all(report["enforced"].values()) and report["cell_outcome"]["status"] == "ok"
+    assert nb.metadata["sandbox"]["kernel"]["enforced"]["network"] is True
+    assert nb.metadata["sandbox"]["summary"]["status"] == "ok"
+    assert outputs(tmp_path / "clean.ipynb")[1].strip() == "answer 42"
+    assert "uid 65532" in outputs(tmp_path / "clean.ipynb")[2]
+    assert "clean.ipynb" in proc.stdout and "ok" in proc.stdout  # the final table
+    s = summary(tmp_path / "s.json")[str(NOTEBOOKS / "clean.ipynb")]
+    assert s["status"] == "ok" and s["cells_run"] == 3 and s["cells_errored"] == 0
+
+
+def test_failing_cell_exit_1_and_allow_errors_exit_0(tmp_path):
+    proc = run_cli("run", NOTEBOOKS / "failing.ipynb", "--output-dir", tmp_path / "a")
+    assert proc.returncode == 1
+    assert outputs(tmp_path / "a" / "failing.ipynb")[2] == ""  # stopped at the error
+    proc = run_cli("run", NOTEBOOKS / "failing.ipynb", "--output-dir", tmp_path / "b", "--allow-errors")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert outputs(tmp_path / "b" / "failing.ipynb")[2].strip() == "after"
+
+
+def test_infinite_loop_ends_marked_timed_out(tmp_path):
+    proc = run_cli("run", NOTEBOOKS / "infinite_loop.ipynb", "--output-dir", tmp_path, "--cell-timeout", 2,
+                   "--summary", tmp_path / "s.json", timeout=120)
+    assert proc.returncode == 1
+    nb = nbformat.read(tmp_path / "infinite_loop.ipynb", as_version=4)
+    assert nb.cells[1].metadata["sandbox"]["cell_outcome"]["timed_out"] is True
+    assert summary(tmp_path / "s.json")[str(NOTEBOOKS / "infinite_loop.ipynb")]["status"] == "timeout"
+
+
+def test_notebook_timeout_ends_short_cells(tmp_path):
+    proc = run_cli("run", NOTEBOOKS / "slow_cells.ipynb", "--output-dir", tmp_path, "--notebook-timeout", 3,
+                   "--summary", tmp_path / "s.json", timeout=120)
+    assert proc.returncode == 1
+    s = summary(tmp_path / "s.json")[str(NOTEBOOKS / "slow_cells.ipynb")]
+    assert s["status"] == "timeout" and s["cells_run"] < 10 and "notebook" in s["reason"]
+
+
+def test_memory_bomb_reports_kernel_death(tmp_path):
+    proc = run_cli("run", NOTEBOOKS / "memory_bomb.ipynb", "--output-dir", tmp_path, "--summary", tmp_path / "s.json", timeout=120)
+    assert proc.returncode == 1
+    s = summary(tmp_path / "s.json")[str(NOTEBOOKS / "memory_bomb.ipynb")]
+    assert s["status"] == "dead-kernel" and "memory" in s["reason"]
+    nb = nbformat.read(tmp_path / "memory_bomb.ipynb", as_version=4)
+    assert nb.cells[1].metadata["sandbox"]["cell_outcome"]["status"] == "dead-kernel"
+
+
+def test_bad_policy_file_exit_2_names_field(tmp_path):
+    bad = tmp_path / "policy.toml"
+    bad.write_text('[resources]\nmemory_bytes = "lots"\n')
+    proc = run_cli("run", NOTEBOOKS / "clean.ipynb", "--policy", bad, "--output-dir", tmp_path / "out")
+    assert proc.returncode == 2 and "resources.memory_bytes" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_unenforceable_policy_exit_3_starts_nothing(tmp_path):
+    # slirp4netns has no IPv6 here, so an IPv6 allow entry cannot be honoured: fail-closed.
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"network": {"mode": "allowlist", "allow": ["[2001:db8::1]:443"]}}))
+    proc = run_cli("run", NOTEBOOKS / "clean.ipynb", "--policy", policy, "--output-dir", tmp_path / "out")
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "sandbox unavailable" in proc.stderr and "network" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_jobs_2_matches_jobs_1(tmp_path):
+    books = sorted(NOTEBOOKS.glob("batch_*.ipynb"))
+    assert len(books) == 6
+    for jobs in (1, 2):
+        proc = run_cli("run", *books, "--output-dir", tmp_path / str(jobs), "--jobs", jobs)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    for book in books:
+        assert outputs(tmp_path / "1" / book.name) == outputs(tmp_path / "2" / book.name)
+        assert outputs(tmp_path / "1" / book.name)[0].strip()  # really ran
+
+
+def test_concurrent_notebooks_cannot_see_each_other(tmp_path):
+    proc = run_cli("run", NOTEBOOKS / "peer_a.ipynb", NOTEBOOKS / "peer_b.ipynb", "--output-dir", tmp_path, "--jobs", 2)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    a, b = outputs(tmp_path / "peer_a.ipynb"), outputs(tmp_path / "peer_b.ipynb")
+    assert "secret-of-a.txt" in a[0] and "secret-of-b.txt" not in a[0]
+    assert "secret-of-b.txt" in b[0] and "secret-of-a.txt" not in b[0]
+    assert a[1].strip() == "other scratch files: []" and b[1].strip() == "other scratch files: []"
+    assert not (NOTEBOOKS / "secret-of-a.txt").exists()  # writes never land in the input dir
+
+
+def test_dask_cluster_runs_notebooks(tmp_path):
+    """A real scheduler and two workers (separate processes, loopback only)."""
+    bindir = Path(sys.executable).parent
+    sched_file = tmp_path / "scheduler.json"
+    procs = [subprocess.Popen([bindir / "dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
+                               "--no-dashboard", "--scheduler-file", sched_file],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        for _ in range(300):
+            if sched_file.exists() and sched_file.stat().st_size:
+                break
+            time.sleep(0.1)
+        address = json.loads(sched_file.read_text())["address"]
+        procs += [subprocess.Popen([bindir / "dask", "worker", address, "--nthreads", "1", "--no-dashboard",
+                                    "--host", "127.0.0.1", "--no-nanny"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
+        books = [NOTEBOOKS / "clean.ipynb", NOTEBOOKS / "batch_1.ipynb", NOTEBOOKS / "batch_2.ipynb"]
+        proc = run_cli("run", *books, "--output-dir", tmp_path / "out", "--dask-scheduler", address,
+                       "--summary", tmp_path / "s.json")
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    s = summary(tmp_path / "s.json")
+    for book in books:
+        assert s[str(book)]["status"] == "ok"
+        nb = nbformat.read(tmp_path / "out" / book.name, as_version=4)
+        assert all(c.metadata["sandbox"]["enforced"]["filesystem"] for c in nb.cells)
+        assert nb.metadata["sandbox"]["summary"]["status"] == "ok"
+    assert "uid 65532" in outputs(tmp_path / "out" / "clean.ipynb")[2]
