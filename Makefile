@@ -16,6 +16,8 @@ APT_PACKAGES := bubblewrap nftables slirp4netns passt util-linux iproute2 libsec
 
 demo: setup
 	$(VENV)/bin/sandbox-kernel doctor
+	$(VENV)/bin/sandbox-kernel run notebooks/demo.ipynb --policy notebooks/demo-policy.toml \
+	  --cell-timeout 60 --notebook-timeout 300 --output-dir sandbox-out --summary sandbox-out/summary.json
 
 test: setup
 	$(VENV)/bin/python -m pytest

@@ -60,6 +60,7 @@ class NotebookResult:
     downgrades: list[dict] = field(default_factory=list)
     reason: str | None = None
     output_path: str | None = None
+    layers: dict[str, str] = field(default_factory=dict)  # layer -> mechanism, or its state
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -210,6 +211,8 @@ async def execute_notebook_async(nb, *, policy: SandboxPolicy | None = None, cwd
     report = client.kernel_report
     if report is not None:
         result.downgrades = report.get("downgrades", [])
+        result.layers = {name: (layer["mechanism"] if layer["state"] == "enforced" else layer["state"])
+                         for name, layer in report.get("layers", {}).items()}
     nb.metadata["sandbox"] = {"kernel": report, "summary": {k: v for k, v in result.to_dict().items() if k != "output_path"}}
     return nb, result
 
@@ -311,4 +314,10 @@ def format_table(results: list[NotebookResult]) -> str:
     for r in results:
         if r.reason and r.status != "ok":
             lines.append(f"{r.path}: {r.reason}")
+    seen = set()
+    for r in results:
+        enforced = ", ".join(f"{k}={v}" for k, v in r.layers.items())
+        if enforced and enforced not in seen:
+            seen.add(enforced)
+            lines.append(f"sandbox: {enforced}")
     return "\n".join(lines)
