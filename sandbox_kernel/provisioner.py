@@ -26,6 +26,7 @@ from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Bool, Dict, Int, Unicode
 
 from .capabilities import detect, python_runtime_paths
+from .cells import SOCKET_ENV, SOCKET_NAME, CellService
 from .config import SandboxPolicyConfig, load_jupyter_config
 from .launch import SandboxProcess, prepare, start
 from .launch.signals import signal_command
@@ -55,6 +56,7 @@ class SandboxProvisioner(LocalProvisioner):
     _sandbox: SandboxProcess | None = None
     _run_dir: str | None = None
     _last_exit: dict | None = None
+    _cells: CellService | None = None
 
     # ------------------------------------------------------------------ policy
 
@@ -136,8 +138,15 @@ class SandboxProvisioner(LocalProvisioner):
         )
         plan = prepare(policy, spec, caps)  # raises SandboxUnavailable before anything starts
         plan.env[REPORT_ENV] = plan.report.to_json()
+        plan.env[SOCKET_ENV] = os.path.join(run_dir, SOCKET_NAME)
         self._plan = plan
         self.effective_sandbox = plan.report.to_dict()
+        if self._cells is not None:
+            self._cells.close()
+        self._cells = CellService(
+            run_dir, policy, self.effective_sandbox, owner=(uid, gid),
+            spec_extras=lambda: {"input_dir": spec.input_dir, "input_entries": _visible_entries(spec.input_dir)},
+        )
         kwargs["cmd"] = plan.argv
         return kwargs
 
@@ -189,6 +198,9 @@ class SandboxProvisioner(LocalProvisioner):
             self._sandbox.close()
             self._sandbox = None
         if not restart:
+            if self._cells is not None:
+                self._cells.close()
+                self._cells = None
             if self._run_dir is not None:
                 shutil.rmtree(self._run_dir, ignore_errors=True)
                 self._run_dir = None

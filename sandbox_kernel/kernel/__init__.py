@@ -27,6 +27,10 @@ def kernel_report() -> dict:
 
 
 def load_ipython_extension(ip) -> None:
+    from .magics import SandboxMagics
+
+    pending: dict = {}  # the cell-scope report of a magic cell, until its execute_reply
+    ip.register_magics(SandboxMagics(ip, on_report=lambda report: pending.update(cell=report)))
     kernel = getattr(ip, "kernel", None)
     if kernel is None or getattr(kernel, "_sandbox_reply_hook", False):
         return
@@ -35,7 +39,8 @@ def load_ipython_extension(ip) -> None:
 
     def finish_metadata(parent, metadata, reply_content):
         metadata = original(parent, metadata, reply_content)
-        metadata["sandbox"] = report
+        # A magic cell's report is cell-scoped and nests the kernel report.
+        metadata["sandbox"] = pending.pop("cell", None) or report
         return metadata
 
     kernel.finish_metadata = finish_metadata

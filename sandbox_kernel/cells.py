@@ -1,0 +1,211 @@
+"""The cell service: how ``%%sh``/``%%node``/``%%sandbox`` cells get their own sandbox.
+
+Cell sandboxes are started from *outside* the kernel, by the supervisor that started the
+kernel, never nested inside it: the kernel's seccomp filter forbids user namespaces and mounts
+(the kernel-exploit surface nested sandboxes would need), and a nested bwrap could not mount a
+fresh /proc anyway. The kernel reaches the supervisor through one narrow channel: a Unix socket
+in its private run dir. Over it the kernel can only ask "run this body as sh/node/python with
+these options"; the supervisor tightens *its own* record of the kernel's policy with the
+options (the kernel cannot claim a looser policy), plans the cell with the same ``plan()``,
+runs it with the same launch shell and streams the output back.
+
+Wire format: newline-delimited JSON. Request ``{"kind", "source", "options"}``; replies
+``{"t": "out", "stream", "data"(base64)}``... then one ``{"t": "done", "report"}`` or
+``{"t": "error", "problems": [[field, message], ...]}``. Closing the socket cancels the run.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import socket
+import sys
+import threading
+from dataclasses import replace
+from typing import Callable
+
+from .capabilities import python_runtime_paths
+from .launch import prepare, start
+from .launch.process import communicate
+from .planner import RunSpec
+from .policy import PolicyError, SandboxPolicy, tighten
+from .report import SandboxUnavailable
+
+SOCKET_NAME = "cells.sock"
+SOCKET_ENV = "SANDBOX_KERNEL_CELL_SOCKET"
+MAX_REQUEST = 8 * 1024 * 1024  # a cell body larger than this is refused
+KINDS = {"sh": "shell", "node": "node", "python": "python"}
+
+# Cell options -> policy fields, so an error names what the author typed.
+OPTION_FIELDS = {
+    "--network": "network.mode", "--allow": "network.allow", "--memory": "resources.memory_bytes",
+    "--cpu": "resources.cpu_seconds", "--timeout": "resources.wall_seconds",
+    "--max-output": "resources.max_output_bytes", "--processes": "resources.max_processes",
+    "--fs": "filesystem.mode",
+}
+FIELD_OPTIONS = {v: k for k, v in OPTION_FIELDS.items()}
+
+
+def option_problems(error: PolicyError, override: dict) -> list[list[str]]:
+    """(option, message) pairs: the policy field an error names, as the option that set it."""
+    allow_given = bool(override.get("network", {}).get("allow"))
+
+    def option(field: str) -> str:
+        field = field.split("[")[0]
+        if field == "network.mode" and allow_given:
+            return "--allow"
+        return FIELD_OPTIONS.get(field, field)
+
+    return [[option(f), m] for f, m in error.problems]
+
+
+def cell_argv(kind: str) -> tuple[str, ...]:
+    """The interpreter reads the cell body from stdin: no argv length limit, nothing spliced."""
+    if kind == "sh":
+        return ("/bin/sh", "-s")
+    if kind == "node":
+        node = shutil.which("node")
+        if node is None:
+            raise FileNotFoundError("node is not installed on this host (apt-get install nodejs)")
+        return (os.path.realpath(node), "-")
+    return (sys.executable, "-")
+
+
+class CellService:
+    """One per kernel: a Unix-socket server in the kernel's run dir, one cell at a time."""
+
+    def __init__(self, run_dir: str, kernel_policy: SandboxPolicy, kernel_report: dict,
+                 owner: tuple[int, int], spec_extras: Callable[[], dict] | None = None):
+        self.path = os.path.join(run_dir, SOCKET_NAME)
+        self.kernel_policy = kernel_policy
+        self.kernel_report = kernel_report
+        self.spec_extras = spec_extras or (lambda: {})
+        self._busy = threading.Lock()
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+        self._sock.bind(self.path)
+        if os.geteuid() == 0:
+            os.chown(self.path, *owner)
+        os.chmod(self.path, 0o600)
+        self._sock.listen(4)
+        self._closed = False
+        threading.Thread(target=self._accept_loop, name="sandbox-cell-service", daemon=True).start()
+
+    def close(self) -> None:
+        self._closed = True
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    def _accept_loop(self) -> None:
+        while not self._closed:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            send = _sender(conn)
+            try:
+                request = _read_request(conn)
+            except ValueError as e:
+                send({"t": "error", "problems": [["request", str(e)]]})
+                return
+            if not self._busy.acquire(blocking=False):
+                send({"t": "error", "problems": [["cell", "another sandboxed cell of this kernel is still running"]]})
+                return
+            try:
+                self._run(conn, request, send)
+            finally:
+                self._busy.release()
+
+    def _run(self, conn: socket.socket, request: dict, send) -> None:
+        kind = request.get("kind")
+        if kind not in KINDS or not isinstance(request.get("source"), str):
+            send({"t": "error", "problems": [["request", f"kind must be one of {sorted(KINDS)} with a source"]]})
+            return
+        try:
+            options = request.get("options") or {}
+            policy = tighten(self.kernel_policy, options)
+        except PolicyError as e:
+            send({"t": "error", "problems": option_problems(e, options)})
+            return
+        try:
+            argv = cell_argv(kind)
+        except FileNotFoundError as e:
+            send({"t": "error", "problems": [[f"%%{kind}", str(e)]]})
+            return
+        spec = RunSpec(argv=argv, staging_dir="", runtime=KINDS[kind], scope="cell",
+                       runtime_paths=python_runtime_paths() if kind == "python" else (),
+                       sandbox_env={"PYTHONDONTWRITEBYTECODE": "1"} if kind == "python" else {},
+                       host_env=dict(os.environ))
+        spec = replace(spec, **self.spec_extras())
+        try:
+            plan = prepare(policy, spec)
+        except SandboxUnavailable as e:
+            send({"t": "error", "problems": [[d.layer, d.reason] for d in e.downgrades], "refused": True})
+            return
+        cancelled = threading.Event()
+        threading.Thread(target=_watch_cancel, args=(conn, cancelled), daemon=True).start()
+        import subprocess
+
+        proc = start(plan, stdin=subprocess.PIPE)
+        result = communicate(
+            proc, stdin_data=request["source"].encode(), retain=0, interrupted=cancelled.is_set,
+            on_output=lambda stream, data: send({"t": "out", "stream": stream, "data": base64.b64encode(data).decode()}),
+        )
+        report = result.report
+        report["kernel"] = self.kernel_report
+        send({"t": "done", "report": report})
+
+
+def _read_request(conn: socket.socket) -> dict:
+    buf = bytearray()
+    while not buf.endswith(b"\n"):
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+        if len(buf) > MAX_REQUEST:
+            raise ValueError(f"request larger than {MAX_REQUEST} bytes")
+    try:
+        request = json.loads(buf)
+    except ValueError:
+        raise ValueError("request is not JSON") from None
+    if not isinstance(request, dict):
+        raise ValueError("request must be a JSON object")
+    return request
+
+
+def _watch_cancel(conn: socket.socket, cancelled: threading.Event) -> None:
+    """The kernel closes its end (or sends anything) to cancel: kill the cell's tree."""
+    try:
+        conn.recv(1)
+    except OSError:
+        pass
+    cancelled.set()
+
+
+def _sender(conn: socket.socket):
+    lock = threading.Lock()
+
+    def send(message: dict) -> None:
+        data = json.dumps(message).encode() + b"\n"
+        with lock:
+            try:
+                conn.sendall(data)
+            except OSError:
+                pass  # the kernel went away; the cancel watcher stops the run
+
+    return send

@@ -1,0 +1,163 @@
+"""``%%sh``, ``%%node`` and ``%%sandbox``: run a cell in its own sandbox, never looser than the
+kernel's. The options are checked here for a quick, friendly error, but the decision is the
+supervisor's (see ``sandbox_kernel.cells``): it tightens its own record of the kernel policy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import codecs
+import json
+import os
+import shlex
+import socket
+import sys
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, magics_class
+
+from ..cells import OPTION_FIELDS, SOCKET_ENV, option_problems
+from ..policy import PolicyError, SandboxPolicy, parse_allow_entry, parse_size, tighten
+
+
+class SandboxCellError(Exception):
+    """The cell's sandboxed process failed: non-zero exit, timeout, kill, or a refused option."""
+
+    def _render_traceback_(self):  # IPython: show the message, not a Python traceback
+        return [f"\x1b[0;31m{type(self).__name__}\x1b[0m: {self}"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message}\n{self.format_usage()}")
+
+
+def _parser(magic: str) -> _Parser:
+    p = _Parser(prog=f"%%{magic}", add_help=False)
+    p.add_argument("--network", choices=["deny"])
+    p.add_argument("--allow", action="append", metavar="CIDR[:PORT]")
+    p.add_argument("--memory", metavar="SIZE")
+    p.add_argument("--cpu", type=int, metavar="S")
+    p.add_argument("--timeout", type=float, metavar="S")
+    p.add_argument("--max-output", metavar="SIZE")
+    p.add_argument("--processes", type=int, metavar="N")
+    p.add_argument("--fs", choices=["scratch-only"])
+    return p
+
+
+def options_to_override(magic: str, line: str) -> dict:
+    """Cell options as a partial policy (what ``tighten`` takes). UsageError on bad syntax."""
+    args = _parser(magic).parse_args(shlex.split(line))
+    if args.network and args.allow:
+        raise UsageError(f"%%{magic}: --network deny and --allow exclude each other")
+    override: dict = {}
+
+    def put(field: str, value) -> None:
+        section, key = field.split(".")
+        override.setdefault(section, {})[key] = value
+
+    try:
+        if args.network:
+            put("network.mode", "deny")
+        if args.allow:
+            put("network.mode", "allowlist")
+            put("network.allow", [str(parse_allow_entry(a)) for a in args.allow])
+        for option, value in (("--memory", args.memory), ("--max-output", args.max_output)):
+            if value is not None:
+                put(OPTION_FIELDS[option], parse_size(value))
+    except ValueError as e:
+        raise UsageError(f"%%{magic}: {e}") from None
+    for option, value in (("--cpu", args.cpu), ("--timeout", args.timeout), ("--processes", args.processes)):
+        if value is not None:
+            put(OPTION_FIELDS[option], value)
+    if args.fs:
+        put("filesystem.mode", args.fs)
+    return override
+
+
+def kernel_policy() -> SandboxPolicy:
+    from . import kernel_report
+
+    return SandboxPolicy.model_validate(kernel_report()["requested"])
+
+
+@magics_class
+class SandboxMagics(Magics):
+    def __init__(self, shell, on_report=None):
+        super().__init__(shell)
+        self.on_report = on_report or (lambda report: None)
+
+    @cell_magic
+    def sh(self, line, cell):
+        """Run the cell as a shell script in its own sandbox. Options: --network deny,
+        --allow CIDR[:PORT], --memory SIZE, --cpu S, --timeout S, --max-output SIZE,
+        --processes N, --fs scratch-only (each may only tighten the kernel's policy)."""
+        self._run("sh", line, cell)
+
+    @cell_magic
+    def node(self, line, cell):
+        """Run the cell as a Node.js script in its own sandbox (options as for %%sh)."""
+        self._run("node", line, cell)
+
+    @cell_magic
+    def sandbox(self, line, cell):
+        """Run the cell as Python in a fresh sandboxed interpreter (options as for %%sh)."""
+        self._run("python", line, cell, magic="sandbox")
+
+    def _run(self, kind: str, line: str, cell: str, magic: str | None = None) -> None:
+        magic = magic or kind
+        override = options_to_override(magic, line)
+        try:
+            tighten(kernel_policy(), override)  # early, friendly check; the supervisor decides
+        except PolicyError as e:
+            raise SandboxCellError(_problems_text(magic, option_problems(e, override))) from None
+        path = os.environ.get(SOCKET_ENV)
+        if not path:
+            raise SandboxCellError(f"%%{magic}: this kernel was not started by the sandbox provisioner; no cell sandbox is available")
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.connect(path)
+        try:
+            conn.sendall(json.dumps({"kind": kind, "source": cell, "options": override}).encode() + b"\n")
+            final = self._relay(conn)
+        finally:
+            # On KeyboardInterrupt too: EOF tells the supervisor to kill the cell's whole tree.
+            # shutdown(), not just close(): the makefile() reader would keep the fd open.
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            conn.close()
+        if final["t"] == "error":
+            raise SandboxCellError(_problems_text(magic, final["problems"]))
+        report = {**final["report"], "reported_by": "kernel"}
+        self.on_report(report)
+        outcome = report["outcome"]
+        if outcome["timed_out"]:
+            raise SandboxCellError(f"%%{magic}: timed out after {report['requested']['resources']['wall_seconds']} s; its processes were killed")
+        if outcome["output_truncated"]:
+            raise SandboxCellError(f"%%{magic}: output exceeded {report['requested']['resources']['max_output_bytes']} bytes; the cell was stopped")
+        if outcome["killed_reason"] == "oom":
+            raise SandboxCellError(f"%%{magic}: killed by the memory cap")
+        if outcome["exit_code"] != 0:
+            sig = outcome.get("signal")
+            raise SandboxCellError(f"%%{magic}: exited with status {outcome['exit_code']}" + (f" (signal {sig})" if sig else ""))
+
+    def _relay(self, conn: socket.socket) -> dict:
+        """Copy the cell's output into this cell as it arrives; return the final message."""
+        reader = conn.makefile("rb")
+        # Chunks may split a UTF-8 sequence: decode incrementally, per stream.
+        decoders = {name: codecs.getincrementaldecoder("utf-8")(errors="replace") for name in ("stdout", "stderr")}
+        for raw in reader:
+            msg = json.loads(raw)
+            if msg["t"] == "out":
+                stream = sys.stdout if msg["stream"] == "stdout" else sys.stderr
+                stream.write(decoders[msg["stream"]].decode(base64.b64decode(msg["data"])))
+                stream.flush()
+            else:
+                return msg
+        return {"t": "error", "problems": [["cell", "the supervisor closed the connection"]]}
+
+
+def _problems_text(magic: str, problems) -> str:
+    return "\n".join(f"%%{magic}: {field}: {message}" for field, message in problems)
