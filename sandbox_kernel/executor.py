@@ -10,6 +10,7 @@ the kernel-reported cell report of magic cells), the notebook gets ``metadata.sa
 from __future__ import annotations
 
 import asyncio
+import atexit
 import math
 import copy
 import os
@@ -191,7 +192,10 @@ async def execute_notebook_async(nb, *, policy: SandboxPolicy | None = None, cwd
         result.status, result.reason = "timeout", str(e).splitlines()[0]
     except CellExecutionError as e:
         result.status, result.reason = "error", (str(e).strip().splitlines() or ["cell error"])[-1]
+    except RuntimeError as e:  # e.g. "Kernel died before replying to kernel_info"
+        result.status, result.reason = "dead-kernel", f"{e}: {_death_reason(client)}"
     finally:
+        atexit.unregister(client._cleanup_kernel)  # left registered when the start failed
         if client.km is not None:
             try:
                 await client._async_cleanup_kernel()

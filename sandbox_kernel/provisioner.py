@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 from typing import Any
@@ -128,11 +129,11 @@ class SandboxProvisioner(LocalProvisioner):
         # Only what the caller deliberately added (kernelspec env, session name) is a candidate
         # override; the supervisor's own environment never reaches the sandbox.
         overrides = {k: v for k, v in env.items() if os.environ.get(k) != v}
-        input_dir = kwargs.get("cwd")
+        input_dir, input_notes = _input_dir(kwargs.get("cwd"), uid, gid)
         spec = RunSpec(
             argv=tuple(cmd), staging_dir="", runtime="python", scope="kernel",
             runtime_paths=python_runtime_paths(), rw_paths=(run_dir,), env=overrides,
-            input_dir=str(input_dir) if input_dir else None, input_entries=_visible_entries(input_dir),
+            input_dir=input_dir, input_entries=_visible_entries(input_dir), notes=input_notes,
             sandbox_env={"JPY_PARENT_PID": "1", "IPYTHONDIR": "/tmp/.ipython", "PYTHONDONTWRITEBYTECODE": "1"},
             host_env=dict(os.environ),
         )
@@ -210,6 +211,30 @@ class SandboxProvisioner(LocalProvisioner):
         info = await super().get_provisioner_info()
         info["sandbox"] = self.effective_sandbox
         return info
+
+
+def _reachable(path: str, uid: int, gid: int) -> bool:
+    """Can (uid, gid), with no supplementary groups, search every directory down to ``path``?
+    bwrap resolves bind sources as the sandbox uid: an unreachable one would fail the start."""
+    if uid == 0:
+        return True
+    parts = os.path.realpath(path).split("/")
+    for i in range(1, len(parts) + 1):
+        st = os.stat("/".join(parts[:i]) or "/")
+        bit = stat.S_IXUSR if st.st_uid == uid else stat.S_IXGRP if st.st_gid == gid else stat.S_IXOTH
+        if not st.st_mode & bit:
+            return False
+    return True
+
+
+def _input_dir(cwd, uid: int, gid: int) -> tuple[str | None, tuple[tuple[str, str], ...]]:
+    """The kernel's working dir on the host, if the sandbox account can reach it."""
+    if not cwd or not os.path.isdir(cwd):
+        return None, ()
+    cwd = os.path.realpath(cwd)
+    if not _reachable(cwd, uid, gid):
+        return None, (("filesystem", f"the working directory {cwd} is not reachable by uid {uid}: its files are not visible in the sandbox"),)
+    return cwd, ()
 
 
 def _visible_entries(directory) -> tuple[str, ...]:

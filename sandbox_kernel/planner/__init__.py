@@ -42,6 +42,7 @@ class RunSpec:
     cwd: str | None = None  # default: the scratch dir
     input_dir: str | None = None  # host dir whose entries appear read-only inside scratch
     input_entries: tuple[str, ...] = ()  # names in input_dir (listed by the caller: plan() does no I/O)
+    notes: tuple[tuple[str, str], ...] = ()  # (layer, note) facts the caller found, for the report
     env: Mapping[str, str] = field(default_factory=dict)  # caller overrides, filtered
     sandbox_env: Mapping[str, str] = field(default_factory=dict)  # set by our own code, trusted
     host_env: Mapping[str, str] = field(default_factory=dict)  # supervisor env; only locale is read
@@ -98,7 +99,7 @@ def plan(policy: SandboxPolicy, caps: HostCapabilities, spec: RunSpec) -> Plan:
     layers = {"filesystem": fs.layer, "network": net.layer, "resources": res.layer,
               "privilege": priv.layer, "env": env.layer, "seccomp": sec.layer}
     downgrades: list[Downgrade] = priv.downgrades + fs.downgrades + net.downgrades + res.downgrades + sec.downgrades
-    notes: list[Note] = priv.notes + fs.notes + net.notes + res.notes
+    notes: list[Note] = priv.notes + fs.notes + net.notes + res.notes + [Note(layer, n) for layer, n in spec.notes]
     if policy.filesystem.mode == "off" and (net.bwrap_flag == "--unshare-net" or net.egress is not None):
         notes.append(Note("network", "filesystem.mode 'off' binds the host root read-write: host Unix sockets "
                                      "(Docker, D-Bus, the Jupyter server's) stay reachable despite the network namespace"))
