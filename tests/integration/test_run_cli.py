@@ -158,3 +158,13 @@ def test_dask_cluster_runs_notebooks(tmp_path):
         assert all(c.metadata["sandbox"]["enforced"]["filesystem"] for c in nb.cells)
         assert nb.metadata["sandbox"]["summary"]["status"] == "ok"
     assert "uid 65532" in outputs(tmp_path / "out" / "clean.ipynb")[2]
+
+
+def test_notebook_dir_the_sandbox_cannot_reach_is_reported_not_fatal(tmp_path):
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    (private / "clean.ipynb").write_bytes((NOTEBOOKS / "clean.ipynb").read_bytes())
+    proc = run_cli("run", private / "clean.ipynb", "--output-dir", tmp_path / "out")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = nbformat.read(tmp_path / "out" / "clean.ipynb", as_version=4).cells[0].metadata["sandbox"]
+    assert any("not reachable" in n["note"] for n in report["notes"])

@@ -1,0 +1,62 @@
+"""Cell magic options -> the partial policy the supervisor tightens with (pure parsing)."""
+
+from __future__ import annotations
+
+import pytest
+from IPython.core.error import UsageError
+
+from sandbox_kernel.cells import option_problems
+from sandbox_kernel.kernel.magics import options_to_override
+from sandbox_kernel.policy import PolicyError, policy_from_dict, secure_default, tighten
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("", {}),
+    ("--network deny", {"network": {"mode": "deny"}}),
+    ("--allow 10.0.0.0/8:443 --allow 192.0.2.7", {"network": {"mode": "allowlist", "allow": ["10.0.0.0/8:443", "192.0.2.7"]}}),
+    ("--memory 64M --max-output 1K", {"resources": {"memory_bytes": 64 * 2**20, "max_output_bytes": 1024}}),
+    ("--cpu 5 --timeout 1.5 --processes 10", {"resources": {"cpu_seconds": 5, "wall_seconds": 1.5, "max_processes": 10}}),
+    ("--fs scratch-only", {"filesystem": {"mode": "scratch-only"}}),
+])
+def test_options_map_to_policy_fields(line, expected):
+    assert options_to_override("sh", line) == expected
+
+
+@pytest.mark.parametrize("line, needle", [
+    ("--bogus", "unrecognized"),
+    ("--network allow", "invalid choice"),
+    ("--network deny --allow 10.0.0.1", "exclude each other"),
+    ("--allow 'example.com'", "example.com"),
+    ("--allow '1.2.3.4; flush ruleset'", "flush ruleset"),
+    ("--memory lots", "lots"),
+    ("--cpu fast", "invalid int"),
+    ("--fs off", "invalid choice"),
+])
+def test_bad_options_are_usage_errors(line, needle):
+    with pytest.raises(UsageError, match=needle):
+        options_to_override("sh", line)
+
+
+@pytest.mark.parametrize("kernel, line, option", [
+    ({}, "--memory 1G", "--memory"),
+    ({}, "--allow 10.0.2.2:80", "--allow"),
+    ({"network": {"mode": "allowlist", "allow": ["10.0.0.0/8:443"]}}, "--allow 10.1.2.3:80", "--allow"),
+    ({}, "--processes 1000", "--processes"),
+    ({"resources": {"wall_seconds": 10}}, "--timeout 60", "--timeout"),
+    ({"filesystem": {"mode": "scratch-only"}}, "", None),
+])
+def test_loosening_options_name_the_option(kernel, line, option):
+    base = policy_from_dict(kernel) if kernel else secure_default()
+    override = options_to_override("sh", line)
+    if option is None:
+        assert tighten(base, override) == base
+        return
+    with pytest.raises(PolicyError) as err:
+        tighten(base, override)
+    assert option in [o for o, _ in option_problems(err.value, override)]
+
+
+def test_allowed_subset_tightens():
+    base = policy_from_dict({"network": {"mode": "allowlist", "allow": ["10.0.0.0/8:443"]}})
+    result = tighten(base, options_to_override("sh", "--allow 10.1.2.3:443 --memory 64M"))
+    assert result.network.allow == ["10.1.2.3:443"] and result.resources.memory_bytes == 64 * 2**20

@@ -1,0 +1,67 @@
+"""Planner features for kernels and notebooks: kernel-scope caps, the input dir inside
+scratch, caller notes."""
+
+from __future__ import annotations
+
+import pytest
+
+from .test_planner import host, policy, run_plan, triples
+
+INPUT = "/data/project"
+
+
+def controls(p) -> dict:
+    return p.report.layers["resources"].detail["controls"]
+
+
+def test_kernel_scope_delegates_output_and_wall_caps_to_the_client():
+    p = run_plan(pol=policy({"resources": {"wall_seconds": 30}}), scope="kernel")
+    for name in ("max_output_bytes", "wall_seconds"):
+        assert controls(p)[name]["state"] == "delegated"
+        assert "client" in controls(p)[name]["mechanism"]
+    assert p.report.layers["resources"].state == "enforced"
+    assert "supervisor" not in (p.report.layers["resources"].mechanism or "")
+    assert any("per cell" in n.note for n in p.report.notes)
+
+
+def test_cell_scope_enforces_output_and_wall_caps_in_the_supervisor():
+    p = run_plan(pol=policy({"resources": {"wall_seconds": 30}}), scope="cell")
+    assert controls(p)["max_output_bytes"] == {"limit": 5 * 2**20, "mechanism": "supervisor-stream-cap", "state": "enforced"}
+    assert controls(p)["wall_seconds"]["mechanism"] == "supervisor-timer"
+    assert p.wall_seconds == 30 and p.max_output_bytes == 5 * 2**20
+
+
+def _input_binds(p):
+    return [(src, dst) for src, dst in triples(list(p.argv), "--ro-bind-try") if src.startswith(INPUT)]
+
+
+def test_input_entries_appear_read_only_inside_scratch_after_the_scratch_tmpfs():
+    p = run_plan(input_dir=INPUT, input_entries=("data.csv", "sub"))
+    assert _input_binds(p) == [(f"{INPUT}/data.csv", "/scratch/data.csv"), (f"{INPUT}/sub", "/scratch/sub")]
+    argv = list(p.argv)
+    scratch_tmpfs = max(i for i, a in enumerate(argv) if a == "--tmpfs" and argv[i + 1] == "/scratch")
+    assert all(argv.index(src) > scratch_tmpfs for src, _ in _input_binds(p))
+    assert p.report.layers["filesystem"].detail["inputs"]["entries"] == 2
+
+
+@pytest.mark.parametrize("bad", ["..", ".", "", "a/b", "x\0y"])
+def test_input_entries_cannot_escape(bad):
+    p = run_plan(input_dir=INPUT, input_entries=(bad, "ok.txt"))
+    assert _input_binds(p) == [(f"{INPUT}/ok.txt", "/scratch/ok.txt")]
+
+
+def test_scratch_only_does_not_expose_the_input_dir():
+    p = run_plan(pol=policy({"filesystem": {"mode": "scratch-only"}}), input_dir=INPUT, input_entries=("data.csv",))
+    assert _input_binds(p) == []
+
+
+def test_caller_notes_reach_the_report_and_never_refuse():
+    p = run_plan(pol=policy(on_unavailable="fail"), notes=(("filesystem", "working dir not reachable"),))
+    assert ("filesystem", "working dir not reachable") in [(n.layer, n.note) for n in p.report.notes]
+    assert not p.report.downgrades
+
+
+def test_disabled_policy_still_keeps_supervisor_secrets_out():
+    p = run_plan(pol=policy(enabled=False), host_env={"PATH": "/usr/bin", "AWS_SECRET_ACCESS_KEY": "x", "LANG": "C"})
+    assert "AWS_SECRET_ACCESS_KEY" not in p.env and p.env["PATH"] == "/usr/bin" and p.env["LANG"] == "C"
+    assert not p.sandboxed and all(not v for v in p.report.enforced.values())
