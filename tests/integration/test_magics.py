@@ -167,7 +167,7 @@ probe = f"import socket\ntry:\n    print(socket.create_connection(('10.0.2.2', {
 res = {}
 with running_kernel() as (km, kc):
     res["kernel"] = execute(kc, probe)[0].strip()
-    res["cell_deny"] = execute(kc, "%%sandbox --network deny\n" + probe)[0].strip()
+    res["cell_deny"] = execute(kc, "%%sh --network deny\npython3 - <<'EOF'\n" + probe + "\nEOF")[0].strip()
     res["cell_inherit"] = execute(kc, "%%sandbox\n" + probe)[0].strip()
 print(json.dumps(res))
 """
