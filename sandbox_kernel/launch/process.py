@@ -2,7 +2,8 @@
 
 All OS work lives here and in its siblings (egress, cgroup, seccomp_bpf); nothing here decides
 policy. Every path (success, refusal, timeout, exception) ends in :meth:`SandboxProcess.close`,
-which kills the whole tree and removes the staging dir, cgroups and namespace.
+which kills the whole tree and removes the staging dir, cgroups and namespace. If the
+supervisor dies without getting there, the run's janitor process does the removing.
 """
 
 from __future__ import annotations
@@ -25,6 +26,33 @@ from .seccomp_bpf import filter_fd
 TERM_GRACE = 0.5  # seconds between SIGTERM to the sandbox's processes and SIGKILL
 READ_CHUNK = 65536
 DEFAULT_RETAIN = 16 * 1024 * 1024  # bytes kept in memory when the policy sets no output cap
+
+
+# Cleans up after a supervisor that died without close() (SIGKILL, OOM kill, crash): it blocks
+# reading a pipe only the supervisor holds, and on EOF kills what is left in the run's cgroups,
+# removes them and the staging dir. After a normal close() there is nothing left for it to do.
+# (The sandbox itself dies with the supervisor: bwrap --die-with-parent; egress has its own.)
+JANITOR = r"""
+read -r _
+dir=$1; shift
+for _ in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
+    left=
+    for cg in "$@"; do
+        [ -d "$cg" ] || continue
+        kill -9 $(cat "$cg/cgroup.procs") 2>/dev/null
+        rmdir "$cg" 2>/dev/null || left=1
+    done
+    [ -z "$left" ] && break
+    sleep 0.1
+done
+rm -rf -- "$dir"
+"""
+
+
+def start_janitor(staging_dir: str, cgroup_paths: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(["/bin/sh", "-c", JANITOR, "sandbox-kernel-janitor", staging_dir, *cgroup_paths],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            cwd="/", start_new_session=True)  # not in the run's process group
 
 
 def truncation_marker(limit: int) -> bytes:
@@ -56,6 +84,7 @@ class SandboxProcess:
     egress: EgressHandle | None = None
     cgroups: cgroups_mod.RunCgroups | None = None
     seccomp_fd: int | None = None
+    janitor: subprocess.Popen | None = None
     timings: dict[str, float] = field(default_factory=dict)
     killed_reason: str | None = None
     _closed: bool = False
@@ -126,6 +155,12 @@ class SandboxProcess:
                 os.close(self.seccomp_fd)
                 self.seccomp_fd = None
             shutil.rmtree(self.plan.staging_dir, ignore_errors=True)
+            if self.janitor is not None:
+                self.janitor.stdin.close()  # EOF: it finds nothing left and exits
+                try:
+                    self.janitor.wait(timeout=1)
+                except subprocess.TimeoutExpired:  # a fork of ours still holds the pipe: it
+                    pass                           # cleans up (nothing) when that one exits
             self.timings["teardown"] = time.monotonic() - t0
 
 
@@ -158,6 +193,7 @@ def start(plan: Plan, *, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stder
                     os.write(fd, b"0")
         else:
             join = []
+        proc.janitor = start_janitor(plan.staging_dir, proc.cgroups.paths if proc.cgroups else [])
         try:
             proc.popen = subprocess.Popen(
                 argv, env=plan.env, cwd="/", stdin=stdin, stdout=stdout, stderr=stderr,
@@ -222,9 +258,9 @@ def communicate(proc: SandboxProcess, *, timeout: float | None = None, on_output
             os.set_blocking(stream.fileno(), False)
             sel.register(stream, selectors.EVENT_READ, name)
 
-    def emit(name: str, data: bytes) -> None:
+    def emit(name: str, data: bytes, always_keep: bool = False) -> None:
         room = max(0, keep - len(kept["stdout"]) - len(kept["stderr"]))
-        kept[name] += data[:room]
+        kept[name] += data if always_keep else data[:room]
         if on_output is not None:
             on_output(name, data)
 
@@ -246,7 +282,9 @@ def communicate(proc: SandboxProcess, *, timeout: float | None = None, on_output
                     emit(key.data, chunk[: cap - total])
                     total = cap
                     truncated = True
-                    emit(key.data, truncation_marker(cap))
+                    # The marker is kept even when the retained bytes are full: without it a
+                    # cut-off result looks like complete output.
+                    emit(key.data, truncation_marker(cap), always_keep=True)
                     proc.kill_tree("output-cap", grace=0)
                     for k in list(sel.get_map().values()):
                         sel.unregister(k.fileobj)

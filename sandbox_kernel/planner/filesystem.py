@@ -135,7 +135,10 @@ def plan_filesystem(
         mounts += ["--bind", p, p]
     # bwrap's own root is a writable tmpfs: once every mount point exists, make it read-only
     # so nothing can be created next to the binds (/etc/x, /newdir).
-    mounts += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/", "--chdir", cwd or scratch_dir]
+    # bwrap's /dev is a writable tmpfs sized at half the RAM: make it read-only (the device
+    # nodes still work) and give POSIX shared memory its own tmpfs within the scratch budget.
+    mounts += ["--proc", "/proc", "--dev", "/dev", *size, "--tmpfs", "/dev/shm", "--remount-ro", "/dev",
+               "--remount-ro", "/", "--chdir", cwd or scratch_dir]
     detail = {
         "mode": fs.mode,
         "read_only": [d for d in SYSTEM_DIRS if caps.host_layout.get(d)]

@@ -14,6 +14,8 @@ from jupyter_client.manager import KernelManager
 
 from sandbox_kernel.kernelspec import KERNEL_NAME, kernelspec
 
+from .supervisors import in_outer_netns
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -60,17 +62,11 @@ def running_kernel(name: str = KERNEL_NAME, **km_kwargs):
         km.shutdown_kernel(now=True)
 
 
-def run_in_outer_netns(script: str, *, env: dict | None = None, lo_addresses: tuple[str, ...] = (),
-                       as_uid: int | None = None, timeout: float = 120) -> dict:
-    """Run a Python script as a separate supervisor inside a network namespace this test
-    creates: only loopback (plus test-owned addresses on lo), no route out. Whatever the
-    sandbox's egress does, nothing can reach the machine's real network. The script prints
-    one JSON object on its last stdout line."""
-    setup = ["ip link set lo up"] + [f"ip addr add {a} dev lo" for a in lo_addresses]
-    python = [sys.executable, "-c", textwrap.dedent(script)]
-    if as_uid is not None:
-        python = ["setpriv", f"--reuid={as_uid}", f"--regid={as_uid}", "--clear-groups", *python]
-    cmd = ["unshare", "--net", "--", "sh", "-c", " && ".join(setup) + ' && exec "$@"', "sh", *python]
+def run_in_outer_netns(script: str, *, env: dict | None = None, timeout: float = 120) -> dict:
+    """Run a Python script as a separate supervisor inside a test-made network namespace (see
+    supervisors.in_outer_netns): whatever the sandbox's egress does, nothing can reach the
+    machine's real network. The script prints one JSON object on its last stdout line."""
+    cmd = in_outer_netns([sys.executable, "-c", textwrap.dedent(script)])
     full_env = {**os.environ, **(env or {})}
     full_env["PATH"] = full_env.get("PATH", "") + ":/usr/sbin:/sbin"
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=str(REPO))

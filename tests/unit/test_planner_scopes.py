@@ -65,3 +65,11 @@ def test_disabled_policy_still_keeps_supervisor_secrets_out():
     p = run_plan(pol=policy(enabled=False), host_env={"PATH": "/usr/bin", "AWS_SECRET_ACCESS_KEY": "x", "LANG": "C"})
     assert "AWS_SECRET_ACCESS_KEY" not in p.env and p.env["PATH"] == "/usr/bin" and p.env["LANG"] == "C"
     assert not p.sandboxed and all(not v for v in p.report.enforced.values())
+
+
+def test_dev_is_read_only_with_a_sized_shm():
+    argv = list(run_plan().argv)
+    dev = argv.index("--dev")
+    assert argv[dev + 1] == "/dev"
+    rest = argv[dev:]
+    assert rest[2:7] == ["--size", str(2**30), "--tmpfs", "/dev/shm", "--remount-ro"] and rest[7] == "/dev"

@@ -1,0 +1,70 @@
+"""Integration fixtures: scenarios under a root or a non-root supervisor, and, after every
+test, the check that its runs left nothing behind (processes, staging dirs, cgroups; see
+``traces``)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from .supervisors import run_scenario, supervisor_uid
+from .traces import Traces, become_subreaper
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_tmpdir():
+    """A TMPDIR for this session only, so its runs' staging dirs are told apart from other
+    sessions'. Mode 1777 like /tmp: the sandbox account must traverse it to reach staged
+    files, the non-root supervisor must create staging dirs in it. Also makes this process
+    the subreaper of everything its runs orphan."""
+    path = tempfile.mkdtemp(prefix="sk-itest-")
+    os.chmod(path, 0o1777)
+    saved_env, saved_tempdir = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"] = tempfile.tempdir = path
+    become_subreaper()
+    try:
+        yield path
+    finally:
+        tempfile.tempdir = saved_tempdir
+        if saved_env is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved_env
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_behind():
+    """After every test: no process, staging dir or run cgroup of its runs remains."""
+    traces = Traces()
+    yield traces
+    problems = traces.left()
+    assert not problems, "the run left traces behind:\n" + "\n".join(problems)
+
+
+@pytest.fixture(params=["root", "non-root"])
+def supervisor(request) -> str:
+    """Who supervises the runs: root (cgroups, setpriv to the sandbox account) or the non-root
+    ``sandbox-supervisor`` account (user namespaces and rlimits only)."""
+    return request.param
+
+
+@pytest.fixture
+def workdir(supervisor, private_tmpdir):
+    """A host dir the scenario's supervisor may write (markers, a PATH of symlinks)."""
+    path = tempfile.mkdtemp(prefix="work-", dir=private_tmpdir)
+    os.chmod(path, 0o755)
+    if supervisor == "non-root":
+        os.chown(path, supervisor_uid(), supervisor_uid())
+    yield Path(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def scenario(supervisor):
+    """``scenario(name, **args)``: run ``scenarios.NAME`` under this test's supervisor."""
+    return lambda name, **kw: run_scenario(supervisor, name, **kw)

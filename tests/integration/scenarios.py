@@ -1,0 +1,402 @@
+"""Scenarios for the launch-shell integration tests, run as a *separate supervisor process*.
+
+    python scenarios.py NAME '{"arg": ...}'
+
+The test runs this file as root or as the non-root ``sandbox-supervisor`` account, sometimes
+inside an outer network namespace it made (see ``supervisors.start_scenario``). Each scenario plans
+and launches real sandboxes through ``sandbox_kernel.launch`` and prints one JSON object on its
+last stdout line. The code that runs *inside* a sandbox is the ``*_CODE`` text next to each
+scenario: it measures the effect from inside and prints its own JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from sandbox_kernel.capabilities import python_runtime_paths
+from sandbox_kernel.launch import communicate, prepare, run, start
+from sandbox_kernel.planner import RunSpec
+from sandbox_kernel.policy import policy_from_dict
+from sandbox_kernel.report import SandboxUnavailable
+
+
+def spec(code: str) -> RunSpec:
+    return RunSpec(argv=(sys.executable, "-c", code), staging_dir="", runtime="python",
+                   runtime_paths=python_runtime_paths())
+
+
+def sandboxed(policy: dict, code: str, **kw):
+    """Run Python ``code`` in a sandbox planned from ``policy`` (secure default + ``policy``)."""
+    return run(policy_from_dict(policy), spec(code), **kw)
+
+
+def outcome(result) -> dict:
+    """The run's outcome plus the last JSON line the sandboxed code printed (if any)."""
+    out = result.stdout.decode(errors="replace")
+    inside = None
+    for line in reversed(out.splitlines()):
+        if line.startswith("{"):
+            try:
+                inside = json.loads(line)
+                break
+            except ValueError:
+                pass
+    return {
+        **result.report["outcome"], "inside": inside, "stdout_tail": out[-300:], "stdout_len": len(result.stdout),
+        "stderr_tail": result.stderr.decode(errors="replace")[-1500:],
+        "resources": result.report["layers"]["resources"]["controls"], "notes": result.report["notes"],
+    }
+
+
+class Background:
+    """A sandbox running in a thread; ``wait_for(text)`` blocks until it printed ``text``.
+    Its stdin stays open until :meth:`finish`, so the sandboxed code can block on it."""
+
+    def __init__(self, policy: dict, code: str):
+        self.proc = start(prepare(policy_from_dict(policy), spec(code)), stdin=subprocess.PIPE)
+        self.seen = bytearray()
+        self.cond = threading.Condition()
+        self.result = None
+        self.thread = threading.Thread(target=self._communicate)
+        self.thread.start()
+
+    def _communicate(self):
+        def on_output(_name, data):
+            with self.cond:
+                self.seen += data
+                self.cond.notify_all()
+        try:
+            self.result = communicate(self.proc, timeout=60, on_output=on_output)
+        finally:
+            with self.cond:
+                self.cond.notify_all()
+
+    def wait_for(self, text: bytes, timeout: float = 30) -> bool:
+        with self.cond:
+            return self.cond.wait_for(lambda: text in self.seen or self.result is not None, timeout) and text in self.seen
+
+    def finish(self):
+        self.proc.popen.stdin.close()
+        self.thread.join()
+        return self.result
+
+
+# --------------------------------------------------------------------------- filesystem
+
+FILESYSTEM_CODE = r"""
+import errno, json, os, sys
+def write(path):
+    try:
+        with open(path, "w") as f:
+            f.write("x")
+        return "ok"
+    except OSError as e:
+        return errno.errorcode[e.errno]
+res = {"cwd": os.getcwd(), "home": os.environ.get("HOME")}
+res["writes"] = {p: write(p) for p in (
+    "/etc/sbx-probe", "/usr/sbx-probe", "/sbx-probe", "/dev/sbx-probe", os.path.join(sys.prefix, "sbx-probe"),
+    "/scratch/probe", "/tmp/probe", os.path.join(os.environ["HOME"], "home-probe"))}
+res["visible"] = {p: os.path.exists(p) for p in ("/home", "/root", "/srv", "/opt", "/var", "/run", "/etc/shadow", SECRET)}
+print(json.dumps(res))
+"""
+
+
+def filesystem(secret: str) -> dict:
+    return outcome(sandboxed({}, FILESYSTEM_CODE.replace("SECRET", repr(secret))))
+
+
+PRIVATE_WRITER_CODE = r"""
+import sys
+for d in ("/scratch", "/tmp"):
+    open(f"{d}/from-run-a", "w").write("a")
+print("written", flush=True)
+sys.stdin.read()  # hold the sandbox open until the scenario is done with run B
+"""
+PRIVATE_READER_CODE = r"""
+import json, os
+print(json.dumps({"scratch": os.listdir("/scratch"), "tmp": os.listdir("/tmp"),
+                  "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit())}))
+"""
+
+
+def private_scratch() -> dict:
+    """Two runs at the same time: B must not see what A wrote, nor A's processes."""
+    a = Background({}, PRIVATE_WRITER_CODE)
+    a_wrote = a.wait_for(b"written")
+    b = sandboxed({}, PRIVATE_READER_CODE)
+    a_result = a.finish()
+    return {"a_wrote": a_wrote, "a": outcome(a_result), "b": outcome(b)}
+
+
+# --------------------------------------------------------------------------- network
+
+class Server:
+    """A TCP server on (host, 0) that greets and counts every connection it accepts."""
+
+    def __init__(self, host: str):
+        self.sock = socket.create_server((host, 0))
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            conn, _ = self.sock.accept()
+            self.accepted += 1
+            conn.sendall(b"hello")
+            conn.close()
+
+
+NETWORK_CODE = r"""
+import json, socket, subprocess, time
+def attempt(host, port):
+    s = socket.socket()
+    s.settimeout(10)
+    t0 = time.monotonic()
+    try:
+        s.connect((host, port))
+        return {"result": "connected", "data": s.recv(5).decode()}
+    except OSError as e:
+        return {"result": type(e).__name__, "errno": e.errno, "timeout": isinstance(e, socket.timeout),
+                "seconds": round(time.monotonic() - t0, 3)}
+    finally:
+        s.close()
+res = {name: attempt(*target) for name, target in TARGETS.items()}
+status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines())
+res["who"] = {"uid": status["Uid"].split()[0], "CapEff": status["CapEff"].strip(), "Seccomp": status["Seccomp"].strip()}
+if FLUSH:
+    nft = subprocess.run(["/usr/sbin/nft", "flush", "ruleset"], capture_output=True, text=True)
+    res["flush"] = {"rc": nft.returncode, "stderr": nft.stderr.strip()}
+    res["after_flush"] = {name: attempt(*target) for name, target in TARGETS.items()}
+print(json.dumps(res))
+"""
+
+
+def network(mode: str) -> dict:
+    """Servers on the outer namespace's loopback (reached from the sandbox only through slirp's
+    10.0.2.2) and on the test-owned 169.254.1.1 (a "metadata" address)."""
+    allowed, other, metadata = Server("127.0.0.1"), Server("127.0.0.1"), Server("169.254.1.1")
+    # Control: the servers are up and reachable from the supervisor's namespace.
+    for s, host in ((allowed, "127.0.0.1"), (other, "127.0.0.1"), (metadata, "169.254.1.1")):
+        socket.create_connection((host, s.port), timeout=5).recv(5)
+    time.sleep(0.1)
+    before = {"allowed": allowed.accepted, "other": other.accepted, "metadata": metadata.accepted}
+    targets = {"allowed": ("10.0.2.2", allowed.port), "other_port": ("10.0.2.2", other.port),
+               "metadata": ("169.254.1.1", metadata.port)}
+    if mode == "deny":
+        policy = {"network": {"mode": "deny"}}
+        targets["own_loopback"] = ("127.0.0.1", allowed.port)
+    else:
+        policy = {"network": {"mode": "allowlist", "allow": [f"10.0.2.2:{allowed.port}", f"169.254.1.1:{metadata.port}"]}}
+    code = NETWORK_CODE.replace("TARGETS", repr(targets)).replace("FLUSH", repr(mode != "deny"))
+    result = outcome(sandboxed(policy, code))
+    time.sleep(0.1)
+    result["accepted_from_sandbox"] = {
+        "allowed": allowed.accepted - before["allowed"], "other": other.accepted - before["other"],
+        "metadata": metadata.accepted - before["metadata"]}
+    return result
+
+
+# --------------------------------------------------------------------------- resources
+
+FORK_BOMB_CODE = r"""
+import os, sys, time
+if os.fork() == 0:
+    while True:  # every process forks forever: a real fork bomb
+        try:
+            os.fork()
+        except OSError:
+            time.sleep(0.01)
+peak, end = 0, time.monotonic() + 1.5
+while time.monotonic() < end:
+    peak = max(peak, sum(1 for p in os.listdir("/proc") if p.isdigit()))
+    time.sleep(0.05)
+print(f"holding {peak}", flush=True)
+sys.stdin.read()
+"""
+SIBLING_FORKS_CODE = r"""
+import json, os, time
+pids = []
+for _ in range(CHILDREN):
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(0.5)
+        os._exit(0)
+    pids.append(pid)
+print(json.dumps({"forked": len(pids), "exits": [os.waitpid(p, 0)[1] for p in pids]}))
+"""
+
+
+def fork_bomb(max_processes: int, sibling_children: int) -> dict:
+    """A fork bomb in run A; while it holds its limit, run B (same sandbox uid) forks."""
+    bomb = Background({"resources": {"max_processes": max_processes}}, FORK_BOMB_CODE)
+    holding = bomb.wait_for(b"holding")
+    sibling = sandboxed({}, SIBLING_FORKS_CODE.replace("CHILDREN", str(sibling_children)))
+    bomb_result = bomb.finish()
+    peak = int(bytes(bomb.seen).split(b"holding ")[1].split()[0]) if holding else None
+    return {"holding": holding, "peak": peak, "bomb": outcome(bomb_result), "sibling": outcome(sibling)}
+
+
+MEMORY_BOMB_CODE = r"""
+import sys
+chunks = []
+try:
+    for i in range(64):
+        chunks.append(b"\1" * (32 << 20))  # written, so every page is really used
+        print(f"allocated {(i + 1) * 32} MiB", flush=True)
+except MemoryError:
+    print("MemoryError", flush=True)
+    sys.exit(3)
+print("survived", flush=True)
+"""
+
+
+def memory_bomb(memory_bytes: int) -> dict:
+    return outcome(sandboxed({"resources": {"memory_bytes": memory_bytes}}, MEMORY_BOMB_CODE))
+
+
+RLIMIT_CODE = {
+    "cpu": "while True: pass",
+    "nofile": r"""
+import errno, json
+files = []
+try:
+    while len(files) < 4096:
+        files.append(open("/dev/null"))
+    print(json.dumps({"opened": len(files)}))
+except OSError as e:
+    print(json.dumps({"opened": len(files), "error": errno.errorcode[e.errno]}))
+""",
+    "fsize": r"""
+import errno, json
+written = 0
+try:
+    with open("/scratch/big", "wb", buffering=0) as f:
+        for _ in range(LIMIT // 65536 * 2):
+            written += f.write(b"x" * 65536)
+    print(json.dumps({"written": written}))
+except OSError as e:
+    print(json.dumps({"written": written, "error": errno.errorcode[e.errno]}))
+""",
+}
+
+
+def rlimit(kind: str, limit: int) -> dict:
+    field = {"cpu": "cpu_seconds", "nofile": "max_open_files", "fsize": "max_file_size_bytes"}[kind]
+    code = RLIMIT_CODE[kind].replace("LIMIT", str(limit))
+    return outcome(sandboxed({"resources": {field: limit}}, code, timeout=60))
+
+
+# --------------------------------------------------------------------------- output and time
+
+FLOOD_CODE = r"""
+import os
+block = b"x" * (1 << 20)
+for _ in range(1024):  # 1 GiB
+    os.write(1, block)
+print("flood finished")
+"""
+
+
+def peak_rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        return int(next(line for line in f if line.startswith("VmHWM:")).split()[1])
+
+
+def output_flood(max_output_bytes: int) -> dict:
+    before = peak_rss_kib()
+    result = outcome(sandboxed({"resources": {"max_output_bytes": max_output_bytes}}, FLOOD_CODE))
+    return {**result, "hwm_before_kib": before, "hwm_after_kib": peak_rss_kib()}
+
+
+TIMEOUT_CODE = r"""
+import os, signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)  # inherited across fork and exec
+if os.fork() == 0:
+    os.setsid()  # the grandchild leaves our session and process group
+    subprocess.Popen(["/bin/sh", "-c", "sleep 600; : TOKEN"])
+    os._exit(0)
+print("grandchild started", flush=True)
+time.sleep(600)
+"""
+
+
+def processes_with(token: str) -> list[str]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if token in cmdline and pid != str(os.getpid()):
+            found.append(f"{pid}: {cmdline}")
+    return found
+
+
+def timeout(via: str, token: str) -> dict:
+    code = TIMEOUT_CODE.replace("TOKEN", token)
+    if via == "policy":
+        result = sandboxed({"resources": {"wall_seconds": 1}}, code)
+    else:
+        result = sandboxed({}, code, timeout=1)
+    # After run() returns nothing of the run may be left: not even the re-parented grandchild.
+    time.sleep(0.2)
+    return {**outcome(result), "left": processes_with(token)}
+
+
+def killed_supervisor() -> None:
+    """Start a run with every moving part (egress, cgroups as root, a staging dir), say so,
+    then wait to be SIGKILLed by the test: nothing of the run may survive its supervisor."""
+    policy = {"network": {"mode": "allowlist", "allow": ["10.0.2.2:9"]}}
+    Background(policy, "import time; print('running', flush=True); time.sleep(600)").wait_for(b"running")
+    print("running", flush=True)
+    time.sleep(600)
+
+
+# --------------------------------------------------------------------------- identity
+
+IDENTITY_CODE = r"""
+import ctypes, json, os
+status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines())
+libc = ctypes.CDLL(None, use_errno=True)
+def syscall(fn, *args):
+    rc = fn(*args)
+    return "ok" if rc != -1 else os.strerror(ctypes.get_errno())
+print(json.dumps({
+    "uid": os.getuid(), "euid": os.geteuid(), "gid": os.getgid(), "groups": os.getgroups(),
+    **{k: status[k].strip() for k in ("CapEff", "CapPrm", "CapBnd", "NoNewPrivs", "Seccomp")},
+    "env": dict(os.environ),
+    "ptrace": syscall(libc.ptrace, 0, 0, None, None),          # PTRACE_TRACEME: allowed without seccomp
+    "personality": syscall(libc.personality, 0xFFFFFFFF),     # query only: harmless without seccomp
+    "unshare": syscall(libc.unshare, 0x10000000),             # CLONE_NEWUSER
+    "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
+}))
+"""
+
+
+def identity() -> dict:
+    return outcome(sandboxed({}, IDENTITY_CODE))
+
+
+# --------------------------------------------------------------------------- fail closed
+
+def fail_closed(marker: str) -> dict:
+    """PATH hides a tool (set by the test): the live probe fails and the run must be refused."""
+    spec = RunSpec(argv=("/bin/sh", "-c", f"echo ran > {marker}"), staging_dir="")
+    try:
+        result = run(policy_from_dict({}), spec)
+    except SandboxUnavailable as e:
+        return {"refused": True, "error": str(e), "layers": sorted({d.layer for d in e.downgrades})}
+    return {"refused": False, "exit_code": result.exit_code}
+
+
+if __name__ == "__main__":
+    name, args = sys.argv[1], json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
+    print(json.dumps(globals()[name](**args)))

@@ -1,0 +1,88 @@
+"""Run ``scenarios.py`` as a separate supervisor process: as root, or as the non-root
+``sandbox-supervisor`` account, optionally inside an outer network namespace."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import selectors
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SCENARIOS = Path(__file__).resolve().parent / "scenarios.py"
+SUPERVISOR_ACCOUNT = "sandbox-supervisor"  # the non-root account `make setup` creates for tests
+SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
+METADATA_TEST_ADDRESS = "169.254.1.1"  # the test puts it on the outer namespace's lo
+
+
+class ScenarioFailed(AssertionError):
+    pass
+
+
+def supervisor_uid() -> int:
+    return pwd.getpwnam(SUPERVISOR_ACCOUNT).pw_uid
+
+
+def in_outer_netns(cmd: list[str]) -> list[str]:
+    """``cmd`` run inside a network namespace made here: loopback and the test-owned
+    169.254.1.1 only, no route out."""
+    setup = f"ip link set lo up && ip addr add {METADATA_TEST_ADDRESS}/32 dev lo"
+    return ["unshare", "--net", "--", "/bin/sh", "-c", setup + ' && exec "$@"', "sh", *cmd]
+
+
+def start_scenario(supervisor: str, name: str, *, outer_netns: bool = False, env: dict | None = None,
+                   stderr=None, **args) -> subprocess.Popen:
+    """Start ``scenarios.py NAME ARGS`` as its own supervisor process, stdout piped.
+
+    ``outer_netns``: run the supervisor inside a network namespace made here, with only
+    loopback and the test-owned 169.254.1.1 on it and no route out. Whatever the sandbox's
+    egress does (and slirp4netns forwards anywhere when no ruleset is loaded), it cannot
+    reach the machine's real network.
+    """
+    cmd = [sys.executable, str(SCENARIOS), name, json.dumps(args)]
+    if supervisor == "non-root":
+        uid = supervisor_uid()
+        cmd = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *cmd]
+    if outer_netns:
+        cmd = in_outer_netns(cmd)
+    full_env = {"PATH": SYSTEM_PATH, "TMPDIR": tempfile.gettempdir(), "LANG": "C.UTF-8", **(env or {})}
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, env=full_env, cwd="/")
+
+
+def run_scenario(supervisor: str, name: str, *, timeout: float = 120, **kw) -> dict:
+    """Run a scenario to its end; return its JSON result plus ``supervisor_maxrss_kib``, the
+    peak RSS of the supervisor process (ru_maxrss from wait4)."""
+    with tempfile.TemporaryFile() as stderr:
+        proc = start_scenario(supervisor, name, stderr=stderr, **kw)
+        try:
+            stdout = _read_all(proc, timeout)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        _, status, rusage = os.wait4(proc.pid, 0)  # not Popen.wait: we want the rusage
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        stderr.seek(0)
+        err = stderr.read().decode(errors="replace")
+    lines = stdout.decode(errors="replace").strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        raise ScenarioFailed(f"scenario {name} failed (rc {proc.returncode}):\n{stdout[-2000:]!r}\n{err[-4000:]}")
+    return {**json.loads(lines[-1]), "supervisor_maxrss_kib": rusage.ru_maxrss}
+
+
+def _read_all(proc: subprocess.Popen, timeout: float) -> bytes:
+    chunks, deadline = [], time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if sel.select(max(0.0, deadline - time.monotonic())):
+                chunk = os.read(proc.stdout.fileno(), 65536)
+                if not chunk:
+                    proc.stdout.close()
+                    return b"".join(chunks)
+                chunks.append(chunk)
+    raise ScenarioFailed(f"scenario did not finish within {timeout} s")

@@ -1,0 +1,43 @@
+"""Who the sandboxed code is: never root, no capabilities, no_new_privs, a seccomp filter that
+answers EPERM, and an environment that carries nothing of the supervisor's."""
+
+from __future__ import annotations
+
+import pytest
+
+from .supervisors import supervisor_uid
+
+pytestmark = pytest.mark.integration
+
+SECRET = "sk-live-do-not-leak-0123456789"
+SANDBOX_UID = 65532  # the sandbox-kernel account a root supervisor drops to (make setup)
+
+
+@pytest.fixture
+def identity(scenario):
+    res = scenario("identity", env={"SANDBOX_TEST_SECRET": SECRET, "AWS_SECRET_ACCESS_KEY": SECRET,
+                                    "LD_PRELOAD": "/nonexistent.so", "PYTHONSTARTUP": "/nonexistent.py"})
+    assert res["exit_code"] == 0, res["stderr_tail"]
+    return res["inside"]
+
+
+def test_runs_unprivileged(identity, supervisor):
+    expected = SANDBOX_UID if supervisor == "root" else supervisor_uid()
+    assert identity["uid"] == identity["euid"] == expected
+    assert identity["gid"] == expected and set(identity["groups"]) <= {expected}
+    assert int(identity["CapEff"], 16) == int(identity["CapPrm"], 16) == int(identity["CapBnd"], 16) == 0
+    assert identity["NoNewPrivs"] == "1"
+
+
+def test_seccomp_filter_answers_eperm(identity):
+    assert identity["Seccomp"] == "2"  # filter mode
+    # ptrace(PTRACE_TRACEME) and personality(query) succeed for anyone without the filter.
+    assert identity["ptrace"] == identity["personality"] == identity["unshare"] == "Operation not permitted"
+
+
+def test_supervisor_environment_does_not_leak(identity):
+    env = identity["env"]
+    assert SECRET not in "".join(f"{k}={v}" for k, v in env.items())
+    assert not {"SANDBOX_TEST_SECRET", "AWS_SECRET_ACCESS_KEY", "LD_PRELOAD", "PYTHONSTARTUP"} & set(env)
+    assert env["HOME"] == "/scratch" and env["TMPDIR"] == "/tmp"
+    assert env["PATH"] == "/usr/local/bin:/usr/bin:/bin"

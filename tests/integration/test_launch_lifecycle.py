@@ -1,0 +1,62 @@
+"""The run's lifecycle: output flood, timeouts with a TERM-ignoring grandchild, refusal when a
+tool is missing. What is left afterwards is checked by the autouse fixture in conftest."""
+
+from __future__ import annotations
+
+import signal
+import uuid
+
+import pytest
+
+from sandbox_kernel.launch import truncation_marker
+
+from .kernels import path_without
+from .supervisors import start_scenario
+
+pytestmark = pytest.mark.integration
+
+MiB = 1 << 20
+
+
+def test_output_flood_is_cut_at_the_cap_and_the_supervisor_stays_small(scenario):
+    cap = 16 * MiB
+    res = scenario("output_flood", max_output_bytes=cap)  # the sandbox tries to write 1 GiB
+    marker = truncation_marker(cap).decode()
+    assert res["output_truncated"] and res["killed_reason"] == "output-cap"
+    assert res["stdout_tail"].endswith(marker) and res["stdout_len"] == cap + len(marker)
+    assert "flood finished" not in res["stdout_tail"] and res["signal"] == signal.SIGKILL
+    # The supervisor streamed 16 MiB and kept it; it never held anything near the 1 GiB flood.
+    assert res["supervisor_maxrss_kib"] < 200 * 1024, res["supervisor_maxrss_kib"]
+    assert res["hwm_after_kib"] - res["hwm_before_kib"] < 6 * cap // 1024
+
+
+@pytest.mark.parametrize("via", ["policy", "kwarg"])
+def test_timeout_kills_a_term_ignoring_grandchild(scenario, via):
+    token = f"sbx-grandchild-{uuid.uuid4().hex[:12]}"
+    res = scenario("timeout", via=via, token=token)
+    assert "grandchild started" in res["stdout_tail"]
+    assert res["timed_out"] and res["killed_reason"] == "timeout"
+    assert res["left"] == []
+
+
+def test_missing_tool_refuses_before_anything_runs(scenario, workdir, nothing_left_behind):
+    # The command would write the marker; with bwrap hidden from PATH the live probe fails.
+    marker = workdir / "marker"
+    res = scenario("fail_closed", marker=str(marker), env={"PATH": path_without(workdir / "bin", "bwrap")})
+    assert res["refused"], res
+    assert "bwrap" in res["error"] and {"filesystem", "network", "seccomp"} <= set(res["layers"])
+    assert not marker.exists()
+    assert nothing_left_behind.left() == []  # no staging dir either
+
+
+def test_killed_supervisor_leaves_nothing(supervisor, nothing_left_behind):
+    # SIGKILL: no close(), no finally. The sandbox dies with its parent (bwrap
+    # --die-with-parent), egress with its pipes, staging dir and cgroups with the janitor.
+    proc = start_scenario(supervisor, "killed_supervisor", outer_netns=True)
+    try:
+        assert proc.stdout.readline() == b"running\n"
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+    assert nothing_left_behind.left() == []
