@@ -43,7 +43,12 @@ accounts:
 	@id -u $(SUPERVISOR_ACCOUNT) >/dev/null 2>&1 || useradd -u $(SUPERVISOR_UID) -g $(SUPERVISOR_UID) -M -d /nonexistent -s /usr/sbin/nologin $(SUPERVISOR_ACCOUNT) 2>/dev/null
 
 venv: $(VENV)/.installed
-	@chmod -R a+rX $(VENV) sandbox_kernel
+	@chmod -R a+rX $(VENV) sandbox_kernel tests notebooks
+	@# The sandbox and supervisor accounts must reach .venv: give search (not read) permission
+	@# on any parent directory that lacks it, and say so.
+	@d="$$(pwd)"; while [ "$$d" != / ]; do \
+	  if [ "$$(( 0$$(stat -c %a "$$d") & 01 ))" = 0 ]; then echo "note: chmod o+x $$d (the sandbox account must traverse it)"; chmod o+x "$$d"; fi; \
+	  d="$$(dirname "$$d")"; done
 	@setpriv --reuid=$(SANDBOX_UID) --regid=$(SANDBOX_UID) --clear-groups $(VENV)/bin/python -c "import sandbox_kernel" 2>/dev/null || \
 	  { echo "error: the sandbox account cannot run $(VENV)/bin/python; make the path to this repository world-traversable (chmod o+x on each parent directory)"; exit 1; }
 
