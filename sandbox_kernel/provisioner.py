@@ -30,6 +30,7 @@ from .capabilities import detect, python_runtime_paths
 from .cells import SOCKET_ENV, SOCKET_NAME, CellService
 from .config import SandboxPolicyConfig, load_jupyter_config
 from .launch import SandboxProcess, prepare, start
+from .launch.process import start_janitor, stop_janitor
 from .launch.signals import signal_command
 from .planner import RunSpec
 from .policy import SandboxPolicy, deep_merge, tighten
@@ -56,6 +57,7 @@ class SandboxProvisioner(LocalProvisioner):
     effective_sandbox: dict | None = None  # the trusted kernel-scope report of the running kernel
     _sandbox: SandboxProcess | None = None
     _run_dir: str | None = None
+    _run_dir_janitor: subprocess.Popen | None = None
     _last_exit: dict | None = None
     _cells: CellService | None = None
 
@@ -89,7 +91,17 @@ class SandboxProvisioner(LocalProvisioner):
             if os.geteuid() == 0:
                 os.chown(self._run_dir, uid, gid)  # the kernel creates its sockets here
             os.chmod(self._run_dir, 0o700)
+            # It holds the connection file (the HMAC key): gone even if we are killed.
+            self._run_dir_janitor = start_janitor(self._run_dir, [])
         return self._run_dir
+
+    def _remove_run_dir(self) -> None:
+        if self._run_dir is not None:
+            shutil.rmtree(self._run_dir, ignore_errors=True)
+            self._run_dir = None
+        if self._run_dir_janitor is not None:
+            stop_janitor(self._run_dir_janitor)
+            self._run_dir_janitor = None
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         fresh = self._run_dir is None
@@ -97,9 +109,8 @@ class SandboxProvisioner(LocalProvisioner):
             return await self._pre_launch(**kwargs)
         except BaseException:
             # Refused (SandboxUnavailable, PolicyError) or broken: leave nothing behind.
-            if fresh and self._run_dir is not None:
-                shutil.rmtree(self._run_dir, ignore_errors=True)
-                self._run_dir = None
+            if fresh:
+                self._remove_run_dir()
             raise
 
     async def _pre_launch(self, **kwargs: Any) -> dict[str, Any]:
@@ -202,9 +213,7 @@ class SandboxProvisioner(LocalProvisioner):
             if self._cells is not None:
                 self._cells.close()
                 self._cells = None
-            if self._run_dir is not None:
-                shutil.rmtree(self._run_dir, ignore_errors=True)
-                self._run_dir = None
+            self._remove_run_dir()
         await super().cleanup(restart=restart)
 
     async def get_provisioner_info(self) -> dict:

@@ -55,6 +55,15 @@ def start_janitor(staging_dir: str, cgroup_paths: list[str]) -> subprocess.Popen
                             cwd="/", start_new_session=True)  # not in the run's process group
 
 
+def stop_janitor(janitor: subprocess.Popen) -> None:
+    """After a normal cleanup: EOF, it finds nothing left and exits."""
+    janitor.stdin.close()
+    try:
+        janitor.wait(timeout=1)
+    except subprocess.TimeoutExpired:  # a fork of ours still holds the pipe: it cleans up
+        pass                           # (nothing) when that one exits
+
+
 def truncation_marker(limit: int) -> bytes:
     return f"\n[sandbox-kernel: output truncated at {limit} bytes; the run was stopped]\n".encode()
 
@@ -156,11 +165,7 @@ class SandboxProcess:
                 self.seccomp_fd = None
             shutil.rmtree(self.plan.staging_dir, ignore_errors=True)
             if self.janitor is not None:
-                self.janitor.stdin.close()  # EOF: it finds nothing left and exits
-                try:
-                    self.janitor.wait(timeout=1)
-                except subprocess.TimeoutExpired:  # a fork of ours still holds the pipe: it
-                    pass                           # cleans up (nothing) when that one exits
+                stop_janitor(self.janitor)
             self.timings["teardown"] = time.monotonic() - t0
 
 

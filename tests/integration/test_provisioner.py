@@ -152,7 +152,8 @@ from sandbox_kernel.launch.signals import command_pids
 km = KernelManager(kernel_name="python3-sandboxed")
 km.start_kernel()
 kc = km.client(); kc.start_channels(); kc.wait_for_ready(timeout=60)
-print(json.dumps({"pids": [km.provisioner.pid, *command_pids(km.provisioner._sandbox)]}), flush=True)
+print(json.dumps({"pids": [km.provisioner.pid, *command_pids(km.provisioner._sandbox)],
+                  "run_dir": km.provisioner._run_dir}), flush=True)
 time.sleep(600)
 """
 
@@ -160,13 +161,18 @@ time.sleep(600)
 def test_supervisor_crash_leaves_no_kernel():
     proc = subprocess.Popen([sys.executable, "-c", SUPERVISOR], stdout=subprocess.PIPE, text=True, cwd=str(REPO))
     try:
-        pids = json.loads(proc.stdout.readline())["pids"]
-        assert len(pids) == 2 and all(_alive(p) for p in pids)
+        info = json.loads(proc.stdout.readline())
+        pids = info["pids"]
+        assert len(pids) == 2 and all(_alive(p) for p in pids) and os.path.isdir(info["run_dir"])
         proc.kill()
         proc.wait()
     finally:
         proc.kill()
     assert _wait_gone(pids) == []
+    deadline = time.monotonic() + 10  # the run dir holds the connection file's HMAC key
+    while os.path.exists(info["run_dir"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(info["run_dir"])
 
 
 FAIL_CLOSED = r"""
