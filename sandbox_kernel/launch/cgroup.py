@@ -72,20 +72,24 @@ class RunCgroups:
                 return
             for pid in pids:
                 _kill(pid, signal.SIGKILL)
-            time.sleep(0.01)
+            time.sleep(0.002)
 
-    def remove(self) -> None:
+    def remove(self, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
         for p in self.paths:
-            for _ in range(200):
+            while True:
                 try:
                     os.rmdir(p)
                     break
                 except FileNotFoundError:
                     break
                 except OSError:
-                    # Exiting processes may linger a moment in cgroup.procs.
+                    # Exiting processes linger for a moment (often well under a millisecond)
+                    # in cgroup.procs: poll briefly rather than sleep a fixed slice.
+                    if time.monotonic() > deadline:
+                        break
                     self.kill_all(settle=0.05)
-                    time.sleep(0.01)
+                    time.sleep(0.001)
 
 
 def _kill(pid: int, sig: int) -> None:
