@@ -351,3 +351,20 @@ def test_nbconvert_execute_runs_notebook_confined(tmp_path):
                    check=True, capture_output=True, timeout=180)
     text = _cell_text(tmp_path / "out.ipynb")
     assert "uid 65532" in text and "etc OSError" in text and "home False" in text
+
+
+def test_signal_mode_interrupt_reaches_the_kernel_inside_the_namespace(jupyter_dirs):
+    """bwrap forwards no signal: with interrupt_mode "signal" the provisioner delivers SIGINT to
+    the kernel process inside the pid namespace itself (killpg would kill the whole sandbox)."""
+    data, _ = jupyter_dirs
+    spec_dir = write_kernelspec(data, name="python3-sandboxed-signal")
+    spec = json.loads((spec_dir / "kernel.json").read_text())
+    spec["interrupt_mode"] = "signal"
+    (spec_dir / "kernel.json").write_text(json.dumps(spec))
+    with running_kernel("python3-sandboxed-signal") as (km, kc):
+        msg_id = kc.execute("import time\nwhile True:\n    time.sleep(0.01)")
+        time.sleep(0.5)
+        km.interrupt_kernel()
+        reply = kc.get_shell_msg(timeout=20)
+        assert reply["parent_header"]["msg_id"] == msg_id and reply["content"]["ename"] == "KeyboardInterrupt"
+        assert execute(kc, "print('alive')")[0].strip() == "alive"
