@@ -73,25 +73,26 @@ def test_timeout_kills_the_cell_tree(kernel):
     elapsed = time.monotonic() - t0
     assert status == "error" and "timed out" in out and report["outcome"]["timed_out"] is True
     assert elapsed < 10  # 1 s timeout plus kill grace, far from the 30 s sleep
-    assert _no_sandbox_sleepers()
+    assert _no_sleepers("30")
 
 
-def _no_sandbox_sleepers() -> bool:
-    deadline = time.monotonic() + 5
+def _no_sleepers(seconds: str, wait: float = 5.0) -> bool:
+    """True once no ``sleep <seconds>`` process is left anywhere on the host."""
+    needle = b"sleep\x00" + seconds.encode()
+    deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
-        busy = False
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    with open(f"/proc/{entry}/cmdline", "rb") as f:
-                        if f.read().startswith(b"sleep\x0030"):
-                            busy = True
-                except OSError:
-                    continue
-        if not busy:
+        if not any(_cmdline(e).startswith(needle) for e in os.listdir("/proc") if e.isdigit()):
             return True
         time.sleep(0.1)
     return False
+
+
+def _cmdline(pid: str) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
 
 
 def test_output_flood_capped_with_marker(kernel):
@@ -124,24 +125,7 @@ def test_interrupt_kills_cell_and_kernel_answers(kernel):
     assert reply["parent_header"]["msg_id"] == msg_id and reply["content"]["status"] == "error"
     assert time.monotonic() - t0 < 5
     assert cell(kc, "print('still here')")[0].strip() == "still here"
-    assert _no_sandbox_sleepers_60()
-
-
-def _no_sandbox_sleepers_60() -> bool:
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        if not any(_cmdline(e).startswith(b"sleep\x0060") for e in os.listdir("/proc") if e.isdigit()):
-            return True
-        time.sleep(0.1)
-    return False
-
-
-def _cmdline(pid: str) -> bytes:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
+    assert _no_sleepers("60")
 
 
 def test_nonzero_exit_marks_cell_failed(kernel):
