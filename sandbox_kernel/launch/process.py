@@ -188,21 +188,19 @@ def start(plan: Plan, *, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stder
             proc.egress = bring_up(plan.egress)
             argv = proc.egress.join_prefix + argv
             proc.timings["egress"] = time.monotonic() - t0
-        preexec = None
+        join: list[int] = []
         if plan.cgroup is not None:
             proc.cgroups = cgroups_mod.create(plan.cgroup)
             join = proc.cgroups.join_fds()
 
-            def preexec():  # in the child, before exec: "0" moves the writer itself
-                for fd in join:
-                    os.write(fd, b"0")
-        else:
-            join = []
+        def join_cgroups():  # in the child, before exec: "0" moves the writer itself
+            for fd in join:
+                os.write(fd, b"0")
         proc.janitor = start_janitor(plan.staging_dir, proc.cgroups.paths if proc.cgroups else [])
         try:
             proc.popen = subprocess.Popen(
                 argv, env=plan.env, cwd="/", stdin=stdin, stdout=stdout, stderr=stderr,
-                pass_fds=tuple(fds), start_new_session=True, preexec_fn=preexec,
+                pass_fds=tuple(fds), start_new_session=True, preexec_fn=join_cgroups if join else None,
             )
         finally:
             for fd in join:

@@ -10,7 +10,7 @@ Argv shape, outer to inner::
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Literal, Mapping
 
 from ..capabilities import HostCapabilities
@@ -130,6 +130,3 @@ def plan(policy: SandboxPolicy, caps: HostCapabilities, spec: RunSpec) -> Plan:
         max_output_bytes=res.max_output_bytes, wall_seconds=res.wall_seconds, report=report,
     )
 
-
-def with_staging_dir(spec: RunSpec, staging_dir: str) -> RunSpec:
-    return replace(spec, staging_dir=staging_dir)

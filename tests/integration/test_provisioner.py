@@ -19,7 +19,6 @@ import nbformat
 import pytest
 
 from sandbox_kernel.launch.signals import command_pids
-from sandbox_kernel.report import SandboxUnavailable
 
 from .kernels import REPO, execute, path_without, run_in_outer_netns, running_kernel, write_kernelspec, write_operator_config
 
@@ -178,7 +177,6 @@ def test_supervisor_crash_leaves_no_kernel():
 FAIL_CLOSED = r"""
 import json, os, glob, tempfile
 from jupyter_client.manager import KernelManager
-from sandbox_kernel.report import SandboxUnavailable
 before = set(glob.glob(os.path.join(tempfile.gettempdir(), "sandbox-kernel-*")))
 km = KernelManager(kernel_name="python3-sandboxed")
 try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from .test_planner import host, policy, run_plan, triples
+from .test_planner import policy, run_plan, triples
 
 INPUT = "/data/project"
 
