@@ -33,6 +33,7 @@ from .launch import SandboxProcess, prepare, start
 from .launch.process import start_janitor, stop_janitor
 from .launch.signals import signal_command
 from .planner import RunSpec
+from .planner.privilege import plan_privilege
 from .policy import SandboxPolicy, deep_merge, tighten
 
 KERNEL_EXTENSION = "sandbox_kernel.kernel"
@@ -85,12 +86,9 @@ class SandboxProvisioner(LocalProvisioner):
 
     # ------------------------------------------------------------------ lifecycle
 
-    def _ensure_run_dir(self, uid: int, gid: int) -> str:
+    def _ensure_run_dir(self) -> str:
         if self._run_dir is None:
-            self._run_dir = tempfile.mkdtemp(prefix="sandbox-kernel-")
-            if os.geteuid() == 0:
-                os.chown(self._run_dir, uid, gid)  # the kernel creates its sockets here
-            os.chmod(self._run_dir, 0o700)
+            self._run_dir = tempfile.mkdtemp(prefix="sandbox-kernel-")  # 0700
             # It holds the connection file (the HMAC key): gone even if we are killed.
             self._run_dir_janitor = start_janitor(self._run_dir, [])
         return self._run_dir
@@ -116,20 +114,13 @@ class SandboxProvisioner(LocalProvisioner):
     async def _pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         km = self.parent
         policy = self.requested_policy()
-        caps = detect()
-        from .planner.privilege import plan_privilege
-
-        _, uid, gid = plan_privilege(policy.privilege, caps).run_as
-        run_dir = self._ensure_run_dir(uid, gid)
+        run_dir = self._ensure_run_dir()
         if km is not None:
             km.transport = "ipc"
             km.cache_ports = False
             km.ip = os.path.join(run_dir, "k")
             km.connection_file = os.path.join(run_dir, "connection.json")
         kwargs = await super().pre_launch(**kwargs)
-        if km is not None and os.geteuid() == 0 and os.path.exists(km.connection_file):
-            os.chown(km.connection_file, uid, gid)
-            os.chmod(km.connection_file, 0o600)
 
         cmd = list(kwargs.pop("cmd"))
         if any("ipykernel" in part for part in cmd):
@@ -140,6 +131,9 @@ class SandboxProvisioner(LocalProvisioner):
         # Only what the caller deliberately added (kernelspec env, session name) is a candidate
         # override; the supervisor's own environment never reaches the sandbox.
         overrides = {k: v for k, v in env.items() if os.environ.get(k) != v}
+        caps = detect()
+        # Whom the planner will run the kernel as decides whether the working dir is reachable.
+        _, uid, gid = plan_privilege(policy.privilege, caps).run_as
         input_dir, input_notes = _input_dir(kwargs.get("cwd"), uid, gid)
         spec = RunSpec(
             argv=tuple(cmd), staging_dir="", runtime="python", scope="kernel",
@@ -149,6 +143,9 @@ class SandboxProvisioner(LocalProvisioner):
             host_env=dict(os.environ),
         )
         plan = prepare(policy, spec, caps)  # raises SandboxUnavailable before anything starts
+        if os.geteuid() == 0:  # the kernel, as the sandbox uid, creates its sockets here
+            for path in (run_dir, *([km.connection_file] if km is not None else [])):
+                os.chown(path, *plan.run_as[1:])
         plan.env[REPORT_ENV] = plan.report.to_json()
         plan.env[SOCKET_ENV] = os.path.join(run_dir, SOCKET_NAME)
         self._plan = plan

@@ -177,6 +177,7 @@ def test_supervisor_crash_leaves_no_kernel():
 FAIL_CLOSED = r"""
 import json, os, glob, tempfile
 from jupyter_client.manager import KernelManager
+from sandbox_kernel.report import SandboxUnavailable
 before = set(glob.glob(os.path.join(tempfile.gettempdir(), "sandbox-kernel-*")))
 km = KernelManager(kernel_name="python3-sandboxed")
 try:
