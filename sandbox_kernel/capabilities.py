@@ -64,6 +64,9 @@ class HostCapabilities:
     landlock: Capability
     sandbox_account: Capability
     interpreter: Capability
+    # A kernel session's shared scratch (launch/session.py). Not a security layer: without it
+    # each sandbox gets a private scratch and cells do not see the kernel's files.
+    session: Capability = Capability(False, error="not probed")
     probe_seconds: float = 0.0
 
     def tool(self, name: str) -> str:
@@ -72,7 +75,7 @@ class HostCapabilities:
     def items(self) -> dict[str, Capability]:
         return {name: getattr(self, name) for name in (
             "bwrap", "setpriv", "prlimit", "seccomp", "egress", "cgroup_memory", "cgroup_pids",
-            "landlock", "sandbox_account", "interpreter")}
+            "landlock", "sandbox_account", "interpreter", "session")}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -320,6 +323,25 @@ def _probe_egress(tools, euid) -> Capability:
                       detail={"backend": "slirp4netns", "rootless": euid != 0})
 
 
+def _probe_session(tools, euid) -> Capability:
+    missing = [t for t in ("unshare", "nsenter") if not tools[t]]
+    if missing:
+        return Capability(False, error=f"{', '.join(missing)} not found on PATH", hint="apt-get install util-linux")
+    import tempfile
+
+    from .launch.session import SessionError, open_session
+
+    scratch = tempfile.mkdtemp(prefix="sandbox-kernel-probe-")
+    try:
+        session = open_session(scratch, 1024 * 1024, (euid, os.getegid()), unshare=tools["unshare"], nsenter=tools["nsenter"])
+    except SessionError as e:
+        os.rmdir(scratch)
+        return Capability(False, error=str(e), hint="mount namespaces (and user namespaces for a non-root supervisor) must be available")
+    session.close()
+    return Capability(True, "mounted a sized tmpfs in a private mount namespace and released it",
+                      detail={"rootless": euid != 0})
+
+
 # --------------------------------------------------------------------------- entry points
 
 _cache: HostCapabilities | None = None
@@ -344,6 +366,7 @@ def probe() -> HostCapabilities:
         f_egress = pool.submit(_probe_egress, tools, euid)
         f_mem = pool.submit(_probe_cgroup, "memory", euid)
         f_pids = pool.submit(_probe_cgroup, "pids", euid)
+        f_session = pool.submit(_probe_session, tools, euid)
         seccomp = _probe_seccomp()
         f_bwrap = pool.submit(_probe_bwrap, tools, euid, account, layout, seccomp)
         landlock = _probe_landlock()
@@ -353,7 +376,7 @@ def probe() -> HostCapabilities:
             user_name=account.detail.get("name", str(euid)) if euid != 0 else "root",
             tools=tools, host_layout=layout, bwrap=bwrap, setpriv=f_setpriv.result(), prlimit=f_prlimit.result(),
             seccomp=seccomp, egress=f_egress.result(), cgroup_memory=f_mem.result(), cgroup_pids=f_pids.result(),
-            landlock=landlock, sandbox_account=account, interpreter=interpreter,
+            landlock=landlock, sandbox_account=account, interpreter=interpreter, session=f_session.result(),
         )
     return replace(caps, probe_seconds=time.monotonic() - t0)
 

@@ -77,11 +77,12 @@ class CellService:
     """One per kernel: a Unix-socket server in the kernel's run dir, one cell at a time."""
 
     def __init__(self, run_dir: str, kernel_policy: SandboxPolicy, kernel_report: dict,
-                 owner: tuple[int, int], spec_extras: Callable[[], dict] | None = None):
+                 owner: tuple[int, int], spec_extras: Callable[[], dict] | None = None, session=None):
         self.path = os.path.join(run_dir, SOCKET_NAME)
         self.kernel_policy = kernel_policy
         self.kernel_report = kernel_report
         self.spec_extras = spec_extras or (lambda: {})
+        self.session = session  # the kernel's session: cells share its scratch
         self._busy = threading.Lock()
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         if os.path.exists(self.path):
@@ -160,7 +161,7 @@ class CellService:
         threading.Thread(target=_watch_cancel, args=(conn, cancelled), daemon=True).start()
         import subprocess
 
-        proc = start(plan, stdin=subprocess.PIPE)
+        proc = start(plan, stdin=subprocess.PIPE, session=self.session if spec.scratch_source else None)
         result = communicate(
             proc, stdin_data=request["source"].encode(), retain=0, interrupted=cancelled.is_set,
             on_output=lambda stream, data: send({"t": "out", "stream": stream, "data": base64.b64encode(data).decode()}),

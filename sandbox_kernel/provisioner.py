@@ -31,6 +31,7 @@ from .cells import SOCKET_ENV, SOCKET_NAME, CellService
 from .config import SandboxPolicyConfig, load_jupyter_config
 from .launch import SandboxProcess, prepare, start
 from .launch.process import start_janitor, stop_janitor
+from .launch.session import Session, open_session
 from .launch.signals import signal_command
 from .planner import RunSpec
 from .planner.privilege import plan_privilege
@@ -61,6 +62,7 @@ class SandboxProvisioner(LocalProvisioner):
     _run_dir_janitor: subprocess.Popen | None = None
     _last_exit: dict | None = None
     _cells: CellService | None = None
+    _session: Session | None = None
 
     # ------------------------------------------------------------------ policy
 
@@ -108,6 +110,9 @@ class SandboxProvisioner(LocalProvisioner):
         except BaseException:
             # Refused (SandboxUnavailable, PolicyError) or broken: leave nothing behind.
             if fresh:
+                if self._session is not None:
+                    self._session.close()
+                    self._session = None
                 self._remove_run_dir()
             raise
 
@@ -135,12 +140,14 @@ class SandboxProvisioner(LocalProvisioner):
         # Whom the planner will run the kernel as decides whether the working dir is reachable.
         _, uid, gid = plan_privilege(policy.privilege, caps).run_as
         input_dir, input_notes = _input_dir(kwargs.get("cwd"), uid, gid)
+        # The kernel session's scratch, shared with its cells and kept across restarts.
+        share_scratch = caps.session.ok and policy.filesystem.mode != "off"
         spec = RunSpec(
             argv=tuple(cmd), staging_dir="", runtime="python", scope="kernel",
             runtime_paths=python_runtime_paths(), rw_paths=(run_dir,), env=overrides,
             input_dir=input_dir, input_entries=_visible_entries(input_dir), notes=input_notes,
             sandbox_env={"JPY_PARENT_PID": "1", "IPYTHONDIR": "/tmp/.ipython", "PYTHONDONTWRITEBYTECODE": "1"},
-            host_env=dict(os.environ),
+            host_env=dict(os.environ), scratch_source=os.path.join(run_dir, "scratch") if share_scratch else None,
         )
         plan = prepare(policy, spec, caps)  # raises SandboxUnavailable before anything starts
         if os.geteuid() == 0:  # the kernel, as the sandbox uid, creates its sockets here
@@ -150,17 +157,22 @@ class SandboxProvisioner(LocalProvisioner):
         plan.env[SOCKET_ENV] = os.path.join(run_dir, SOCKET_NAME)
         self._plan = plan
         self.effective_sandbox = plan.report.to_dict()
+        if share_scratch and self._session is None:
+            os.makedirs(spec.scratch_source, exist_ok=True)
+            self._session = open_session(spec.scratch_source, policy.filesystem.scratch_bytes, plan.run_as[1:],
+                                         unshare=caps.tool("unshare"), nsenter=caps.tool("nsenter"))
         if self._cells is not None:
             self._cells.close()
         self._cells = CellService(
-            run_dir, policy, self.effective_sandbox, owner=(uid, gid),
-            spec_extras=lambda: {"input_dir": spec.input_dir, "input_entries": _visible_entries(spec.input_dir)},
+            run_dir, policy, self.effective_sandbox, owner=plan.run_as[1:], session=self._session,
+            spec_extras=lambda: {"input_dir": spec.input_dir, "input_entries": _visible_entries(spec.input_dir),
+                                 "scratch_source": spec.scratch_source},
         )
         kwargs["cmd"] = plan.argv
         return kwargs
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any):
-        self._sandbox = start(self._plan, stdin=subprocess.DEVNULL, stdout=None, stderr=None)
+        self._sandbox = start(self._plan, stdin=subprocess.DEVNULL, stdout=None, stderr=None, session=self._session)
         self.process = self._sandbox.popen
         self.pid = self.process.pid
         self.pgid = self.process.pid  # start_new_session: the outer bwrap leads its own group
@@ -210,6 +222,9 @@ class SandboxProvisioner(LocalProvisioner):
             if self._cells is not None:
                 self._cells.close()
                 self._cells = None
+            if self._session is not None:
+                self._session.close()
+                self._session = None
             self._remove_run_dir()
         await super().cleanup(restart=restart)
 

@@ -52,11 +52,13 @@ class EgressHandle:
                         stream.close()
 
 
-def _ns_enter(egress: EgressPlan, holder_pid: int) -> list[str]:
+def _ns_enter(egress: EgressPlan, holder_pid: int, session=None) -> list[str]:
+    net = f"/proc/{holder_pid}/ns/net"
     if egress.rootless:
-        # Enter the holder's user namespace too: that is where CAP_NET_ADMIN over the netns lives.
-        return [egress.nsenter, "--preserve-credentials", "--user", "--net", f"--target={holder_pid}", "--"]
-    return [egress.nsenter, f"--net=/proc/{holder_pid}/ns/net", "--"]
+        # Enter the owning user namespace too: that is where CAP_NET_ADMIN over the netns lives.
+        user = session.ns_paths()["user"] if session is not None else f"/proc/{holder_pid}/ns/user"
+        return [egress.nsenter, "--preserve-credentials", f"--user={user}", f"--net={net}", "--"]
+    return [egress.nsenter, f"--net={net}", "--"]
 
 
 def _read_line(stream, timeout: float) -> str:
@@ -66,13 +68,19 @@ def _read_line(stream, timeout: float) -> str:
     return stream.readline().decode(errors="replace").strip()
 
 
-def bring_up(egress: EgressPlan) -> EgressHandle:
+def bring_up(egress: EgressPlan, session=None) -> EgressHandle:
     """Create the namespace, load the ruleset, attach slirp4netns. Returns a handle whose
-    ``join_prefix`` puts a command into the namespace. Raises :class:`EgressError`."""
+    ``join_prefix`` puts a command into the namespace (and into ``session``, a kernel
+    session whose scratch it shares, if given). Raises :class:`EgressError`."""
     t0 = time.monotonic()
-    holder_cmd = [egress.unshare, "--net"]
-    if egress.rootless:
-        holder_cmd += ["--user", "--map-root-user"]
+    if session is not None:
+        # Made inside the session (its user namespace, when rootless), so one command can
+        # join both the session's mount namespace and this network namespace.
+        holder_cmd = session.join_prefix() + [egress.unshare, "--net"]
+    else:
+        holder_cmd = [egress.unshare, "--net"]
+        if egress.rootless:
+            holder_cmd += ["--user", "--map-root-user"]
     # The holder lives until its stdin closes: when the supervisor exits for any reason the
     # namespace goes away with it.
     holder_cmd += ["--", "/bin/sh", "-c", "echo ready; exec cat >/dev/null"]
@@ -84,9 +92,9 @@ def bring_up(egress: EgressPlan) -> EgressHandle:
         if _read_line(holder.stdout, READY_TIMEOUT) != "ready":
             holder.kill()
             err = holder.stderr.read().decode(errors="replace").strip()
-            raise EgressError(f"could not create the network namespace ({' '.join(holder_cmd[:4])}): {err or 'no answer'}")
+            raise EgressError(f"could not create the network namespace: {err or 'no answer'}")
         handle.timings["namespace"] = time.monotonic() - t0
-        enter = _ns_enter(egress, holder.pid)
+        enter = _ns_enter(egress, holder.pid, session)
         load = subprocess.run(enter + [egress.nft, "-f", "-"], input=egress.ruleset.encode(), capture_output=True)
         if load.returncode != 0:
             raise EgressError(f"nft could not load the egress ruleset: {load.stderr.decode(errors='replace').strip()}")
@@ -114,7 +122,7 @@ def bring_up(egress: EgressPlan) -> EgressHandle:
             err = slirp.stderr.read().decode(errors="replace").strip()
             raise EgressError(f"slirp4netns did not come up: {err or 'timed out'}")
         handle.timings["plumbed"] = time.monotonic() - t0
-        handle.join_prefix = enter
+        handle.join_prefix = session.join_prefix(net=f"/proc/{holder.pid}/ns/net") if session is not None else enter
         return handle
     except BaseException:
         handle.close()

@@ -170,9 +170,10 @@ class SandboxProcess:
 
 
 def start(plan: Plan, *, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-          pass_fds: tuple[int, ...] = ()) -> SandboxProcess:
-    """Stage, plumb and spawn. On any failure everything set up so far is torn down and the
-    error propagates: nothing untrusted has run."""
+          pass_fds: tuple[int, ...] = (), session=None) -> SandboxProcess:
+    """Stage, plumb and spawn (inside ``session``, a kernel session whose scratch the plan
+    binds, if given). On any failure everything set up so far is torn down and the error
+    propagates: nothing untrusted has run."""
     proc = SandboxProcess(plan)
     t0 = time.monotonic()
     try:
@@ -185,9 +186,11 @@ def start(plan: Plan, *, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stder
             argv = [str(proc.seccomp_fd) if a == FD_PLACEHOLDER else a for a in argv]
             fds.append(proc.seccomp_fd)
         if plan.egress is not None:
-            proc.egress = bring_up(plan.egress)
+            proc.egress = bring_up(plan.egress, session)
             argv = proc.egress.join_prefix + argv
             proc.timings["egress"] = time.monotonic() - t0
+        elif session is not None:
+            argv = session.join_prefix() + argv
         join: list[int] = []
         if plan.cgroup is not None:
             proc.cgroups = cgroups_mod.create(plan.cgroup)

@@ -43,6 +43,9 @@ class RunSpec:
     input_dir: str | None = None  # host dir whose entries appear read-only inside scratch
     input_entries: tuple[str, ...] = ()  # names in input_dir (listed by the caller: plan() does no I/O)
     notes: tuple[tuple[str, str], ...] = ()  # (layer, note) facts the caller found, for the report
+    # Host path, in a kernel session's mount namespace, of the sized scratch tmpfs the session
+    # shares between the kernel and its cells (the launch shell joins that namespace).
+    scratch_source: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)  # caller overrides, filtered
     sandbox_env: Mapping[str, str] = field(default_factory=dict)  # set by our own code, trusted
     host_env: Mapping[str, str] = field(default_factory=dict)  # supervisor env; only locale is read
@@ -88,12 +91,14 @@ def plan(policy: SandboxPolicy, caps: HostCapabilities, spec: RunSpec) -> Plan:
         policy.filesystem, caps, staging_dir=spec.staging_dir, scratch_dir=spec.scratch_dir,
         runtime_paths=spec.runtime_paths, rw_paths=spec.rw_paths, cwd=spec.cwd, run_as=priv.run_as,
         nameserver=net.nameserver, input_dir=spec.input_dir, input_entries=spec.input_entries,
+        scratch_source=spec.scratch_source,
     )
     res = plan_resources(policy.resources, caps, spec.runtime, in_userns=caps.bwrap.ok, scope=spec.scope)
     sec = plan_seccomp(caps)
     # HOME is the private scratch dir only where the filesystem layer really provides one.
     scratch = spec.scratch_dir if fs.layer.state == "enforced" else fs.cwd
-    sandbox_set = {"HOME": scratch, "TMPDIR": "/tmp", "USER": user, "LOGNAME": user, "SHELL": "/bin/sh", **spec.sandbox_env}
+    sandbox_set = {"HOME": scratch, "TMPDIR": "/tmp", "USER": user, "LOGNAME": user, "SHELL": "/bin/sh",
+                   **res.env, **spec.sandbox_env}
     env = plan_env(spec.host_env, spec.env, sandbox_set)
 
     layers = {"filesystem": fs.layer, "network": net.layer, "resources": res.layer,
@@ -115,8 +120,8 @@ def plan(policy: SandboxPolicy, caps: HostCapabilities, spec: RunSpec) -> Plan:
         if sec.plan is not None:
             # Cell sandboxes are started from outside, so nothing inside needs a user namespace.
             argv += ["--disable-userns"]
-        if net.egress is not None and net.egress.rootless:
-            # Inside the holder's user namespace we are "root"; map back to our real uid.
+        if caps.euid != 0 and (net.egress is not None or spec.scratch_source):
+            # Joined to a holder's user namespace we are "root" there; map back to our real uid.
             argv += ["--uid", str(uid), "--gid", str(gid)]
         argv += fs.mounts
         if sec.plan is not None:

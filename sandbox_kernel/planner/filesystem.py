@@ -98,6 +98,7 @@ def plan_filesystem(
     nameserver: str | None,
     input_dir: str | None = None,
     input_entries: tuple[str, ...] = (),
+    scratch_source: str | None = None,
 ) -> FilesystemDecision:
     if not caps.bwrap.ok:
         reason = f"filesystem confinement needs bwrap, which is unavailable: {caps.bwrap.error}"
@@ -125,7 +126,12 @@ def plan_filesystem(
     for p in ro_paths:
         if not any(p == d or p.startswith(d + "/") for d in SYSTEM_DIRS):
             mounts += ["--ro-bind-try", p, p]
-    mounts += size + ["--tmpfs", scratch_dir, "--chmod", "0700", scratch_dir]
+    if scratch_source:
+        # A kernel session's scratch: a sized tmpfs the supervisor mounted in the session's
+        # mount namespace, shared by the kernel and its cell sandboxes, gone with the session.
+        mounts += ["--bind", scratch_source, scratch_dir]
+    else:
+        mounts += size + ["--tmpfs", scratch_dir, "--chmod", "0700", scratch_dir]
     # The input dir's entries (a notebook's siblings) appear read-only inside scratch, so
     # relative reads work while every write lands in scratch and never in the input dir.
     inputs = _input_entries(input_entries) if input_dir and fs.mode == "scratch-plus-ro" else ()
@@ -145,6 +151,7 @@ def plan_filesystem(
         + ["/etc (curated)" if fs.mode == "scratch-plus-ro" else "/etc (minimal)"] + list(ro_paths),
         "writable": [scratch_dir, "/tmp"] + list(rw_paths),
         "scratch_bytes": fs.scratch_bytes,
+        "scratch": "tmpfs of the kernel session (shared with its cells)" if scratch_source else "private tmpfs",
         "proc": "private (own pid namespace)",
     }
     if inputs:

@@ -40,6 +40,7 @@ class ResourcesDecision:
     layer: LayerState
     downgrades: list[Downgrade] = field(default_factory=list)
     notes: list[Note] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # set by the sandbox, bypasses the denylist
 
 
 def plan_resources(res: ResourcesPolicy, caps: HostCapabilities, runtime: str, in_userns: bool,
@@ -48,6 +49,7 @@ def plan_resources(res: ResourcesPolicy, caps: HostCapabilities, runtime: str, i
     downgrades: list[Downgrade] = []
     notes: list[Note] = []
     rlimit_flags: list[str] = []
+    sandbox_env: dict[str, str] = {}
 
     def control(name: str, limit, mechanism: str | None, reason: str | None = None):
         controls[name] = {"limit": limit, "mechanism": mechanism, "state": "enforced" if mechanism else "degraded"}
@@ -94,6 +96,9 @@ def plan_resources(res: ResourcesPolicy, caps: HostCapabilities, runtime: str, i
         elif prlimit_ok and runtime in RLIMIT_AS_TOLERANT:
             rlimit_flags.append(f"--as={res.memory_bytes}")
             control("memory_bytes", res.memory_bytes, "rlimit-as")
+            # glibc reserves 64 MiB of address space per thread arena: a dozen threads (an
+            # ipykernel) would spend the cap on reservations alone.
+            sandbox_env["MALLOC_ARENA_MAX"] = "2"
             notes.append(Note("resources", "memory_bytes: no memory cgroup here; RLIMIT_AS caps each process's address space, not the sandbox total"))
         else:
             why = f"no memory cgroup ({caps.cgroup_memory.error})"
@@ -133,5 +138,5 @@ def plan_resources(res: ResourcesPolicy, caps: HostCapabilities, runtime: str, i
     prlimit = [caps.tool("prlimit"), *rlimit_flags, "--"] if rlimit_flags else []
     return ResourcesDecision(
         prlimit, cgroup, res.max_output_bytes, res.wall_seconds,
-        LayerState(state, mechanism, {"controls": controls}), downgrades, notes,
+        LayerState(state, mechanism, {"controls": controls}), downgrades, notes, sandbox_env,
     )

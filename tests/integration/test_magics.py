@@ -162,3 +162,67 @@ def test_cell_network_deny_under_kernel_allowlist(tmp_path):
     assert res["kernel"] == "hi"  # the kernel's allowlist reaches the server
     assert res["cell_deny"] in ("OSError", "ConnectionRefusedError")  # the tighter cell cannot
     assert res["cell_inherit"] == "hi"  # a cell without options gets the kernel's allowlist
+
+
+def test_cells_share_the_kernels_scratch_which_survives_restart(kernel):
+    km, kc = kernel
+    assert cell(kc, "open('/scratch/from-kernel.txt', 'w').write('python wrote this')")[1] == "ok"
+    out, status, report = cell(kc, "%%sh\ncat /scratch/from-kernel.txt; echo\necho 'shell wrote this' > /scratch/from-sh.txt")
+    assert status == "ok" and out.strip() == "python wrote this"
+    assert "shared" in report["layers"]["filesystem"]["scratch"]
+    assert cell(kc, "print(open('/scratch/from-sh.txt').read())")[0].strip() == "shell wrote this"
+    km.restart_kernel(now=True)
+    kc.wait_for_ready(timeout=60)
+    assert cell(kc, "import os\nprint(sorted(os.listdir('/scratch')))")[0].strip() == "['from-kernel.txt', 'from-sh.txt']"
+
+
+NON_ROOT = r"""
+import json, os, sys
+sys.path.insert(0, os.getcwd())
+from tests.integration.kernels import execute, running_kernel
+res = {}
+with running_kernel() as (km, kc):
+    res["uid"] = execute(kc, "import os; print(os.getuid())")[0].strip()
+    execute(kc, "open('/scratch/k.txt', 'w').write('shared')")
+    out, reply = execute(kc, "%%sh --memory 128M\nid -u; cat /scratch/k.txt")
+    res["cell"] = out.split()
+    res["cell_memory"] = reply["metadata"]["sandbox"]["layers"]["resources"]["controls"]["memory_bytes"]
+    res["kernel_memory"] = km.provisioner.effective_sandbox["layers"]["resources"]["controls"]["memory_bytes"]
+print(json.dumps(res))
+"""
+
+
+def test_kernel_and_cells_under_a_non_root_supervisor():
+    """The rootless path end to end: the kernel runs as the supervisor's own uid with
+    RLIMIT_AS for memory, cells share its scratch through the session's user namespace."""
+    import json
+    import subprocess
+    import sys
+
+    from .kernels import REPO
+    from .supervisors import supervisor_uid
+
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    tmp_path = Path(tempfile.mkdtemp())  # in the session's 1777 TMPDIR: the supervisor can reach it
+    os.chmod(tmp_path, 0o755)
+    data = tmp_path / "data"
+    write_kernelspec(data)
+    for d in (data, data / "kernels", data / "kernels" / "python3-sandboxed"):
+        os.chmod(d, 0o755)
+    uid = supervisor_uid()
+    env = {**os.environ, "JUPYTER_PATH": str(data), "JUPYTER_CONFIG_DIR": str(tmp_path / "nocfg"),
+           "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt"), "HOME": str(tmp_path), "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"}
+    os.makedirs(tmp_path / "rt", exist_ok=True)
+    os.chown(tmp_path / "rt", uid, uid)
+    try:
+        proc = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", sys.executable, "-c", NON_ROOT],
+                              capture_output=True, text=True, env=env, cwd=str(REPO), timeout=180)
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["uid"] == str(uid) and res["cell"] == [str(uid), "shared"]
+    assert res["kernel_memory"]["mechanism"] == "rlimit-as" and res["cell_memory"]["limit"] == 128 * 2**20

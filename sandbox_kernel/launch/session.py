@@ -1,0 +1,90 @@
+"""A kernel session's namespaces: the sized scratch tmpfs that the kernel and its cell
+sandboxes share, and, under a non-root supervisor, the user namespace they are all made in.
+
+The holder is a tiny process in a fresh mount namespace (plus a user namespace when we are not
+root) that mounts the tmpfs and then waits on a pipe only the supervisor holds. Every sandbox
+of the session joins that mount namespace before bwrap starts, so bwrap can bind the tmpfs.
+Nothing of it is visible on the host, and when the supervisor goes away for any reason the
+holder exits and the kernel frees the tmpfs: no mount is ever left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+from .egress import READY_TIMEOUT, _read_line
+
+
+class SessionError(RuntimeError):
+    pass
+
+
+@dataclass
+class Session:
+    holder: subprocess.Popen
+    scratch: str  # mount point (an empty dir on the host; the tmpfs in the holder's namespace)
+    rootless: bool
+    nsenter: str
+
+    @property
+    def pid(self) -> int:
+        return self.holder.pid
+
+    def ns_paths(self) -> dict[str, str]:
+        paths = {"mount": f"/proc/{self.pid}/ns/mnt"}
+        if self.rootless:
+            paths["user"] = f"/proc/{self.pid}/ns/user"
+        return paths
+
+    def join_prefix(self, net: str | None = None) -> list[str]:
+        """nsenter argv that puts a command into the session (and the given netns)."""
+        args = [self.nsenter]
+        paths = self.ns_paths()
+        if self.rootless:
+            # The user namespace first: it owns the mount (and egress net) namespaces.
+            args += ["--preserve-credentials", f"--user={paths['user']}"]
+        args.append(f"--mount={paths['mount']}")
+        if net:
+            args.append(f"--net={net}")
+        return args + ["--"]
+
+    def close(self) -> None:
+        if self.holder.poll() is None:
+            self.holder.stdin.close()
+            try:
+                self.holder.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.holder.kill()
+                self.holder.wait()
+        for stream in (self.holder.stdin, self.holder.stdout, self.holder.stderr):
+            if stream and not stream.closed:
+                stream.close()
+        shutil.rmtree(self.scratch, ignore_errors=True)  # the empty host-side mount point
+
+
+def open_session(scratch: str, size_bytes: int | None, owner: tuple[int, int], *,
+                 unshare: str = "unshare", nsenter: str = "nsenter") -> Session:
+    """Create the holder and mount the scratch tmpfs at ``scratch`` (an existing empty dir)
+    in its namespace, owned by ``owner`` and private to it (mode 0700)."""
+    rootless = os.geteuid() != 0
+    options = ["mode=0700"]
+    if size_bytes is not None:
+        options.append(f"size={size_bytes}")
+    if not rootless:
+        options += [f"uid={owner[0]}", f"gid={owner[1]}"]
+    cmd = [unshare, "--mount", "--propagation", "private"]
+    if rootless:
+        cmd += ["--user", "--map-root-user"]
+    script = 'mount -t tmpfs -o "$1" sandbox-scratch "$2" && echo ready && exec cat >/dev/null'
+    cmd += ["--", "/bin/sh", "-c", script, "sandbox-session", ",".join(options), scratch]
+    holder = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              close_fds=True, start_new_session=True)
+    if _read_line(holder.stdout, READY_TIMEOUT) != "ready":
+        holder.kill()
+        holder.wait()
+        err = holder.stderr.read().decode(errors="replace").strip()
+        raise SessionError(f"could not mount the session's scratch tmpfs: {err or 'no answer'}")
+    return Session(holder, scratch, rootless, nsenter)
