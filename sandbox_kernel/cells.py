@@ -4,7 +4,7 @@ Cell sandboxes are started from *outside* the kernel, by the supervisor that sta
 kernel, never nested inside it: the kernel's seccomp filter forbids user namespaces and mounts
 (the kernel-exploit surface nested sandboxes would need), and a nested bwrap could not mount a
 fresh /proc anyway. The kernel reaches the supervisor through one narrow channel: a Unix socket
-in its private run dir. Over it the kernel can only ask "run this body as sh/node/python with
+in a supervisor-owned directory bound read-only into the kernel's sandbox. Over it the kernel can only ask "run this body as sh/node/python with
 these options"; the supervisor tightens *its own* record of the kernel's policy with the
 options (the kernel cannot claim a looser policy), plans the cell with the same ``plan()``,
 runs it with the same launch shell and streams the output back.
@@ -22,6 +22,7 @@ import os
 import shutil
 import socket
 import sys
+import tempfile
 import threading
 from dataclasses import replace
 from typing import Callable
@@ -73,24 +74,33 @@ def cell_argv(kind: str) -> tuple[str, ...]:
     return (sys.executable, "-")
 
 
-class CellService:
-    """One per kernel: a Unix-socket server in the kernel's run dir, one cell at a time."""
+def make_socket_dir(group: int) -> str:
+    """The directory the cell socket lives in: the supervisor's, never writable by the kernel
+    (it is bound read-only into the kernel's sandbox), so nothing the kernel does can swap the
+    socket for a symlink while we set its mode. Only the sandbox's group may traverse it."""
+    path = tempfile.mkdtemp(prefix="sandbox-kernel-cells-")
+    if os.geteuid() == 0:
+        os.chown(path, 0, group)
+        os.chmod(path, 0o710)
+    return path
 
-    def __init__(self, run_dir: str, kernel_policy: SandboxPolicy, kernel_report: dict,
-                 owner: tuple[int, int], spec_extras: Callable[[], dict] | None = None, session=None):
-        self.path = os.path.join(run_dir, SOCKET_NAME)
+
+class CellService:
+    """One per kernel: a Unix-socket server in ``socket_dir``, one cell at a time."""
+
+    def __init__(self, socket_dir: str, kernel_policy: SandboxPolicy, kernel_report: dict,
+                 spec_extras: Callable[[], dict] | None = None, session=None):
+        self.path = os.path.join(socket_dir, SOCKET_NAME)
         self.kernel_policy = kernel_policy
         self.kernel_report = kernel_report
         self.spec_extras = spec_extras or (lambda: {})
         self.session = session  # the kernel's session: cells share its scratch
         self._busy = threading.Lock()
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        if os.path.exists(self.path):
+        if os.path.lexists(self.path):
             os.unlink(self.path)
         self._sock.bind(self.path)
-        if os.geteuid() == 0:
-            os.chown(self.path, *owner)
-        os.chmod(self.path, 0o600)
+        os.chmod(self.path, 0o666)  # access is decided by the directory (0710, sandbox group)
         self._sock.listen(4)
         self._closed = False
         threading.Thread(target=self._accept_loop, name="sandbox-cell-service", daemon=True).start()

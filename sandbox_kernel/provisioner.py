@@ -27,7 +27,7 @@ from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Bool, Dict, Int, Unicode
 
 from .capabilities import detect, python_runtime_paths
-from .cells import SOCKET_ENV, SOCKET_NAME, CellService
+from .cells import SOCKET_ENV, SOCKET_NAME, CellService, make_socket_dir
 from .config import SandboxPolicyConfig, load_jupyter_config
 from .launch import SandboxProcess, prepare, start
 from .launch.process import start_janitor, stop_janitor
@@ -60,6 +60,7 @@ class SandboxProvisioner(LocalProvisioner):
     _sandbox: SandboxProcess | None = None
     _run_dir: str | None = None
     _run_dir_janitor: subprocess.Popen | None = None
+    _socket_dir: str | None = None  # the cell service's socket, read-only inside the kernel
     _last_exit: dict | None = None
     _cells: CellService | None = None
     _session: Session | None = None
@@ -88,17 +89,19 @@ class SandboxProvisioner(LocalProvisioner):
 
     # ------------------------------------------------------------------ lifecycle
 
-    def _ensure_run_dir(self) -> str:
+    def _ensure_run_dir(self, gid: int) -> str:
         if self._run_dir is None:
             self._run_dir = tempfile.mkdtemp(prefix="sandbox-kernel-")  # 0700
-            # It holds the connection file (the HMAC key): gone even if we are killed.
-            self._run_dir_janitor = start_janitor(self._run_dir, [])
+            self._socket_dir = make_socket_dir(gid)
+            # The run dir holds the connection file (the HMAC key): gone even if we are killed.
+            self._run_dir_janitor = start_janitor([self._run_dir, self._socket_dir], [])
         return self._run_dir
 
     def _remove_run_dir(self) -> None:
-        if self._run_dir is not None:
-            shutil.rmtree(self._run_dir, ignore_errors=True)
-            self._run_dir = None
+        for attr in ("_run_dir", "_socket_dir"):
+            if getattr(self, attr) is not None:
+                shutil.rmtree(getattr(self, attr), ignore_errors=True)
+                setattr(self, attr, None)
         if self._run_dir_janitor is not None:
             stop_janitor(self._run_dir_janitor)
             self._run_dir_janitor = None
@@ -106,7 +109,7 @@ class SandboxProvisioner(LocalProvisioner):
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         fresh = self._run_dir is None
         try:
-            return await self._pre_launch(**kwargs)
+            return await self._pre_launch(fresh, **kwargs)
         except BaseException:
             # Refused (SandboxUnavailable, PolicyError) or broken: leave nothing behind.
             if fresh:
@@ -116,10 +119,14 @@ class SandboxProvisioner(LocalProvisioner):
                 self._remove_run_dir()
             raise
 
-    async def _pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+    async def _pre_launch(self, fresh: bool, **kwargs: Any) -> dict[str, Any]:
         km = self.parent
         policy = self.requested_policy()
-        run_dir = self._ensure_run_dir()
+        caps = detect()
+        # Whom the planner will run the kernel as: the owner of its dirs, and whether the
+        # working dir is reachable.
+        _, uid, gid = plan_privilege(policy.privilege, caps).run_as
+        run_dir = self._ensure_run_dir(gid)
         if km is not None:
             km.transport = "ipc"
             km.cache_ports = False
@@ -136,25 +143,24 @@ class SandboxProvisioner(LocalProvisioner):
         # Only what the caller deliberately added (kernelspec env, session name) is a candidate
         # override; the supervisor's own environment never reaches the sandbox.
         overrides = {k: v for k, v in env.items() if os.environ.get(k) != v}
-        caps = detect()
-        # Whom the planner will run the kernel as decides whether the working dir is reachable.
-        _, uid, gid = plan_privilege(policy.privilege, caps).run_as
         input_dir, input_notes = _input_dir(kwargs.get("cwd"), uid, gid)
         # The kernel session's scratch, shared with its cells and kept across restarts.
         share_scratch = caps.session.ok and policy.filesystem.mode != "off"
         spec = RunSpec(
             argv=tuple(cmd), staging_dir="", runtime="python", scope="kernel",
-            runtime_paths=python_runtime_paths(), rw_paths=(run_dir,), env=overrides,
+            runtime_paths=(*python_runtime_paths(), self._socket_dir), rw_paths=(run_dir,), env=overrides,
             input_dir=input_dir, input_entries=_visible_entries(input_dir), notes=input_notes,
             sandbox_env={"JPY_PARENT_PID": "1", "IPYTHONDIR": "/tmp/.ipython", "PYTHONDONTWRITEBYTECODE": "1"},
             host_env=dict(os.environ), scratch_source=os.path.join(run_dir, "scratch") if share_scratch else None,
         )
         plan = prepare(policy, spec, caps)  # raises SandboxUnavailable before anything starts
-        if os.geteuid() == 0:  # the kernel, as the sandbox uid, creates its sockets here
+        if fresh and os.geteuid() == 0:
+            # The kernel, as the sandbox uid, creates its sockets here. Only before it ever ran:
+            # afterwards the run dir is the kernel's, and a path in it may be a planted symlink.
             for path in (run_dir, *([km.connection_file] if km is not None else [])):
-                os.chown(path, *plan.run_as[1:])
+                os.chown(path, *plan.run_as[1:], follow_symlinks=False)
         plan.env[REPORT_ENV] = plan.report.to_json()
-        plan.env[SOCKET_ENV] = os.path.join(run_dir, SOCKET_NAME)
+        plan.env[SOCKET_ENV] = os.path.join(self._socket_dir, SOCKET_NAME)
         self._plan = plan
         self.effective_sandbox = plan.report.to_dict()
         if share_scratch and self._session is None:
@@ -164,7 +170,7 @@ class SandboxProvisioner(LocalProvisioner):
         if self._cells is not None:
             self._cells.close()
         self._cells = CellService(
-            run_dir, policy, self.effective_sandbox, owner=plan.run_as[1:], session=self._session,
+            self._socket_dir, policy, self.effective_sandbox, session=self._session,
             spec_extras=lambda: {"input_dir": spec.input_dir, "input_entries": _visible_entries(spec.input_dir),
                                  "scratch_source": spec.scratch_source},
         )

@@ -34,10 +34,13 @@ DEFAULT_RETAIN = 16 * 1024 * 1024  # bytes kept in memory when the policy sets n
 # (The sandbox itself dies with the supervisor: bwrap --die-with-parent; egress has its own.)
 JANITOR = r"""
 read -r _
-dir=$1; shift
+ncg=$1; shift
+i=0
 for _ in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
     left=
+    i=0
     for cg in "$@"; do
+        i=$((i + 1)); [ "$i" -le "$ncg" ] || break
         [ -d "$cg" ] || continue
         kill -9 $(cat "$cg/cgroup.procs") 2>/dev/null
         rmdir "$cg" 2>/dev/null || left=1
@@ -45,12 +48,15 @@ for _ in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
     [ -z "$left" ] && break
     sleep 0.1
 done
-rm -rf -- "$dir"
+shift "$ncg"
+rm -rf -- "$@"
 """
 
 
-def start_janitor(staging_dir: str, cgroup_paths: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(["/bin/sh", "-c", JANITOR, "sandbox-kernel-janitor", staging_dir, *cgroup_paths],
+def start_janitor(dirs: list[str], cgroup_paths: list[str]) -> subprocess.Popen:
+    """A process that, if the supervisor dies, kills what is left in ``cgroup_paths``, removes
+    them, then removes ``dirs``."""
+    return subprocess.Popen(["/bin/sh", "-c", JANITOR, "sandbox-kernel-janitor", str(len(cgroup_paths)), *cgroup_paths, *dirs],
                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             cwd="/", start_new_session=True)  # not in the run's process group
 
@@ -199,7 +205,7 @@ def start(plan: Plan, *, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stder
         def join_cgroups():  # in the child, before exec: "0" moves the writer itself
             for fd in join:
                 os.write(fd, b"0")
-        proc.janitor = start_janitor(plan.staging_dir, proc.cgroups.paths if proc.cgroups else [])
+        proc.janitor = start_janitor([plan.staging_dir], proc.cgroups.paths if proc.cgroups else [])
         try:
             proc.popen = subprocess.Popen(
                 argv, env=plan.env, cwd="/", stdin=stdin, stdout=stdout, stderr=stderr,

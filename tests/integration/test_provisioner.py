@@ -367,3 +367,31 @@ def test_signal_mode_interrupt_reaches_the_kernel_inside_the_namespace(jupyter_d
         reply = kc.get_shell_msg(timeout=20)
         assert reply["parent_header"]["msg_id"] == msg_id and reply["content"]["ename"] == "KeyboardInterrupt"
         assert execute(kc, "print('alive')")[0].strip() == "alive"
+
+
+def test_supervisor_never_follows_links_the_kernel_plants(tmp_path):
+    """The run dir belongs to the kernel: a restart must not chown/chmod through a symlink the
+    kernel put there, and the cell socket's directory is out of the kernel's reach."""
+    victim = tmp_path / "victim"
+    victim.write_text("host file")
+    os.chmod(victim, 0o600)
+    with running_kernel() as (km, kc):
+        socket_dir = km.provisioner._socket_dir
+        out, _ = execute(kc, f"""
+            import os
+            conn = {km.connection_file!r}
+            os.symlink({str(victim)!r}, conn + '.new')
+            os.replace(conn + '.new', conn)
+            try:
+                open(os.path.join({socket_dir!r}, 'planted'), 'w')
+                print('wrote into the socket dir')
+            except OSError as e:
+                print('socket dir', e.strerror)
+            """)
+        assert out.strip() == "socket dir Read-only file system"
+        try:
+            km.restart_kernel(now=True)  # the kernel may not come back: its connection file is gone
+        except Exception:
+            pass
+    st = victim.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, 0, 0o600) and victim.read_text() == "host file"
