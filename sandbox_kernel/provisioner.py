@@ -266,11 +266,14 @@ def _input_dir(cwd, uid: int, gid: int) -> tuple[str | None, tuple[tuple[str, st
 
 def _visible_entries(directory) -> tuple[str, ...]:
     """Names in the kernel's working dir to expose read-only. Dotfiles (.env, .git, keys) stay
-    hidden: a notebook's directory may hold secrets next to the data."""
+    hidden: a notebook's directory may hold secrets next to the data. Symlinks stay hidden
+    too: bwrap resolves a bind source on the host, so an untrusted repository's
+    ``notes -> /home/alice/.bashrc`` would otherwise show a host file the sandbox must not see."""
     if not directory or not os.path.isdir(directory):
         return ()
     try:
-        return tuple(sorted(n for n in os.listdir(directory) if not n.startswith(".")))
+        with os.scandir(directory) as entries:
+            return tuple(sorted(e.name for e in entries if not e.name.startswith(".") and not e.is_symlink()))
     except OSError:
         return ()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -167,3 +168,26 @@ def test_notebook_dir_the_sandbox_cannot_reach_is_reported_not_fatal(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = nbformat.read(tmp_path / "out" / "clean.ipynb", as_version=4).cells[0].metadata["sandbox"]
     assert any("not reachable" in n["note"] for n in report["notes"])
+
+
+def test_symlinks_in_the_notebook_dir_do_not_expose_host_files(tmp_path):
+    """An untrusted repository can ship ``leak -> /some/host/file``: bwrap resolves bind
+    sources on the host, so such entries must not be exposed at all."""
+    import tempfile
+
+    repo = Path(tempfile.mkdtemp())  # reachable by the sandbox account (the session TMPDIR is 1777)
+    os.chmod(repo, 0o755)
+    secret = Path(tempfile.mkdtemp()) / "host-secret.txt"
+    os.chmod(secret.parent, 0o755)
+    secret.write_text("do not show")
+    os.chmod(secret, 0o644)  # world-readable on the host, outside the sandbox's view
+    (repo / "leak").symlink_to(secret)
+    (repo / "data.txt").write_text("fine")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(
+        "import os\nprint(sorted(os.listdir('.')))\ntry:\n    print(open('leak').read())\nexcept OSError as e:\n    print('blocked', e.strerror)")]
+    nbformat.write(nb, repo / "nb.ipynb")
+    proc = run_cli("run", repo / "nb.ipynb", "--output-dir", tmp_path / "out")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = outputs(tmp_path / "out" / "nb.ipynb")[0]
+    assert "data.txt" in out and "leak'" not in out and "do not show" not in out and "blocked" in out
