@@ -163,6 +163,9 @@ async def execute_notebook_async(nb, *, policy: SandboxPolicy | None = None, cwd
                                  cell_timeout: float | None = None, notebook_timeout: float | None = None,
                                  allow_errors: bool = False, path: str = "<notebook>") -> tuple[Any, NotebookResult]:
     policy = policy or secure_default()
+    # The kernel report delegates the policy's per-cell wall clock to us: honour it.
+    limits = [t for t in (cell_timeout, policy.resources.wall_seconds) if t]
+    cell_timeout = min(limits) if limits else None
     client = SandboxNotebookClient(
         nb, policy=policy, timeout=math.ceil(cell_timeout) if cell_timeout else None, interrupt_on_timeout=True,
         allow_errors=allow_errors, record_timing=True, shutdown_kernel="immediate",

@@ -191,3 +191,14 @@ def test_symlinks_in_the_notebook_dir_do_not_expose_host_files(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = outputs(tmp_path / "out" / "nb.ipynb")[0]
     assert "data.txt" in out and "leak'" not in out and "do not show" not in out and "blocked" in out
+
+
+def test_policy_wall_seconds_is_the_cell_timeout(tmp_path):
+    """The kernel report says wall_seconds is enforced per cell by the executing client: the
+    batch runner must really do it, even without --cell-timeout."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text("[resources]\nwall_seconds = 2\n")
+    proc = run_cli("run", NOTEBOOKS / "infinite_loop.ipynb", "--policy", policy, "--output-dir", tmp_path / "out",
+                   "--summary", tmp_path / "s.json", timeout=120)
+    assert proc.returncode == 1
+    assert summary(tmp_path / "s.json")[str(NOTEBOOKS / "infinite_loop.ipynb")]["status"] == "timeout"
