@@ -37,6 +37,7 @@ from .report import SandboxUnavailable
 SOCKET_NAME = "cells.sock"
 SOCKET_ENV = "SANDBOX_KERNEL_CELL_SOCKET"
 MAX_REQUEST = 8 * 1024 * 1024  # a cell body larger than this is refused
+BUSY_WAIT = 10.0  # seconds a request waits for the kernel's previous cell to finish
 KINDS = {"sh": "shell", "node": "node", "python": "python"}
 
 # Cell options -> policy fields, so an error names what the author typed.
@@ -133,7 +134,9 @@ class CellService:
             except ValueError as e:
                 send({"t": "error", "problems": [["request", str(e)]]})
                 return
-            if not self._busy.acquire(blocking=False):
+            # The previous cell's handler may still be finishing its teardown when the kernel,
+            # which already has its "done", sends the next cell: wait a moment for it.
+            if not self._busy.acquire(timeout=BUSY_WAIT):
                 send({"t": "error", "problems": [["cell", "another sandboxed cell of this kernel is still running"]]})
                 return
             try:

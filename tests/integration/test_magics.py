@@ -226,3 +226,16 @@ def test_kernel_and_cells_under_a_non_root_supervisor():
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     assert res["uid"] == str(uid) and res["cell"] == [str(uid), "shared"]
     assert res["kernel_memory"]["mechanism"] == "rlimit-as" and res["cell_memory"]["limit"] == 128 * 2**20
+
+
+def test_back_to_back_cells_never_see_busy(kernel):
+    """The next cell's request can arrive while the previous cell's handler is still tearing
+    down: it must wait, not fail with "still running"."""
+    _, kc = kernel
+    out, status, _ = cell(kc, """
+        m = get_ipython().magics_manager.registry['SandboxMagics']
+        for i in range(15):
+            m.sh('', 'true\\n')
+        print('all ran')
+        """)
+    assert status == "ok" and out.strip() == "all ran"
