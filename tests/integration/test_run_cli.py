@@ -202,3 +202,20 @@ def test_policy_wall_seconds_is_the_cell_timeout(tmp_path):
                    "--summary", tmp_path / "s.json", timeout=120)
     assert proc.returncode == 1
     assert summary(tmp_path / "s.json")[str(NOTEBOOKS / "infinite_loop.ipynb")]["status"] == "timeout"
+
+
+def test_magic_cells_carry_their_own_report_nested_in_the_trusted_one(tmp_path):
+    proc = run_cli("run", NOTEBOOKS / "magic_cells.ipynb", "--output-dir", tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = outputs(tmp_path / "magic_cells.ipynb")
+    assert out[1].split() == ["2", "/scratch/table.csv", "65532"]  # the cell sees the kernel's scratch
+    assert out[2].strip() == "fresh interpreter __main__"
+    cells = nbformat.read(tmp_path / "magic_cells.ipynb", as_version=4).cells
+    assert "cell_report" not in cells[0].metadata["sandbox"]
+    for c in cells[1:]:
+        report = c.metadata["sandbox"]
+        assert report["reported_by"] == "provisioner" and report["scope"] == "kernel"
+        assert report["cell_report"]["reported_by"] == "kernel" and report["cell_report"]["scope"] == "cell"
+        assert report["cell_report"]["outcome"]["exit_code"] == 0
+    sh = cells[1].metadata["sandbox"]["cell_report"]
+    assert sh["requested"]["network"]["mode"] == "deny" and sh["requested"]["resources"]["memory_bytes"] == 128 * 2**20
