@@ -30,10 +30,11 @@ DEFAULT_RETAIN = 16 * 1024 * 1024  # bytes kept in memory when the policy sets n
 
 # Cleans up after a supervisor that died without close() (SIGKILL, OOM kill, crash): it blocks
 # reading a pipe only the supervisor holds, and on EOF kills what is left in the run's cgroups,
-# removes them and the staging dir. After a normal close() there is nothing left for it to do.
+# removes them and the staging dir. A normal close() tells it "done" and it just exits.
 # (The sandbox itself dies with the supervisor: bwrap --die-with-parent; egress has its own.)
 JANITOR = r"""
-read -r _
+read -r word
+[ "$word" = done ] && exit 0
 ncg=$1; shift
 i=0
 for _ in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
@@ -62,12 +63,17 @@ def start_janitor(dirs: list[str], cgroup_paths: list[str]) -> subprocess.Popen:
 
 
 def stop_janitor(janitor: subprocess.Popen) -> None:
-    """After a normal cleanup: EOF, it finds nothing left and exits."""
-    janitor.stdin.close()
+    """After a normal cleanup: tell it there is nothing to do (EOF alone means "clean up")."""
+    try:
+        janitor.stdin.write(b"done\n")
+        janitor.stdin.close()
+    except BrokenPipeError:
+        pass
     try:
         janitor.wait(timeout=1)
-    except subprocess.TimeoutExpired:  # a fork of ours still holds the pipe: it cleans up
-        pass                           # (nothing) when that one exits
+    except subprocess.TimeoutExpired:  # pragma: no cover - it only has to read one line
+        janitor.kill()
+        janitor.wait()
 
 
 def truncation_marker(limit: int) -> bytes:

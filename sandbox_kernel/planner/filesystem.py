@@ -21,10 +21,10 @@ SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 # Host /etc entries a program may legitimately need. Everything else in /etc (shadow, ssh
 # keys, mounted secrets, the host's passwd) stays invisible.
 CURATED_ETC = (
-    "alternatives", "ca-certificates", "ca-certificates.conf", "ssl", "ld.so.cache", "ld.so.conf",
-    "ld.so.conf.d", "localtime", "timezone", "protocols", "services", "mime.types", "host.conf",
-    "gai.conf", "os-release", "debian_version", "bash.bashrc", "profile", "inputrc", "magic",
-    "python3", "python3.11", "fonts", "matplotlibrc",
+    "alternatives", "ca-certificates", "ca-certificates.conf", "ssl",  # commands, TLS trust
+    "ld.so.cache", "ld.so.conf", "ld.so.conf.d",  # the dynamic loader
+    "localtime", "protocols", "services", "mime.types", "os-release",  # libc and stdlib lookups
+    "python3.11", "fonts",  # Debian's sitecustomize, fontconfig (plots)
 )
 # Always needed to run anything at all (dynamic loader cache).
 MINIMAL_ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives")
