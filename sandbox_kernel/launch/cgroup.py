@@ -25,10 +25,6 @@ class RunCgroups:
     paths: list[str] = field(default_factory=list)  # one per controller (v1) or one (v2)
     memory_path: str | None = None
 
-    def join_fds(self) -> list[int]:
-        """Open cgroup.procs files for the child to write ``0`` into (itself) before exec."""
-        return [os.open(os.path.join(p, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC) for p in self.paths]
-
     def pids(self) -> set[int]:
         found: set[int] = set()
         for p in self.paths:

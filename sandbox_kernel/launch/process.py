@@ -62,6 +62,10 @@ def start_janitor(dirs: list[str], cgroup_paths: list[str]) -> subprocess.Popen:
                             cwd="/", start_new_session=True)  # not in the run's process group
 
 
+# "0" written to cgroup.procs moves the writer itself; the shell then becomes the sandbox.
+JOIN_CGROUPS = 'for p; do [ "$p" = -- ] && break; echo 0 > "$p" || exit 125; shift; done; shift; exec "$@"'
+
+
 def stop_janitor(janitor: subprocess.Popen) -> None:
     """After a normal cleanup: tell it there is nothing to do (EOF alone means "clean up")."""
     try:
@@ -203,23 +207,18 @@ def start(plan: Plan, *, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stder
             proc.timings["egress"] = time.monotonic() - t0
         elif session is not None:
             argv = session.join_prefix() + argv
-        join: list[int] = []
         if plan.cgroup is not None:
             proc.cgroups = cgroups_mod.create(plan.cgroup)
-            join = proc.cgroups.join_fds()
-
-        def join_cgroups():  # in the child, before exec: "0" moves the writer itself
-            for fd in join:
-                os.write(fd, b"0")
+            # The first process joins the run's cgroups itself, before it execs anything, so
+            # every later process starts inside them. A shell does it rather than a preexec_fn:
+            # that would force a slow fork of this (large, threaded) supervisor.
+            procs = [os.path.join(p, "cgroup.procs") for p in proc.cgroups.paths]
+            argv = ["/bin/sh", "-c", JOIN_CGROUPS, "sandbox-join", *procs, "--", *argv]
         proc.janitor = start_janitor([plan.staging_dir], proc.cgroups.paths if proc.cgroups else [])
-        try:
-            proc.popen = subprocess.Popen(
-                argv, env=plan.env, cwd="/", stdin=stdin, stdout=stdout, stderr=stderr,
-                pass_fds=tuple(fds), start_new_session=True, preexec_fn=join_cgroups if join else None,
-            )
-        finally:
-            for fd in join:
-                os.close(fd)
+        proc.popen = subprocess.Popen(
+            argv, env=plan.env, cwd="/", stdin=stdin, stdout=stdout, stderr=stderr,
+            pass_fds=tuple(fds), start_new_session=True,
+        )
         proc.timings["setup"] = time.monotonic() - t0
         return proc
     except BaseException:
