@@ -10,7 +10,7 @@ SANDBOX_UID := 65532
 # A second, non-root account: the tests run supervisors as it to prove the rootless paths.
 SUPERVISOR_ACCOUNT := sandbox-supervisor
 SUPERVISOR_UID := 65533
-APT_PACKAGES := bubblewrap nftables slirp4netns passt util-linux iproute2 libseccomp2 python3-venv
+APT_PACKAGES := bubblewrap nftables slirp4netns util-linux iproute2 libseccomp2 python3-venv nodejs
 
 .PHONY: demo test setup system accounts venv
 
