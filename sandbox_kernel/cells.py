@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -172,9 +173,11 @@ class CellService:
             return
         cancelled = threading.Event()
         threading.Thread(target=_watch_cancel, args=(conn, cancelled), daemon=True).start()
-        import subprocess
-
-        proc = start(plan, stdin=subprocess.PIPE, session=self.session if spec.scratch_source else None)
+        try:
+            proc = start(plan, stdin=subprocess.PIPE, session=self.session if spec.scratch_source else None)
+        except Exception as e:  # egress, cgroup or session set-up failed: nothing ran
+            send({"t": "error", "problems": [["cell", f"the cell's sandbox could not be set up: {e}"]]})
+            return
         result = communicate(
             proc, stdin_data=request["source"].encode(), retain=0, interrupted=cancelled.is_set,
             on_output=lambda stream, data: send({"t": "out", "stream": stream, "data": base64.b64encode(data).decode()}),
