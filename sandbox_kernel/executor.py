@@ -97,8 +97,8 @@ class SandboxNotebookClient(NotebookClient):
         self.kernel_report = self.provisioner.effective_sandbox  # trusted: from our side
 
     async def _async_handle_timeout(self, timeout, cell=None):
-        if cell is not None:
-            self._timed_out.add(self.nb.cells.index(cell) if cell in self.nb.cells else -1)
+        if cell is not None and self.current_cell is not None:
+            self._timed_out.add(self.current_cell)  # the running cell (cells may be equal by value)
         return await super()._async_handle_timeout(timeout, cell)
 
     # Output cap: count what each cell emits; past the cap keep a marker and drop the rest, so
