@@ -35,7 +35,7 @@ from .launch.session import Session, open_session
 from .launch.signals import signal_command
 from .planner import RunSpec
 from .planner.privilege import plan_privilege
-from .policy import SandboxPolicy, deep_merge, tighten
+from .policy import PolicyError, SandboxPolicy, deep_merge, tighten
 
 KERNEL_EXTENSION = "sandbox_kernel.kernel"
 REPORT_ENV = "SANDBOX_KERNEL_REPORT"
@@ -55,6 +55,16 @@ class SandboxProvisioner(LocalProvisioner):
     network = Dict(None, allow_none=True, help="Kernelspec override of policy 'network' (tighten-only).").tag(config=True)
     privilege = Dict(None, allow_none=True, help="Kernelspec override of policy 'privilege' (tighten-only).").tag(config=True)
     kernel_policy_file = Unicode(None, allow_none=True, help="A policy file whose keys tighten the operator's policy for this kernelspec.").tag(config=True)
+
+    def __init__(self, **kwargs: Any):
+        # traitlets would only warn about an unknown key: a misspelt "netwrok" in kernel.json
+        # must not silently leave the kernel looser than its author meant.
+        known = set(self.class_trait_names()) | {"kernel_id", "kernel_spec", "parent", "config", "log"}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise PolicyError([(f"kernel_provisioner.config.{k}", "unknown key (allowed: version, enabled, on_unavailable, "
+                                "resources, filesystem, network, privilege, kernel_policy_file)") for k in unknown])
+        super().__init__(**kwargs)
 
     effective_sandbox: dict | None = None  # the trusted kernel-scope report of the running kernel
     _sandbox: SandboxProcess | None = None

@@ -395,3 +395,32 @@ def test_supervisor_never_follows_links_the_kernel_plants(tmp_path):
             pass
     st = victim.stat()
     assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, 0, 0o600) and victim.read_text() == "host file"
+
+
+@pytest.mark.parametrize("config, field", [
+    ({"netwrok": {"mode": "deny"}}, "kernel_provisioner.config.netwrok"),
+    ({"network": {"mode": "unrestricted"}}, "network.mode"),
+    ({"resources": {"memory_bytes": "4G"}}, "resources.memory_bytes"),
+])
+def test_kernelspec_config_can_only_tighten_and_typos_fail(jupyter_dirs, config, field):
+    from jupyter_client.manager import KernelManager
+
+    from sandbox_kernel.policy import PolicyError
+
+    data, _ = jupyter_dirs
+    write_kernelspec(data, name="python3-sandboxed-bad", **config)
+    km = KernelManager(kernel_name="python3-sandboxed-bad")
+    with pytest.raises(PolicyError) as err:
+        km.start_kernel()
+    assert field in err.value.fields
+    assert km.provisioner is None or km.provisioner._run_dir is None  # nothing left behind
+
+
+def test_kernelspec_config_tightens(jupyter_dirs):
+    data, _ = jupyter_dirs
+    write_kernelspec(data, name="python3-sandboxed-tight", resources={"memory_bytes": "128M"}, filesystem={"mode": "scratch-only"})
+    with running_kernel("python3-sandboxed-tight") as (km, kc):
+        requested = km.provisioner.effective_sandbox["requested"]
+        out, _ = execute(kc, "import os\nprint(os.path.exists('/etc/ssl'))")
+    assert requested["resources"]["memory_bytes"] == 128 * 2**20 and requested["filesystem"]["mode"] == "scratch-only"
+    assert out.strip() == "False"  # scratch-only: no curated /etc beyond the loader's files
