@@ -20,6 +20,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import tempfile
 from typing import Any
 
@@ -30,7 +31,7 @@ from .capabilities import detect, python_runtime_paths
 from .cells import SOCKET_ENV, SOCKET_NAME, CellService, make_socket_dir
 from .config import SandboxPolicyConfig, load_jupyter_config
 from .launch import SandboxProcess, prepare, start
-from .launch.process import start_janitor, stop_janitor
+from .launch.process import forward_capped, start_janitor, stop_janitor
 from .launch.session import Session, open_session
 from .launch.signals import signal_command
 from .planner import RunSpec
@@ -188,7 +189,11 @@ class SandboxProvisioner(LocalProvisioner):
         return kwargs
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any):
-        self._sandbox = start(self._plan, stdin=subprocess.DEVNULL, stdout=None, stderr=None, session=self._session)
+        self._sandbox = start(self._plan, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              session=self._session)
+        # The kernel's own fd 1/2 (not cell output) go to our log, capped: an untrusted kernel
+        # must not be able to flood the server's log or disk.
+        forward_capped(self._sandbox.popen.stdout, sys.stderr.fileno(), self._plan.max_output_bytes, "kernel process")
         self.process = self._sandbox.popen
         self.pid = self.process.pid
         self.pgid = self.process.pid  # start_new_session: the outer bwrap leads its own group

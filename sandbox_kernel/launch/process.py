@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -78,6 +79,28 @@ def stop_janitor(janitor: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:  # pragma: no cover - it only has to read one line
         janitor.kill()
         janitor.wait()
+
+
+def forward_capped(stream, sink_fd: int, cap: int | None, what: str) -> threading.Thread:
+    """Copy a long-lived process's raw output (a kernel's fd 1/2, not its cell output) to
+    ``sink_fd`` until ``cap`` bytes, then drop the rest behind one marker line. The pipe is
+    always drained, so the process never blocks, and nothing is kept in memory."""
+    def pump() -> None:
+        sent, dropping = 0, False
+        while chunk := os.read(stream.fileno(), READ_CHUNK):
+            if dropping:
+                continue
+            if cap is not None and sent + len(chunk) > cap:
+                os.write(sink_fd, chunk[: cap - sent] + f"\n[sandbox-kernel: {what} output beyond {cap} bytes dropped]\n".encode())
+                dropping = True
+                continue
+            sent += len(chunk)
+            os.write(sink_fd, chunk)
+        stream.close()
+
+    thread = threading.Thread(target=pump, name=f"sandbox-forward-{what}", daemon=True)
+    thread.start()
+    return thread
 
 
 def truncation_marker(limit: int) -> bytes:

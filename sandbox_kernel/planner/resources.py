@@ -116,6 +116,8 @@ def plan_resources(res: ResourcesPolicy, caps: HostCapabilities, runtime: str, i
             if limit is not None:
                 controls[name] = {"limit": limit, "mechanism": "per-cell, by the executing client", "state": "delegated"}
                 notes.append(Note("resources", f"{name} applies per cell and only where a sandbox-kernel client executes (plain clients do not cap it)"))
+        if res.max_output_bytes is not None:
+            notes.append(Note("resources", "the kernel process's own stdout/stderr go to the supervisor's log, cut at max_output_bytes"))
     else:
         if res.max_output_bytes is not None:
             control("max_output_bytes", res.max_output_bytes, "supervisor-stream-cap")

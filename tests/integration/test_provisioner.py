@@ -424,3 +424,26 @@ def test_kernelspec_config_tightens(jupyter_dirs):
         out, _ = execute(kc, "import os\nprint(os.path.exists('/etc/ssl'))")
     assert requested["resources"]["memory_bytes"] == 128 * 2**20 and requested["filesystem"]["mode"] == "scratch-only"
     assert out.strip() == "False"  # scratch-only: no curated /etc beyond the loader's files
+
+
+RAW_FLOOD = r"""
+import json, os, sys
+sys.path.insert(0, os.getcwd())
+from tests.integration.kernels import execute, running_kernel
+with running_kernel() as (km, kc):
+    # ipykernel forwards fd 1 to the cell; it keeps the process's real stdout as this copy:
+    code = "import os, sys\nfd = sys.stdout._original_stdstream_copy\nfor _ in range(20):\n    os.write(fd, b'x' * 2**20)\nprint('flooded')"
+    out, reply = execute(kc, code, timeout=120)
+print(json.dumps({"cell": out.strip(), "status": reply["content"]["status"]}))
+"""
+
+
+def test_kernel_raw_output_flood_is_capped_in_the_supervisor_log(jupyter_dirs):
+    _, config = jupyter_dirs
+    write_operator_config(config, max_output_bytes="1M")
+    proc = subprocess.run([sys.executable, "-c", RAW_FLOOD], capture_output=True, text=True, cwd=str(REPO),
+                          timeout=180, env=dict(os.environ))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"cell": "flooded", "status": "ok"}
+    assert "[sandbox-kernel: kernel process output beyond 1048576 bytes dropped]" in proc.stderr
+    assert proc.stderr.count("x") <= 2**20 + 10_000  # 20 MiB written, at most the cap reached the log
