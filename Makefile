@@ -2,8 +2,8 @@
 # Debian 12 machine as root: system packages, the unprivileged accounts, the .venv.
 SHELL := /bin/bash
 VENV := .venv
-# Debian's interpreter: world-readable, so the sandbox account can execute it (a pyenv
-# interpreter under /root, mode 0700, cannot be run by anyone else).
+# Debian's interpreter: world-readable, so the sandbox account can execute it (one built
+# under a private home directory, mode 0700, cannot be run by anyone else).
 PYTHON := /usr/bin/python3
 SANDBOX_ACCOUNT := sandbox-kernel
 SANDBOX_UID := 65532
