@@ -1,8 +1,23 @@
 """sandbox-kernel: run untrusted notebooks inside an OS-level sandbox, and say what was enforced."""
 
-from .policy import PolicyError, SandboxPolicy, load_policy_file, policy_from_dict, secure_default, tighten
-from .report import EffectiveSandbox, SandboxUnavailable
+from __future__ import annotations
 
 __version__ = "0.1.0"
 __all__ = ["SandboxPolicy", "PolicyError", "SandboxUnavailable", "EffectiveSandbox", "secure_default",
            "tighten", "load_policy_file", "policy_from_dict", "__version__"]
+
+_LAZY = {
+    "SandboxPolicy": "policy", "PolicyError": "policy", "secure_default": "policy", "tighten": "policy",
+    "load_policy_file": "policy", "policy_from_dict": "policy",
+    "SandboxUnavailable": "report", "EffectiveSandbox": "report",
+}
+
+
+def __getattr__(name: str):
+    # Lazy: the in-kernel extension imports this package at every kernel start, and the policy
+    # model (pydantic) would add ~100 ms there for nothing.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

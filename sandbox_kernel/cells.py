@@ -29,39 +29,16 @@ from dataclasses import replace
 from typing import Callable
 
 from .capabilities import python_runtime_paths
+from .cell_protocol import SOCKET_NAME, option_problems
 from .launch import prepare, start
 from .launch.process import communicate
 from .planner import RunSpec
 from .policy import PolicyError, SandboxPolicy, tighten
 from .report import SandboxUnavailable
 
-SOCKET_NAME = "cells.sock"
-SOCKET_ENV = "SANDBOX_KERNEL_CELL_SOCKET"
 MAX_REQUEST = 8 * 1024 * 1024  # a cell body larger than this is refused
 BUSY_WAIT = 10.0  # seconds a request waits for the kernel's previous cell to finish
 KINDS = {"sh": "shell", "node": "node", "python": "python"}
-
-# Cell options -> policy fields, so an error names what the author typed.
-OPTION_FIELDS = {
-    "--network": "network.mode", "--allow": "network.allow", "--memory": "resources.memory_bytes",
-    "--cpu": "resources.cpu_seconds", "--timeout": "resources.wall_seconds",
-    "--max-output": "resources.max_output_bytes", "--processes": "resources.max_processes",
-    "--fs": "filesystem.mode",
-}
-FIELD_OPTIONS = {v: k for k, v in OPTION_FIELDS.items()}
-
-
-def option_problems(error: PolicyError, override: dict) -> list[list[str]]:
-    """(option, message) pairs: the policy field an error names, as the option that set it."""
-    allow_given = bool(override.get("network", {}).get("allow"))
-
-    def option(field: str) -> str:
-        field = field.split("[")[0]
-        if field == "network.mode" and allow_given:
-            return "--allow"
-        return FIELD_OPTIONS.get(field, field)
-
-    return [[option(f), m] for f, m in error.problems]
 
 
 def cell_argv(kind: str) -> tuple[str, ...]:

@@ -28,7 +28,8 @@ from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Bool, Dict, Int, Unicode
 
 from .capabilities import detect, python_runtime_paths
-from .cells import SOCKET_ENV, SOCKET_NAME, CellService, make_socket_dir
+from .cell_protocol import SOCKET_ENV, SOCKET_NAME
+from .cells import CellService, make_socket_dir
 from .config import SandboxPolicyConfig, load_jupyter_config
 from .launch import SandboxProcess, prepare, start
 from .launch.process import forward_capped, start_janitor, stop_janitor

@@ -17,8 +17,9 @@ import sys
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, magics_class
 
-from ..cells import OPTION_FIELDS, SOCKET_ENV, option_problems
-from ..policy import PolicyError, SandboxPolicy, parse_allow_entry, parse_size, tighten
+from ..cell_protocol import OPTION_FIELDS, SOCKET_ENV, option_problems
+
+# The policy model (pydantic) is imported on first use, not at kernel start.
 
 
 class SandboxCellError(Exception):
@@ -48,6 +49,8 @@ def _parser(magic: str) -> _Parser:
 
 def options_to_override(magic: str, line: str) -> dict:
     """Cell options as a partial policy (what ``tighten`` takes). UsageError on bad syntax."""
+    from ..policy import parse_allow_entry, parse_size
+
     args = _parser(magic).parse_args(shlex.split(line))
     if args.network and args.allow:
         raise UsageError(f"%%{magic}: --network deny and --allow exclude each other")
@@ -76,7 +79,8 @@ def options_to_override(magic: str, line: str) -> dict:
     return override
 
 
-def kernel_policy() -> SandboxPolicy:
+def kernel_policy():
+    from ..policy import SandboxPolicy
     from . import kernel_report
 
     return SandboxPolicy.model_validate(kernel_report()["requested"])
@@ -107,6 +111,8 @@ class SandboxMagics(Magics):
 
     def _run(self, kind: str, line: str, cell: str, magic: str | None = None) -> None:
         magic = magic or kind
+        from ..policy import PolicyError, tighten
+
         override = options_to_override(magic, line)
         try:
             tighten(kernel_policy(), override)  # early, friendly check; the supervisor decides

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from IPython.core.error import UsageError
 
-from sandbox_kernel.cells import option_problems
+from sandbox_kernel.cell_protocol import option_problems
 from sandbox_kernel.kernel.magics import options_to_override
 from sandbox_kernel.policy import PolicyError, policy_from_dict, secure_default, tighten
 
