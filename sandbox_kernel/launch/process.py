@@ -132,6 +132,7 @@ class SandboxProcess:
     egress: EgressHandle | None = None
     cgroups: cgroups_mod.RunCgroups | None = None
     seccomp_fd: int | None = None
+    args_fd: int | None = None
     janitor: subprocess.Popen | None = None
     timings: dict[str, float] = field(default_factory=dict)
     killed_reason: str | None = None
@@ -199,13 +200,28 @@ class SandboxProcess:
                 self.egress.close()
             if self.cgroups is not None:
                 self.cgroups.remove()
-            if self.seccomp_fd is not None:
-                os.close(self.seccomp_fd)
-                self.seccomp_fd = None
+            for attr in ("seccomp_fd", "args_fd"):
+                if getattr(self, attr) is not None:
+                    os.close(getattr(self, attr))
+                    setattr(self, attr, None)
             shutil.rmtree(self.plan.staging_dir, ignore_errors=True)
             if self.janitor is not None:
                 stop_janitor(self.janitor)
             self.timings["teardown"] = time.monotonic() - t0
+
+
+def _bwrap_args_via_fd(argv: list[str]) -> tuple[list[str], int | None]:
+    """Hand bwrap its options through ``--args FD`` instead of argv: bwrap's pid 1 in the
+    sandbox keeps its argv, and ``/proc/1/cmdline`` would show every host path we bind."""
+    at = next((i for i, a in enumerate(argv) if os.path.basename(a) == "bwrap"), None)
+    if at is None:
+        return argv, None
+    end = argv.index("--", at)
+    fd = os.memfd_create("sandbox-bwrap-args", os.MFD_CLOEXEC)
+    os.write(fd, b"".join(a.encode() + b"\0" for a in argv[at + 1:end]))
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.set_inheritable(fd, True)
+    return argv[:at + 1] + ["--args", str(fd)] + argv[end:], fd
 
 
 def start(plan: Plan, *, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -224,6 +240,9 @@ def start(plan: Plan, *, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stder
             os.set_inheritable(proc.seccomp_fd, True)
             argv = [str(proc.seccomp_fd) if a == FD_PLACEHOLDER else a for a in argv]
             fds.append(proc.seccomp_fd)
+        argv, proc.args_fd = _bwrap_args_via_fd(argv)
+        if proc.args_fd is not None:
+            fds.append(proc.args_fd)
         if plan.egress is not None:
             proc.egress = bring_up(plan.egress, session)
             argv = proc.egress.join_prefix + argv

@@ -41,3 +41,17 @@ def test_supervisor_environment_does_not_leak(identity):
     assert not {"SANDBOX_TEST_SECRET", "AWS_SECRET_ACCESS_KEY", "LD_PRELOAD", "PYTHONSTARTUP"} & set(env)
     assert env["HOME"] == "/scratch" and env["TMPDIR"] == "/tmp"
     assert env["PATH"] == "/usr/local/bin:/usr/bin:/bin"
+
+
+def test_wrapper_argv_is_not_visible_inside():
+    """bwrap's pid 1 keeps its argv: without --args, /proc/1/cmdline would show every bind
+    (staging dir, venv, read-only paths) to the sandboxed code."""
+    from sandbox_kernel.launch import run
+    from sandbox_kernel.planner import RunSpec
+    from sandbox_kernel.policy import secure_default
+
+    result = run(secure_default(), RunSpec(argv=("/bin/sh", "-c", "tr '\\0' ' ' < /proc/1/cmdline"),
+                                           staging_dir="", runtime="shell"))
+    cmdline = result.stdout.decode()
+    assert result.exit_code == 0 and "--args" in cmdline
+    assert "--ro-bind" not in cmdline and "sandbox-kernel-run-" not in cmdline
