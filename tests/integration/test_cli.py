@@ -338,3 +338,23 @@ def test_console_script(tmp_path, config_dir):
     assert json.loads(proc.stdout) == secure_default().to_dict()
     proc = subprocess.run([str(script), "policy"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
     assert proc.returncode == EXIT_USAGE
+
+
+def test_install_writes_the_sandboxed_kernelspec(tmp_path):
+    """`install --user --policy FILE`: the kernelspec names the sandbox provisioner, uses
+    message interrupts, and carries the file's keys as (tighten-only) provisioner config."""
+    policy = tmp_path / "tight.toml"
+    policy.write_text('[resources]\nmemory_bytes = "256M"\n')
+    env = {**os.environ, "JUPYTER_DATA_DIR": str(tmp_path / "data")}
+    proc = subprocess.run([sys.executable, "-m", "sandbox_kernel.cli", "install", "--user", "--name", "sbx-test",
+                           "--policy", str(policy)], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    spec = json.loads((tmp_path / "data" / "kernels" / "sbx-test" / "kernel.json").read_text())
+    assert spec["interrupt_mode"] == "message"
+    assert spec["metadata"]["kernel_provisioner"] == {"provisioner_name": "sandbox-provisioner",
+                                                      "config": {"resources": {"memory_bytes": "256M"}}}
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[resources]\nmemroy = 1\n")
+    proc = subprocess.run([sys.executable, "-m", "sandbox_kernel.cli", "install", "--user", "--policy", str(bad)],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 2 and "resources.memroy" in proc.stderr
