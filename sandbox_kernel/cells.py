@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import queue
 import shutil
 import socket
 import subprocess
@@ -31,7 +32,7 @@ from typing import Callable
 from .capabilities import python_runtime_paths
 from .cell_protocol import SOCKET_NAME, option_problems
 from .launch import prepare, start
-from .launch.process import communicate
+from .launch.process import SandboxProcess, communicate
 from .planner import RunSpec
 from .policy import PolicyError, SandboxPolicy, tighten
 from .report import SandboxUnavailable
@@ -39,6 +40,7 @@ from .report import SandboxUnavailable
 MAX_REQUEST = 8 * 1024 * 1024  # a cell body larger than this is refused
 BUSY_WAIT = 10.0  # seconds a request waits for the kernel's previous cell to finish
 KINDS = {"sh": "shell", "node": "node", "python": "python"}
+WARM_KINDS = ("sh",)  # kinds with a sandbox started ahead of time (cheap to keep idle)
 
 
 def cell_argv(kind: str) -> tuple[str, ...]:
@@ -82,10 +84,26 @@ class CellService:
         os.chmod(self.path, 0o666)  # access is decided by the directory (0710, sandbox group)
         self._sock.listen(4)
         self._closed = False
+        # One sandbox per kind in WARM_KINDS, started ahead for the next option-less cell (so a
+        # cell does not wait for bwrap): planned and confined exactly like a cold one, idle
+        # until the cell body arrives on its stdin.
+        self._warm: dict[str, SandboxProcess] = {}
+        self._warm_lock = threading.Lock()
+        # bwrap --die-with-parent ties a sandbox to the *thread* that spawned it: warm sandboxes
+        # come from this one long-lived thread, never from a short-lived one.
+        self._warm_requests: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._prewarm_loop, name="sandbox-cell-prewarm", daemon=True).start()
         threading.Thread(target=self._accept_loop, name="sandbox-cell-service", daemon=True).start()
+        for kind in WARM_KINDS:
+            self._warm_requests.put(kind)
 
     def close(self) -> None:
         self._closed = True
+        self._warm_requests.put(None)
+        with self._warm_lock:
+            warm, self._warm = list(self._warm.values()), {}
+        for proc in warm:
+            proc.close()
         try:
             self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -133,28 +151,21 @@ class CellService:
         except PolicyError as e:
             send({"t": "error", "problems": option_problems(e, options)})
             return
-        try:
-            argv = cell_argv(kind)
-        except FileNotFoundError as e:
-            send({"t": "error", "problems": [[f"%%{kind}", str(e)]]})
-            return
-        spec = RunSpec(argv=argv, staging_dir="", runtime=KINDS[kind], scope="cell",
-                       runtime_paths=python_runtime_paths() if kind == "python" else (),
-                       sandbox_env={"PYTHONDONTWRITEBYTECODE": "1"} if kind == "python" else {},
-                       host_env=dict(os.environ))
-        spec = replace(spec, **self.spec_extras())
-        try:
-            plan = prepare(policy, spec)
-        except SandboxUnavailable as e:
-            send({"t": "error", "problems": [[d.layer, d.reason] for d in e.downgrades], "refused": True})
-            return
+        proc = self._take_warm(kind) if not options else None
+        if proc is None:
+            try:
+                proc = self._spawn(kind, policy)
+            except SandboxUnavailable as e:
+                send({"t": "error", "problems": [[d.layer, d.reason] for d in e.downgrades], "refused": True})
+                return
+            except FileNotFoundError as e:
+                send({"t": "error", "problems": [[f"%%{kind}", str(e)]]})
+                return
+            except Exception as e:  # egress, cgroup or session set-up failed: nothing ran
+                send({"t": "error", "problems": [["cell", f"the cell's sandbox could not be set up: {e}"]]})
+                return
         cancelled = threading.Event()
         threading.Thread(target=_watch_cancel, args=(conn, cancelled), daemon=True).start()
-        try:
-            proc = start(plan, stdin=subprocess.PIPE, session=self.session if spec.scratch_source else None)
-        except Exception as e:  # egress, cgroup or session set-up failed: nothing ran
-            send({"t": "error", "problems": [["cell", f"the cell's sandbox could not be set up: {e}"]]})
-            return
         result = communicate(
             proc, stdin_data=request["source"].encode(), retain=0, interrupted=cancelled.is_set,
             on_output=lambda stream, data: send({"t": "out", "stream": stream, "data": base64.b64encode(data).decode()}),
@@ -162,6 +173,40 @@ class CellService:
         report = result.report
         report["kernel"] = self.kernel_report
         send({"t": "done", "report": report})
+        if kind in WARM_KINDS:
+            self._warm_requests.put(kind)
+
+    def _spawn(self, kind: str, policy: SandboxPolicy) -> SandboxProcess:
+        """Plan and start a cell sandbox; it waits for the cell body on stdin."""
+        spec = RunSpec(argv=cell_argv(kind), staging_dir="", runtime=KINDS[kind], scope="cell",
+                       runtime_paths=python_runtime_paths() if kind == "python" else (),
+                       sandbox_env={"PYTHONDONTWRITEBYTECODE": "1"} if kind == "python" else {},
+                       host_env=dict(os.environ))
+        spec = replace(spec, **self.spec_extras())
+        plan = prepare(policy, spec)  # SandboxUnavailable before anything starts
+        return start(plan, stdin=subprocess.PIPE, session=self.session if spec.scratch_source else None)
+
+    def _prewarm_loop(self) -> None:
+        while (kind := self._warm_requests.get()) is not None:
+            try:
+                proc = self._spawn(kind, self.kernel_policy)
+            except Exception:  # the cell will take the cold path and report the problem
+                continue
+            with self._warm_lock:
+                old, keep = self._warm.pop(kind, None), not self._closed
+                if keep:
+                    self._warm[kind] = proc
+            for p in (old, None if keep else proc):
+                if p is not None:
+                    p.close()
+
+    def _take_warm(self, kind: str) -> SandboxProcess | None:
+        with self._warm_lock:
+            proc = self._warm.pop(kind, None)
+        if proc is not None and proc.poll() is not None:  # died while idle: use a fresh one
+            proc.close()
+            return None
+        return proc
 
 
 def _read_request(conn: socket.socket) -> dict:

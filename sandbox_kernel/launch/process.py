@@ -228,7 +228,10 @@ def start(plan: Plan, *, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stder
           pass_fds: tuple[int, ...] = (), session=None) -> SandboxProcess:
     """Stage, plumb and spawn (inside ``session``, a kernel session whose scratch the plan
     binds, if given). On any failure everything set up so far is torn down and the error
-    propagates: nothing untrusted has run."""
+    propagates: nothing untrusted has run.
+
+    The sandbox lives only as long as the *thread* that calls this: bwrap --die-with-parent
+    uses PR_SET_PDEATHSIG, which fires when the spawning thread exits, not the process."""
     proc = SandboxProcess(plan)
     t0 = time.monotonic()
     try:

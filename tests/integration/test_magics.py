@@ -238,4 +238,4 @@ def test_back_to_back_cells_never_see_busy(kernel):
             m.sh('', 'true\\n')
         print('all ran')
         """)
-    assert status == "ok" and out.strip() == "all ran"
+    assert status == "ok" and out.strip() == "all ran", out
