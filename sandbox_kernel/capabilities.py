@@ -84,10 +84,6 @@ class HostCapabilities:
             "capabilities": {k: v.to_dict() for k, v in self.items().items()},
         }
 
-    def without(self, *tools: str) -> "HostCapabilities":
-        """A copy that pretends the given tools are missing (for `doctor` what-ifs and tests)."""
-        return replace(self, tools={k: (None if k in tools else v) for k, v in self.tools.items()})
-
 
 # --------------------------------------------------------------------------- helpers
 

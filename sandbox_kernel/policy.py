@@ -438,7 +438,8 @@ def looser_fields(base: SandboxPolicy, candidate: SandboxPolicy) -> list[tuple[s
     for name in _CAP_FIELDS:
         b, c = getattr(base.resources, name), getattr(candidate.resources, name)
         if b is not None and (c is None or c > b):
-            problems.append((f"resources.{name}", f"{_show(c)} is looser than the allowed {_show(b)}"))
+            size = name.endswith("_bytes")
+            problems.append((f"resources.{name}", f"{_show(c, size)} is looser than the allowed {_show(b, size)}"))
     bf, cf = base.filesystem, candidate.filesystem
     if _FS_STRICTNESS[cf.mode] < _FS_STRICTNESS[bf.mode]:
         problems.append(("filesystem.mode", f"{cf.mode!r} is looser than {bf.mode!r}"))
@@ -449,7 +450,7 @@ def looser_fields(base: SandboxPolicy, candidate: SandboxPolicy) -> list[tuple[s
                 problems.append(("filesystem.read_only_paths", f"{p!r} is not within the allowed read-only paths"))
     if bf.scratch_bytes is not None and (cf.scratch_bytes is None or cf.scratch_bytes > bf.scratch_bytes):
         problems.append(
-            ("filesystem.scratch_bytes", f"{_show(cf.scratch_bytes)} is looser than the allowed {_show(bf.scratch_bytes)}")
+            ("filesystem.scratch_bytes", f"{_show(cf.scratch_bytes, True)} is looser than the allowed {_show(bf.scratch_bytes, True)}")
         )
     bn, cn = base.network, candidate.network
     if _NET_STRICTNESS[cn.mode] < _NET_STRICTNESS[bn.mode] and not (cn.mode == "allowlist" and not cn.allow):
@@ -470,7 +471,7 @@ def looser_fields(base: SandboxPolicy, candidate: SandboxPolicy) -> list[tuple[s
     return problems
 
 
-def _show(v: Any) -> str:
+def _show(v: Any, size: bool = False) -> str:
     if v is None:
         return "unlimited"
-    return str(v)
+    return format_size(v) if size else str(v)
