@@ -447,3 +447,31 @@ def test_kernel_raw_output_flood_is_capped_in_the_supervisor_log(jupyter_dirs):
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"cell": "flooded", "status": "ok"}
     assert "[sandbox-kernel: kernel process output beyond 1048576 bytes dropped]" in proc.stderr
     assert proc.stderr.count("x") <= 2**20 + 10_000  # 20 MiB written, at most the cap reached the log
+
+
+def test_session_scratch_is_capped_at_scratch_bytes(jupyter_dirs):
+    """The kernel session's shared /scratch is a tmpfs of scratch_bytes: a larger write fails
+    with ENOSPC in the kernel and in its cells alike, and /tmp has the same cap."""
+    _, config = jupyter_dirs
+    write_operator_config(config, scratch_bytes="8M")
+    with running_kernel() as (km, kc):
+        code = """
+            import errno
+            import os
+            def fill(path):
+                try:
+                    with open(path, 'wb') as f:
+                        f.write(b'x' * 16 * 2**20)
+                    return 'wrote 16M'
+                except OSError as e:
+                    return errno.errorcode[e.errno]
+                finally:
+                    os.remove(path)  # a full /tmp would also stop IPython's history database
+            print(fill('/scratch/big'), fill('/tmp/big'))
+            """
+        out, _ = execute(kc, code)
+        cell_out, _ = execute(kc, "%%sh\nhead -c 16777216 /dev/zero > /scratch/big 2>/dev/null || echo ENOSPC\nrm -f /scratch/big")
+        detail = km.provisioner.effective_sandbox["layers"]["filesystem"]
+    assert out.split() == ["ENOSPC", "ENOSPC"]
+    assert cell_out.strip() == "ENOSPC"
+    assert detail["scratch_bytes"] == 8 * 2**20 and "shared" in detail["scratch"]
