@@ -16,13 +16,13 @@ import time
 from dataclasses import dataclass, field
 
 from ..planner.network import EgressPlan
+from .holder import READY_TIMEOUT, HolderError, close_streams, start_holder
 
 
 class EgressError(RuntimeError):
     """Egress plumbing could not be brought up; nothing untrusted was started."""
 
 
-READY_TIMEOUT = 5.0
 
 
 @dataclass
@@ -47,9 +47,7 @@ class EgressHandle:
                     proc.wait(timeout=5)
                 except subprocess.TimeoutExpired:  # pragma: no cover - kill cannot be ignored
                     pass
-                for stream in (proc.stdin, proc.stdout, proc.stderr):
-                    if stream:
-                        stream.close()
+                close_streams(proc)
 
 
 def _ns_enter(egress: EgressPlan, holder_pid: int, session=None) -> list[str]:
@@ -59,13 +57,6 @@ def _ns_enter(egress: EgressPlan, holder_pid: int, session=None) -> list[str]:
         user = session.ns_paths()["user"] if session is not None else f"/proc/{holder_pid}/ns/user"
         return [egress.nsenter, "--preserve-credentials", f"--user={user}", f"--net={net}", "--"]
     return [egress.nsenter, f"--net={net}", "--"]
-
-
-def _read_line(stream, timeout: float) -> str:
-    ready, _, _ = select.select([stream], [], [], timeout)
-    if not ready:
-        return ""
-    return stream.readline().decode(errors="replace").strip()
 
 
 def bring_up(egress: EgressPlan, session=None) -> EgressHandle:
@@ -83,16 +74,12 @@ def bring_up(egress: EgressPlan, session=None) -> EgressHandle:
             holder_cmd += ["--user", "--map-root-user"]
     # The holder lives until its stdin closes: when the supervisor exits for any reason the
     # namespace goes away with it.
-    holder_cmd += ["--", "/bin/sh", "-c", "echo ready; exec cat >/dev/null"]
-    holder = subprocess.Popen(
-        holder_cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, close_fds=True
-    )
+    try:
+        holder = start_holder(holder_cmd)
+    except HolderError as e:
+        raise EgressError(f"could not create the network namespace: {e}") from None
     handle = EgressHandle(holder=holder)
     try:
-        if _read_line(holder.stdout, READY_TIMEOUT) != "ready":
-            holder.kill()
-            err = holder.stderr.read().decode(errors="replace").strip()
-            raise EgressError(f"could not create the network namespace: {err or 'no answer'}")
         handle.timings["namespace"] = time.monotonic() - t0
         enter = _ns_enter(egress, holder.pid, session)
         load = subprocess.run(enter + [egress.nft, "-f", "-"], input=egress.ruleset.encode(), capture_output=True)

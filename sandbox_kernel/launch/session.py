@@ -15,7 +15,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
-from .egress import READY_TIMEOUT, _read_line
+from .holder import HolderError, close_streams, start_holder
 
 
 class SessionError(RuntimeError):
@@ -59,9 +59,7 @@ class Session:
             except subprocess.TimeoutExpired:
                 self.holder.kill()
                 self.holder.wait()
-        for stream in (self.holder.stdin, self.holder.stdout, self.holder.stderr):
-            if stream and not stream.closed:
-                stream.close()
+        close_streams(self.holder)
         shutil.rmtree(self.scratch, ignore_errors=True)  # the empty host-side mount point
 
 
@@ -78,13 +76,8 @@ def open_session(scratch: str, size_bytes: int | None, owner: tuple[int, int], *
     cmd = [unshare, "--mount", "--propagation", "private"]
     if rootless:
         cmd += ["--user", "--map-root-user"]
-    script = 'mount -t tmpfs -o "$1" sandbox-scratch "$2" && echo ready && exec cat >/dev/null'
-    cmd += ["--", "/bin/sh", "-c", script, "sandbox-session", ",".join(options), scratch]
-    holder = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              close_fds=True, start_new_session=True)
-    if _read_line(holder.stdout, READY_TIMEOUT) != "ready":
-        holder.kill()
-        holder.wait()
-        err = holder.stderr.read().decode(errors="replace").strip()
-        raise SessionError(f"could not mount the session's scratch tmpfs: {err or 'no answer'}")
+    try:
+        holder = start_holder(cmd, 'mount -t tmpfs -o "$1" sandbox-scratch "$2"', (",".join(options), scratch))
+    except HolderError as e:
+        raise SessionError(f"could not mount the session's scratch tmpfs: {e}") from None
     return Session(holder, scratch, rootless, nsenter)
