@@ -13,15 +13,11 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNENFORCEABLE = 0, 1, 2, 3
 
 
 def _readiness(caps, policy):
-    """Plan the given policy for a Python kernel in report-only mode: every layer's state,
-    mechanism and downgrade, without refusing."""
-    from .capabilities import python_runtime_paths
-    from .planner import RunSpec, plan
+    """Every layer's state, mechanism and downgrade for a kernel under ``policy``, planned in
+    report-only mode (never refusing)."""
+    from .kernelspec import plan_kernel
 
-    probe_policy = policy.model_copy(update={"on_unavailable": "degrade"})
-    spec = RunSpec(argv=(sys.executable,), staging_dir="/nonexistent", runtime="python", scope="kernel",
-                   runtime_paths=python_runtime_paths())
-    report = plan(probe_policy, caps, spec).report
+    report = plan_kernel(policy.model_copy(update={"on_unavailable": "degrade"}), caps).report
     # Report the policy that was asked about, not the report-only copy planned above.
     report.requested = policy.to_dict()
     return report
@@ -82,7 +78,8 @@ def cmd_policy_validate(args) -> int:
 
 def cmd_run(args) -> int:
     from .config import operator_policy
-    from .executor import batch_exit_code, check_enforceable, format_table, run_batch
+    from .executor import batch_exit_code, format_table, run_batch
+    from .kernelspec import plan_kernel
     from .report import SandboxUnavailable
 
     policy = load_policy_file(args.policy) if args.policy else operator_policy()
@@ -106,7 +103,7 @@ def cmd_run(args) -> int:
             return EXIT_USAGE
     try:
         if not args.dask_scheduler:
-            check_enforceable(policy)  # refuse before any kernel starts
+            plan_kernel(policy)  # refuse before any kernel starts
     except SandboxUnavailable as e:
         print(str(e), file=sys.stderr)
         return EXIT_UNENFORCEABLE

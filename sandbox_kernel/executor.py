@@ -240,17 +240,6 @@ def execute_notebook(path_or_nb, *, policy: SandboxPolicy | None = None, **kwarg
 # ----------------------------------------------------------------------------- batch
 
 
-def check_enforceable(policy: SandboxPolicy) -> None:
-    """Plan a kernel under ``policy`` without starting anything: raises SandboxUnavailable
-    (under on_unavailable=fail) exactly when a real kernel start would be refused."""
-    from .capabilities import detect, python_runtime_paths
-    from .planner import RunSpec, plan
-
-    spec = RunSpec(argv=("python",), staging_dir="/nonexistent", runtime="python", scope="kernel",
-                   runtime_paths=python_runtime_paths())
-    plan(policy, detect(), spec)
-
-
 def run_one(path: str, *, policy: SandboxPolicy, output_dir: str, **options) -> NotebookResult:
     nb, result = execute_notebook(path, policy=policy, **options)
     out = Path(output_dir) / Path(path).name

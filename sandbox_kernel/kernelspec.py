@@ -45,3 +45,14 @@ def install(name: str = KERNEL_NAME, user: bool = False, sys_prefix: bool = Fals
         return KernelSpecManager().install_kernel_spec(
             tmp, kernel_name=name, user=user, prefix=sys.prefix if sys_prefix else None, replace=True
         )
+
+
+def plan_kernel(policy, caps=None):
+    """Plan (never start) a sandboxed ipykernel under ``policy``: what ``doctor`` reports and
+    what ``run`` checks before any kernel starts. Raises SandboxUnavailable under ``fail``."""
+    from .capabilities import detect, python_runtime_paths
+    from .planner import RunSpec, plan
+
+    spec = RunSpec(argv=(sys.executable, "-m", "ipykernel_launcher"), staging_dir="/nonexistent",
+                   runtime="python", scope="kernel", runtime_paths=python_runtime_paths())
+    return plan(policy, caps or detect(), spec)
