@@ -219,3 +219,19 @@ def test_magic_cells_carry_their_own_report_nested_in_the_trusted_one(tmp_path):
         assert report["cell_report"]["outcome"]["exit_code"] == 0
     sh = cells[1].metadata["sandbox"]["cell_report"]
     assert sh["requested"]["network"]["mode"] == "deny" and sh["requested"]["resources"]["memory_bytes"] == 128 * 2**20
+
+
+def test_cell_output_is_capped_with_a_marker(tmp_path):
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[resources]\nmax_output_bytes = "64K"\n')
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("for i in range(20000):\n    print('y' * 99)"),
+                nbformat.v4.new_code_cell("print('next cell runs')")]
+    nbformat.write(nb, tmp_path / "flood.ipynb")
+    proc = run_cli("run", tmp_path / "flood.ipynb", "--policy", policy, "--output-dir", tmp_path / "out")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = outputs(tmp_path / "out" / "flood.ipynb")
+    assert "[sandbox-kernel: output truncated at 65536 bytes for this cell" in out[0]
+    assert len(out[0]) < 65536 + 200 and out[1].strip() == "next cell runs"
+    cell = nbformat.read(tmp_path / "out" / "flood.ipynb", as_version=4).cells[0]
+    assert cell.metadata["sandbox"]["cell_outcome"]["output_truncated"] is True
