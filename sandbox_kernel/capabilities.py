@@ -174,13 +174,14 @@ def _probe_setpriv(tools, euid, account: Capability) -> Capability:
 
 def _probe_seccomp() -> Capability:
     try:
-        from .launch.seccomp_bpf import compile_filter
+        from .launch.seccomp_bpf import compile_filter, known_syscalls
         from .planner.seccomp import SeccompPlan
 
         bpf = compile_filter(SeccompPlan())
     except Exception as e:  # library missing, or it refused the filter
         return Capability(False, error=f"could not build a seccomp filter: {e}", hint="apt-get install libseccomp2; pip install pyseccomp")
-    return Capability(True, f"libseccomp built a {len(bpf)}-byte BPF filter", detail={"bpf_bytes": len(bpf)})
+    return Capability(True, f"libseccomp built a {len(bpf) // 8}-instruction BPF filter",
+                      detail={"bpf_bytes": len(bpf), "known_syscalls": len(known_syscalls())})
 
 
 def _probe_landlock() -> Capability:

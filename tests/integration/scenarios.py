@@ -369,6 +369,18 @@ libc = ctypes.CDLL(None, use_errno=True)
 def syscall(fn, *args):
     rc = fn(*args)
     return "ok" if rc != -1 else os.strerror(ctypes.get_errno())
+SOCKETS = {  # (family, type, protocol)
+    "AF_VSOCK": (40, 1, 0), "AF_PACKET": (17, 3, 0), "AF_BLUETOOTH": (31, 1, 0),
+    "AF_VSOCK_high_bits": ((1 << 32) | 40, 1, 0),  # the kernel reads an int: 40 again
+    "AF_UNIX": (1, 1, 0), "AF_INET": (2, 1, 0), "AF_INET6": (10, 1, 0),
+    "AF_NETLINK_ROUTE": (16, 3, 0), "AF_NETLINK_NETFILTER": (16, 3, 12), "AF_NETLINK_AUDIT": (16, 3, 9),
+}
+def sock(family, kind, protocol):
+    fd = libc.syscall(41, ctypes.c_long(family), kind, protocol)  # raw: all 64 bits reach the filter
+    if fd == -1:
+        return os.strerror(ctypes.get_errno())
+    os.close(fd)
+    return "ok"
 print(json.dumps({
     "uid": os.getuid(), "euid": os.geteuid(), "gid": os.getgid(), "groups": os.getgroups(),
     **{k: status[k].strip() for k in ("CapEff", "CapPrm", "CapBnd", "NoNewPrivs", "Seccomp")},
@@ -376,6 +388,12 @@ print(json.dumps({
     "ptrace": syscall(libc.ptrace, 0, 0, None, None),          # PTRACE_TRACEME: allowed without seccomp
     "personality": syscall(libc.personality, 0xFFFFFFFF),     # query only: harmless without seccomp
     "unshare": syscall(libc.unshare, 0x10000000),             # CLONE_NEWUSER
+    # Each of these succeeds for an unconfined process on this host (see the test).
+    "io_uring_setup": syscall(libc.syscall, 425, 8, ctypes.byref(ctypes.create_string_buffer(120))),
+    "modify_ldt": syscall(libc.syscall, 154, 0, ctypes.byref(ctypes.create_string_buffer(16)), 16),
+    "lsm_list_modules": syscall(libc.syscall, 461, ctypes.byref(ctypes.create_string_buffer(256)),
+                                ctypes.byref(ctypes.c_uint32(256)), 0),  # newer than libseccomp's table
+    "sockets": {name: sock(*args) for name, args in SOCKETS.items()},
     "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
 }))
 """

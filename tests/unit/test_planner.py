@@ -722,6 +722,11 @@ def test_seccomp_enforced():
     assert p.seccomp is not None and "ptrace" in p.seccomp.denied
     lay = layer(p, "seccomp")
     assert lay["state"] == "enforced" and lay["mechanism"] == "seccomp-bpf" and enforced(p, "seccomp")
+    # The report lists what is refused: the exploit aids, the socket families, unknown syscalls.
+    assert {"io_uring_setup", "io_uring_enter", "io_uring_register", "modify_ldt", "bpf"} <= set(lay["denied"])
+    assert lay["socket_families"] == ["AF_INET", "AF_INET6", "AF_UNIX", "AF_NETLINK (NETLINK_ROUTE only)"]
+    assert lay["other_socket_families"] == "EAFNOSUPPORT" and lay["unknown_syscalls"].startswith("ENOSYS")
+    assert set(p.seccomp.socket_families) == {1, 2, 10} and p.seccomp.netlink_protocols == (0,)
 
 
 @pytest.mark.parametrize("variant,why", [("no-seccomp", "seccomp filter"), ("no-bwrap", "bwrap")])
