@@ -67,6 +67,9 @@ class HostCapabilities:
     # A kernel session's shared scratch (launch/session.py). Not a security layer: without it
     # each sandbox gets a private scratch and cells do not see the kernel's files.
     session: Capability = Capability(False, error="not probed")
+    # The host's own addresses (its network namespace's local routes, loopback aside): what
+    # slirp4netns would reach on a sandbox's behalf. A fact, re-read before each run.
+    host_addresses: tuple[str, ...] = ()
     probe_seconds: float = 0.0
 
     def tool(self, name: str) -> str:
@@ -94,6 +97,42 @@ def _run(argv: list[str], timeout: float = PROBE_TIMEOUT, **kw) -> subprocess.Co
 def _err(proc: subprocess.CompletedProcess) -> str:
     text = (proc.stderr or b"").decode(errors="replace").strip() or (proc.stdout or b"").decode(errors="replace").strip()
     return f"exit {proc.returncode}: {text[-400:]}" if text else f"exit {proc.returncode}"
+
+
+def host_addresses() -> tuple[str, ...]:
+    """The networks the host answers on as its own, as CIDR strings, loopback excluded: every
+    LOCAL route of /proc/net/fib_trie (interface addresses, and whole prefixes routed
+    ``local``) and every address of /proc/net/if_inet6. Read for the network namespace the
+    supervisor runs in, which is where slirp4netns opens its connections."""
+    import ipaddress
+
+    found: list = []
+    try:
+        with open("/proc/net/fib_trie") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        lines = []
+    address = None
+    for line in lines:
+        text = line.strip()
+        if text.startswith("|-- "):
+            address = text[4:]
+        elif text.startswith("/") and address is not None and text.endswith(" host LOCAL"):
+            found.append(ipaddress.ip_network(f"{address}{text.split()[0]}", strict=False))
+    try:
+        with open("/proc/net/if_inet6") as f:
+            for line in f:
+                fields = line.split()
+                if fields:
+                    found.append(ipaddress.IPv6Network((int(fields[0], 16), 128)))
+    except (OSError, ValueError):
+        pass
+    out: list[str] = []
+    for net in found:
+        if net.network_address.is_loopback or str(net) in out:
+            continue
+        out.append(str(net))
+    return tuple(out)
 
 
 def python_runtime_paths() -> tuple[str, ...]:
@@ -374,6 +413,7 @@ def probe() -> HostCapabilities:
             tools=tools, host_layout=layout, bwrap=bwrap, setpriv=f_setpriv.result(), prlimit=f_prlimit.result(),
             seccomp=seccomp, egress=f_egress.result(), cgroup_memory=f_mem.result(), cgroup_pids=f_pids.result(),
             landlock=landlock, sandbox_account=account, interpreter=interpreter, session=f_session.result(),
+            host_addresses=host_addresses(),
         )
     return replace(caps, probe_seconds=time.monotonic() - t0)
 

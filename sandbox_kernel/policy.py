@@ -30,6 +30,7 @@ METADATA_NETWORKS: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = t
     ipaddress.ip_network(n)
     for n in (
         "169.254.0.0/16",  # link-local: AWS/GCP/Azure/OpenStack metadata at 169.254.169.254
+        "168.63.129.16/32",  # Azure WireServer (VM agent, extensions, health probes)
         "100.100.100.200/32",  # Alibaba Cloud metadata
         "192.0.0.192/32",  # Oracle Cloud legacy metadata
         "fe80::/10",  # IPv6 link-local

@@ -6,7 +6,7 @@ import os
 import shutil
 from dataclasses import replace
 
-from ..capabilities import HostCapabilities, detect
+from ..capabilities import HostCapabilities, detect, host_addresses
 from ..planner import Plan, RunSpec, plan as make_plan
 from ..policy import SandboxPolicy
 from .process import RunResult, SandboxProcess, communicate, make_staging_dir, start, truncation_marker
@@ -17,7 +17,8 @@ __all__ = ["prepare", "run", "start", "communicate", "RunResult", "SandboxProces
 def prepare(policy: SandboxPolicy, spec: RunSpec, caps: HostCapabilities | None = None) -> Plan:
     """Plan a run with a fresh private staging dir. If planning refuses (SandboxUnavailable),
     the staging dir is removed before the error propagates."""
-    caps = caps or detect()
+    # The host's addresses as they are now (DHCP, VPNs): the egress ruleset refuses them.
+    caps = replace(caps or detect(), host_addresses=host_addresses())
     staging = make_staging_dir()
     try:
         spec = replace(spec, staging_dir=staging, host_env=spec.host_env or dict(os.environ))

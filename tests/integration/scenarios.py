@@ -203,6 +203,71 @@ def network(mode: str) -> dict:
     return result
 
 
+class Resolver:
+    """A UDP "resolver" on (host, 53) that answers every datagram and counts them."""
+
+    def __init__(self, host: str):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((host, 53))
+        self.answered = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            data, peer = self.sock.recvfrom(512)
+            self.answered += 1
+            self.sock.sendto(b"answer:" + data, peer)
+
+
+EDGES_CODE = r"""
+import json, socket, time
+def tcp(host, port):
+    s = socket.socket()
+    s.settimeout(10)
+    try:
+        s.connect((host, port))
+        return {"result": "connected", "data": s.recv(5).decode()}
+    except OSError as e:
+        return {"result": type(e).__name__, "errno": e.errno, "timeout": isinstance(e, socket.timeout)}
+    finally:
+        s.close()
+def dns(host):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(3)
+    try:
+        s.sendto(b"query", (host, 53))
+        return {"result": "answered", "data": s.recv(64).decode()}
+    except OSError as e:
+        return {"result": type(e).__name__, "errno": e.errno}
+    finally:
+        s.close()
+print(json.dumps({"host": tcp(*HOST), "dns": dns("10.0.2.3"),
+                  "resolv_conf": open("/etc/resolv.conf").read()}))
+"""
+
+
+def network_edges(allow: list | None, host_address: str, resolver_address: str) -> dict:
+    """A service on the outer namespace's own "LAN address" and a resolver that slirp's DNS
+    forwards to (both test-owned). ``allow`` None: unrestricted; else an allowlist, in which
+    ``HOST_PORT`` stands for the service's port."""
+    service, resolver = Server(host_address), Resolver(resolver_address)
+    socket.create_connection((host_address, service.port), timeout=5).recv(5)  # control: it is up
+    time.sleep(0.1)
+    before = service.accepted
+    if allow is None:
+        policy = {"network": {"mode": "unrestricted"}}
+    else:
+        policy = {"network": {"mode": "allowlist", "allow": [a.replace("HOST_PORT", str(service.port)) for a in allow]}}
+    code = EDGES_CODE.replace("HOST", repr((host_address, service.port)))
+    run_result = sandboxed(policy, code)
+    result = outcome(run_result)
+    time.sleep(0.1)
+    result["accepted_from_sandbox"] = service.accepted - before
+    result["resolver_answered"] = resolver.answered
+    result["network_layer"] = run_result.report["layers"]["network"]
+    return result
+
+
 # --------------------------------------------------------------------------- resources
 
 FORK_BOMB_CODE = r"""

@@ -534,6 +534,9 @@ SLIRP_MATRIX = [
     (["10.0.2.3"], False, True),
     (["10.0.2.3:80"], False, False),
     (["10.0.2.2:8888", "10.0.2.3:53"], True, True),
+    # A broad entry covers the resolver (and the host's loopback) but names neither exactly.
+    (["10.0.0.0/8"], False, False),
+    (["10.0.2.0/24:53"], False, False),
 ]
 
 
@@ -552,6 +555,52 @@ def test_slirp_flags(allow, loopback, dns):
     else:
         assert "nameserver" not in resolv and len(dns_notes) == 1
     assert layer(p, "network")["host_loopback"] is loopback
+    # Whatever slirp's flags do, the ruleset refuses the closed doors before any allow entry.
+    lines = ruleset_lines(p)
+    first_accept = min(i for i, ln in enumerate(lines) if ln.endswith("accept"))
+    for address, is_open in (("10.0.2.2/32", loopback), ("10.0.2.3/32", dns)):
+        refused = [i for i, ln in enumerate(lines) if address in ln and "reject" in ln]
+        assert bool(refused) is not is_open and all(i < first_accept for i in refused)
+
+
+HOST_ADDRESSES = ("192.0.2.2/32", "203.0.113.0/24", "10.0.2.15/32", "2001:db8::2/128")
+
+
+def host_with_addresses():
+    return replace(host(), host_addresses=HOST_ADDRESSES)
+
+
+def refused_before_accept(p) -> set[str]:
+    lines = ruleset_lines(p)
+    first_accept = min(i for i, ln in enumerate(lines) if ln.endswith("accept"))
+    return {n.strip() for ln in lines[:first_accept] if "reject" in ln and "{" in ln
+            for n in ln[ln.index("{") + 1:ln.index("}")].split(",")}
+
+
+def test_unrestricted_refuses_the_hosts_own_addresses():
+    """slirp4netns connects from the host: without this, ``unrestricted`` reaches every service
+    listening on the host's LAN address. Addresses inside slirp's own 10.0.2.0/24 never reach
+    the host and stay out of the set (the namespace's own address may be there)."""
+    p = run_plan(host_with_addresses(), pol=policy({"network": {"mode": "unrestricted"}}))
+    refused = refused_before_accept(p)
+    assert {"192.0.2.2/32", "203.0.113.0/24", "2001:db8::2/128", "10.0.2.2/32"} <= refused
+    assert "10.0.2.15/32" not in refused and "10.0.2.3/32" not in refused  # DNS stays open here
+    assert layer(p, "network")["host_addresses_blocked"] == ["192.0.2.2/32", "203.0.113.0/24", "2001:db8::2/128"]
+
+
+def test_allowlist_reaches_a_host_address_only_by_exact_entry():
+    broad = run_plan(host_with_addresses(), pol=allowlist(["192.0.2.0/24:5432"]))
+    assert "192.0.2.2/32" in refused_before_accept(broad)
+    assert any("host's own addresses" in n and "192.0.2.2/32" in n for n in notes(broad, "network"))
+    exact = run_plan(host_with_addresses(), pol=allowlist(["192.0.2.2:5432"]))
+    assert "192.0.2.2/32" not in refused_before_accept(exact)
+    assert "ip daddr 192.0.2.2/32 tcp dport 5432 accept" in ruleset_lines(exact)
+    assert layer(exact, "network")["host_addresses_blocked"] == ["203.0.113.0/24", "2001:db8::2/128"]
+
+
+def test_azure_wireserver_is_in_the_metadata_block():
+    p = run_plan(pol=policy({"network": {"mode": "unrestricted"}}))
+    assert "168.63.129.16/32" in refused_before_accept(p)
 
 
 def test_deny_notes_no_name_resolution():
