@@ -70,6 +70,7 @@ class HostCapabilities:
     # The host's own addresses (its network namespace's local routes, loopback aside): what
     # slirp4netns would reach on a sandbox's behalf. A fact, re-read before each run.
     host_addresses: tuple[str, ...] = ()
+    hidden_dirs: tuple[str, ...] = ()  # inside the bound system dirs, masked (see hidden_dirs())
     probe_seconds: float = 0.0
 
     def tool(self, name: str) -> str:
@@ -136,17 +137,43 @@ def host_addresses() -> tuple[str, ...]:
 
 
 def python_runtime_paths() -> tuple[str, ...]:
-    """Host paths the sandboxed Python needs read-only: its prefix (venv), the base
-    interpreter's prefix, and this package if it is installed outside the prefix (editable)."""
-    paths = [sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))]
-    pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if not any(pkg == p or pkg.startswith(p.rstrip("/") + "/") for p in paths):
-        paths.append(os.path.dirname(os.path.abspath(__file__)))
+    """Host paths the sandboxed Python needs read-only: the ``bin/`` and ``lib*/`` trees of its
+    prefix (the venv) and of the base interpreter's prefix, the venv's ``pyvenv.cfg``, and this
+    package if it is installed outside them (editable). Never a prefix's ``etc/`` or
+    ``share/``: ``sys.prefix/etc/jupyter`` holds server config (tokens, passwords) on real
+    servers. Paths inside the system dirs are bound with them (see ``hidden_dirs``)."""
+    prefixes = []
+    for p in (sys.prefix, sys.base_prefix, os.path.dirname(os.path.dirname(os.path.realpath(sys.executable)))):
+        if p not in prefixes:
+            prefixes.append(p)
     out: list[str] = []
-    for p in paths:
-        p = os.path.realpath(p) if p != sys.prefix else p
-        if p not in out:
-            out.append(p)
+    for prefix in prefixes:
+        try:
+            names = sorted(os.listdir(prefix))
+        except OSError:
+            continue
+        for name in names:
+            if name == "bin" or name.startswith("lib") or name == "pyvenv.cfg":
+                out.append(os.path.join(prefix, name))
+    pkg = os.path.dirname(os.path.abspath(__file__))
+    if not any(pkg.startswith(p.rstrip("/") + "/") for p in out):
+        out.append(pkg)
+    return tuple(dict.fromkeys(out))
+
+
+def hidden_dirs() -> tuple[str, ...]:
+    """Config dirs of interpreter prefixes that live inside the system dirs the sandbox binds
+    whole (``/usr/etc``, ``/usr/local/etc``): hidden behind an empty read-only tmpfs. Jupyter
+    reads ``/usr/local/etc/jupyter`` and ``<prefix>/etc/jupyter``; npm keeps its global
+    ``npmrc`` (registry tokens) in ``<prefix>/etc``."""
+    from .planner.filesystem import SYSTEM_DIRS
+
+    out = []
+    for prefix in (sys.prefix, sys.base_prefix, "/usr", "/usr/local"):
+        etc = os.path.join(prefix, "etc")
+        inside = any(etc.startswith(d + "/") for d in SYSTEM_DIRS)
+        if inside and os.path.isdir(etc) and not os.path.islink(etc) and etc not in out:
+            out.append(etc)
     return tuple(out)
 
 
@@ -300,6 +327,7 @@ def _probe_bwrap(tools, euid, account: Capability, host_layout, seccomp: Capabil
         seccomp=seccomp, egress=Capability(False, error="not probed here"),
         cgroup_memory=Capability(False, error="not probed here"), cgroup_pids=Capability(False, error="not probed here"),
         landlock=Capability(False), sandbox_account=account, interpreter=Capability(True),
+        hidden_dirs=hidden_dirs(),
     )
     policy = policy_from_dict({"on_unavailable": "degrade", "resources": {"memory_bytes": None}})
 
@@ -413,7 +441,7 @@ def probe() -> HostCapabilities:
             tools=tools, host_layout=layout, bwrap=bwrap, setpriv=f_setpriv.result(), prlimit=f_prlimit.result(),
             seccomp=seccomp, egress=f_egress.result(), cgroup_memory=f_mem.result(), cgroup_pids=f_pids.result(),
             landlock=landlock, sandbox_account=account, interpreter=interpreter, session=f_session.result(),
-            host_addresses=host_addresses(),
+            host_addresses=host_addresses(), hidden_dirs=hidden_dirs(),
         )
     return replace(caps, probe_seconds=time.monotonic() - t0)
 

@@ -103,6 +103,9 @@ res["writes"] = {p: write(p) for p in (
     "/etc/sbx-probe", "/usr/sbx-probe", "/sbx-probe", "/dev/sbx-probe", os.path.join(sys.prefix, "sbx-probe"),
     "/scratch/probe", "/tmp/probe", os.path.join(os.environ["HOME"], "home-probe"))}
 res["visible"] = {p: os.path.exists(p) for p in ("/home", "/root", "/srv", "/opt", "/var", "/run", "/etc/shadow", SECRET)}
+# The interpreter's prefix: bin/ and lib*/ only (etc/jupyter holds server tokens on real servers).
+res["prefix"] = sorted(os.listdir(sys.prefix))
+res["config_dirs"] = {d: os.listdir(d) for d in ("/usr/etc", "/usr/local/etc") if os.path.isdir(d)}
 print(json.dumps(res))
 """
 

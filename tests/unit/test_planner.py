@@ -251,6 +251,16 @@ def test_system_dirs_follow_host_layout(layout_variant, expected, mode):
         assert absent not in args
 
 
+@pytest.mark.parametrize("mode", ["scratch-plus-ro", "scratch-only"])
+def test_config_dirs_inside_system_dirs_are_masked_read_only(mode):
+    caps = replace(host(), hidden_dirs=("/usr/local/etc", "/usr/etc"))
+    args = bwrap_args(run_plan(caps, policy({"filesystem": {"mode": mode}})))
+    for d in ("/usr/local/etc", "/usr/etc"):
+        at = args.index(d)
+        assert args[at - 1:at + 3] == ["--tmpfs", d, "--remount-ro", d]
+        assert at > args.index("/usr")  # on top of the /usr bind
+
+
 @pytest.mark.parametrize("mode,etc_expected,etc_absent", [
     ("scratch-plus-ro", CURATED_ETC, ()),
     ("scratch-only", MINIMAL_ETC, tuple(n for n in CURATED_ETC if n not in MINIMAL_ETC)),
