@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -13,6 +14,7 @@ from pathlib import Path
 from jupyter_client.manager import KernelManager
 
 from sandbox_kernel.kernelspec import KERNEL_NAME, kernelspec
+from sandbox_kernel.policy import DEFAULT_UID_RANGE
 
 from .supervisors import in_outer_netns
 
@@ -93,14 +95,8 @@ def path_without(tmp_dir: Path, *hidden: str) -> str:
     return str(tmp_dir)
 
 
-def sandbox_processes(uid: int = 65532) -> list[int]:
-    """PIDs currently owned by the sandbox account."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.stat(f"/proc/{entry}").st_uid == uid:
-                    pids.append(int(entry))
-            except FileNotFoundError:
-                continue
-    return pids
+def leased_uid(text: str) -> bool:
+    """The text says "uid N" with N from the default range a root supervisor leases one uid
+    per kernel from."""
+    m = re.search(r"uid (\d+)", text)
+    return bool(m) and DEFAULT_UID_RANGE[0] <= int(m.group(1)) <= DEFAULT_UID_RANGE[1]

@@ -9,25 +9,46 @@ import sys
 
 import pytest
 
+from sandbox_kernel.policy import DEFAULT_UID_RANGE
+
 from .scenarios import IDENTITY_CODE
 from .supervisors import supervisor_uid
 
 pytestmark = pytest.mark.integration
 
 SECRET = "sk-live-do-not-leak-0123456789"
-SANDBOX_UID = 65532  # the sandbox-kernel account a root supervisor drops to (make setup)
 
 
 @pytest.fixture
-def identity(scenario):
+def identity_run(scenario):
     res = scenario("identity", env={"SANDBOX_TEST_SECRET": SECRET, "AWS_SECRET_ACCESS_KEY": SECRET,
                                     "LD_PRELOAD": "/nonexistent.so", "PYTHONSTARTUP": "/nonexistent.py"})
     assert res["exit_code"] == 0, res["stderr_tail"]
-    return res["inside"]
+    return res
+
+
+@pytest.fixture
+def identity(identity_run):
+    return identity_run["inside"]
+
+
+def test_the_report_says_whether_each_run_has_its_own_uid(identity_run, supervisor):
+    """Root: a uid of its own per run. Non-root: impossible, and the report says so (a note:
+    the layer's promise, never root and no capabilities, is kept)."""
+    notes = [n["note"] for n in identity_run["notes"] if n["layer"] == "privilege"]
+    if supervisor == "root":
+        assert notes == []
+    else:
+        assert len(notes) == 1 and "cannot give each kernel its own uid" in notes[0]
 
 
 def test_runs_unprivileged(identity, supervisor):
-    expected = SANDBOX_UID if supervisor == "root" else supervisor_uid()
+    if supervisor == "root":  # a uid of its own, leased from the default range
+        first, last = DEFAULT_UID_RANGE
+        expected = identity["uid"]
+        assert first <= expected <= last
+    else:
+        expected = supervisor_uid()
     assert identity["uid"] == identity["euid"] == expected
     assert identity["gid"] == expected and set(identity["groups"]) <= {expected}
     assert int(identity["CapEff"], 16) == int(identity["CapPrm"], 16) == int(identity["CapBnd"], 16) == 0
