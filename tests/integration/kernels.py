@@ -58,10 +58,21 @@ def running_kernel(name: str = KERNEL_NAME, **km_kwargs):
     kc.start_channels()
     try:
         kc.wait_for_ready(timeout=60)
+        settle_shell(kc)
         yield km, kc
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+def settle_shell(kc, timeout: float = 30) -> None:
+    """Consume the shell replies wait_for_ready left behind. On a loaded machine it sends
+    kernel_info more than once (it retries after 1 s), and a late extra reply would be taken
+    for the answer to a test's next request. The kernel answers in order: once the reply to a
+    fresh request is in, nothing older is pending."""
+    msg_id = kc.kernel_info()
+    while kc.get_shell_msg(timeout=timeout)["parent_header"].get("msg_id") != msg_id:
+        pass
 
 
 def run_in_outer_netns(script: str, *, env: dict | None = None, timeout: float = 120) -> dict:
