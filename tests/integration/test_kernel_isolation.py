@@ -211,3 +211,15 @@ def test_release_kills_what_still_runs_as_the_uid():
             leftover.kill()
             leftover.wait()
         leftover.stdout.close()
+
+
+def test_a_lease_dir_that_is_not_roots_alone_is_refused(tmp_path):
+    """Whoever can write the lease dir can fake or steal leases: only root's 0700 dir will do."""
+    uid, parent = _test_uid(), tmp_path / "leases"
+    parent.mkdir(mode=0o755)
+    with pytest.raises(UidLeaseError, match="mode 0700"):
+        lease_uid(uid, uid, lease_dir=str(parent / "uids"))
+    parent.chmod(0o700)
+    os.chown(parent, 65534, 65534)
+    with pytest.raises(UidLeaseError, match="owned by root"):
+        lease_uid(uid, uid, lease_dir=str(parent / "uids"))
