@@ -183,12 +183,32 @@ def _try_lock(dir_fd: int, name: str) -> int | None:
         os.close(fd)
 
 
+def _sweep(dir_fd: int) -> None:
+    """Remove lease files nobody holds (left when a supervisor and its janitor were both
+    killed): the same lock-then-check-inode dance as taking a lease, so a holder racing us
+    just retries with a fresh file."""
+    for name in os.listdir(dir_fd):
+        try:
+            fd = os.open(name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
+                os.unlink(name, dir_fd=dir_fd)
+        except OSError:
+            pass  # held: a live lease
+        finally:
+            os.close(fd)
+
+
 def lease_uid(first: int, last: int, *, lease_dir: str = LEASE_DIR) -> UidLease:
     """Lease a free uid (gid = uid) from ``first..last``. Raises :class:`UidLeaseError`."""
     if os.geteuid() != 0:
         raise UidLeaseError("only a root supervisor can switch to a leased uid")
     dir_fd = _open_lease_dir(lease_dir)
     try:
+        _sweep(dir_fd)
         busy = set(RESERVED_UIDS) | {i for ids in processes_of().values() for i in ids} | owners_in_temp_dirs()
         count = last - first + 1
         start = random.randrange(count)  # spread leases: a released uid is rarely the next one

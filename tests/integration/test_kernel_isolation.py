@@ -223,3 +223,22 @@ def test_a_lease_dir_that_is_not_roots_alone_is_refused(tmp_path):
     os.chown(parent, 65534, 65534)
     with pytest.raises(UidLeaseError, match="owned by root"):
         lease_uid(uid, uid, lease_dir=str(parent / "uids"))
+
+
+def test_stale_lease_files_are_swept_and_held_ones_kept(tmp_path):
+    """A supervisor and its janitor both SIGKILLed leave an unlocked lease file: the next lease
+    removes it. A held one (a live kernel's) stays."""
+    parent = tmp_path / "leases"
+    parent.mkdir(mode=0o700)
+    lease_dir = parent / "uids"
+    uid = _test_uid()
+    held = lease_uid(uid, uid, lease_dir=str(lease_dir))
+    stale = lease_dir / str(uid + 1)
+    stale.write_text("")
+    try:
+        other = lease_uid(uid + 2, uid + 2, lease_dir=str(lease_dir))
+        other.release()
+        assert not stale.exists() and (lease_dir / str(uid)).exists()
+    finally:
+        held.release()
+    assert os.listdir(lease_dir) == []
