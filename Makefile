@@ -1,12 +1,13 @@
 # Two entry points: `make demo` and `make test`. Both are idempotent and set up a fresh
-# Debian 12 machine as root: system packages, the unprivileged accounts, the .venv.
+# Debian 12 machine as root: system packages, the tests' non-root supervisor account, the .venv.
 SHELL := /bin/bash
 VENV := .venv
-# Debian's interpreter: world-readable, so the sandbox account can execute it (one built
-# under a private home directory, mode 0700, cannot be run by anyone else).
+# Debian's interpreter: world-readable, so every kernel's transient uid can execute it (one
+# built under a private home directory, mode 0700, cannot be run by anyone else).
 PYTHON := /usr/bin/python3
-SANDBOX_ACCOUNT := sandbox-kernel
-SANDBOX_UID := 65532
+# Kernels get transient uids with no account (privilege.uid_range); "nobody" stands in for
+# them when checking that the venv is usable by a uid that owns nothing.
+PROBE_UID := 65534
 # A second, non-root account: the tests run supervisors as it to prove the rootless paths.
 SUPERVISOR_ACCOUNT := sandbox-supervisor
 SUPERVISOR_UID := 65533
@@ -37,20 +38,18 @@ system:
 	@[ ! -c /dev/net/tun ] || [ "$$(stat -c %a /dev/net/tun)" = 666 ] || chmod 0666 /dev/net/tun
 
 accounts:
-	@getent group $(SANDBOX_ACCOUNT) >/dev/null || groupadd -g $(SANDBOX_UID) $(SANDBOX_ACCOUNT)
-	@id -u $(SANDBOX_ACCOUNT) >/dev/null 2>&1 || useradd -u $(SANDBOX_UID) -g $(SANDBOX_UID) -M -d /nonexistent -s /usr/sbin/nologin $(SANDBOX_ACCOUNT) 2>/dev/null
 	@getent group $(SUPERVISOR_ACCOUNT) >/dev/null || groupadd -g $(SUPERVISOR_UID) $(SUPERVISOR_ACCOUNT)
 	@id -u $(SUPERVISOR_ACCOUNT) >/dev/null 2>&1 || useradd -u $(SUPERVISOR_UID) -g $(SUPERVISOR_UID) -M -d /nonexistent -s /usr/sbin/nologin $(SUPERVISOR_ACCOUNT) 2>/dev/null
 
 venv: $(VENV)/.installed
 	@chmod -R a+rX $(VENV) sandbox_kernel tests notebooks
-	@# The sandbox and supervisor accounts must reach .venv: give search (not read) permission
-	@# on any parent directory that lacks it, and say so.
+	@# Every kernel's uid and the supervisor account must reach .venv: give search (not read)
+	@# permission on any parent directory that lacks it, and say so.
 	@d="$$(pwd)"; while [ "$$d" != / ]; do \
-	  if [ "$$(( 0$$(stat -c %a "$$d") & 01 ))" = 0 ]; then echo "note: chmod o+x $$d (the sandbox account must traverse it)"; chmod o+x "$$d"; fi; \
+	  if [ "$$(( 0$$(stat -c %a "$$d") & 01 ))" = 0 ]; then echo "note: chmod o+x $$d (kernels' uids must traverse it)"; chmod o+x "$$d"; fi; \
 	  d="$$(dirname "$$d")"; done
-	@setpriv --reuid=$(SANDBOX_UID) --regid=$(SANDBOX_UID) --clear-groups $(VENV)/bin/python -c "import sandbox_kernel" 2>/dev/null || \
-	  { echo "error: the sandbox account cannot run $(VENV)/bin/python; make the path to this repository world-traversable (chmod o+x on each parent directory)"; exit 1; }
+	@setpriv --reuid=$(PROBE_UID) --regid=$(PROBE_UID) --clear-groups $(VENV)/bin/python -c "import sandbox_kernel" 2>/dev/null || \
+	  { echo "error: a uid that owns nothing cannot run $(VENV)/bin/python; make the path to this repository world-traversable (chmod o+x on each parent directory)"; exit 1; }
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)

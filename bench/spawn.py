@@ -64,9 +64,9 @@ def main() -> None:
     reexec_in_outer_netns()
 
     from sandbox_kernel.capabilities import detect
-    from sandbox_kernel.launch import prepare, run
+    from sandbox_kernel.launch import run
     from sandbox_kernel.launch.egress import bring_up
-    from sandbox_kernel.planner import RunSpec
+    from sandbox_kernel.planner import RunSpec, plan
     from sandbox_kernel.policy import policy_from_dict
 
     caps = detect()
@@ -81,8 +81,7 @@ def main() -> None:
             assert result.exit_code == 0, result.stderr
         return once
 
-    egress_plan = prepare(allowlist, spec, caps)
-    shutil.rmtree(egress_plan.staging_dir, ignore_errors=True)
+    egress_plan = plan(allowlist, caps, spec)  # only its egress part is used: no lease, no staging
 
     up, down = egress_medians_ms(bring_up, egress_plan.egress, n)
     rows = [

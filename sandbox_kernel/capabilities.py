@@ -22,7 +22,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-SANDBOX_ACCOUNT = "sandbox-kernel"
 CGROUP_PARENT = "sandbox-kernel"
 PROBE_TIMEOUT = 10.0
 TOOLS = ("bwrap", "setpriv", "prlimit", "unshare", "nsenter", "nft", "slirp4netns", "pasta")
@@ -62,11 +61,15 @@ class HostCapabilities:
     cgroup_memory: Capability
     cgroup_pids: Capability
     landlock: Capability
-    sandbox_account: Capability
+    uid_range: Capability  # root: per-kernel uids can be leased; non-root: the one uid of all sandboxes
     interpreter: Capability
     # A kernel session's shared scratch (launch/session.py). Not a security layer: without it
     # each sandbox gets a private scratch and cells do not see the kernel's files.
     session: Capability = Capability(False, error="not probed")
+    # The host's own addresses (its network namespace's local routes, loopback aside): what
+    # slirp4netns would reach on a sandbox's behalf. A fact, re-read before each run.
+    host_addresses: tuple[str, ...] = ()
+    hidden_dirs: tuple[str, ...] = ()  # inside the bound system dirs, masked (see hidden_dirs())
     probe_seconds: float = 0.0
 
     def tool(self, name: str) -> str:
@@ -75,7 +78,7 @@ class HostCapabilities:
     def items(self) -> dict[str, Capability]:
         return {name: getattr(self, name) for name in (
             "bwrap", "setpriv", "prlimit", "seccomp", "egress", "cgroup_memory", "cgroup_pids",
-            "landlock", "sandbox_account", "interpreter", "session")}
+            "landlock", "uid_range", "interpreter", "session")}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -96,18 +99,80 @@ def _err(proc: subprocess.CompletedProcess) -> str:
     return f"exit {proc.returncode}: {text[-400:]}" if text else f"exit {proc.returncode}"
 
 
-def python_runtime_paths() -> tuple[str, ...]:
-    """Host paths the sandboxed Python needs read-only: its prefix (venv), the base
-    interpreter's prefix, and this package if it is installed outside the prefix (editable)."""
-    paths = [sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))]
-    pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if not any(pkg == p or pkg.startswith(p.rstrip("/") + "/") for p in paths):
-        paths.append(os.path.dirname(os.path.abspath(__file__)))
+def host_addresses() -> tuple[str, ...]:
+    """The networks the host answers on as its own, as CIDR strings, loopback excluded: every
+    LOCAL route of /proc/net/fib_trie (interface addresses, and whole prefixes routed
+    ``local``) and every address of /proc/net/if_inet6. Read for the network namespace the
+    supervisor runs in, which is where slirp4netns opens its connections."""
+    import ipaddress
+
+    found: list = []
+    try:
+        with open("/proc/net/fib_trie") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        lines = []
+    address = None
+    for line in lines:
+        text = line.strip()
+        if text.startswith("|-- "):
+            address = text[4:]
+        elif text.startswith("/") and address is not None and text.endswith(" host LOCAL"):
+            found.append(ipaddress.ip_network(f"{address}{text.split()[0]}", strict=False))
+    try:
+        with open("/proc/net/if_inet6") as f:
+            for line in f:
+                fields = line.split()
+                if fields:
+                    found.append(ipaddress.IPv6Network((int(fields[0], 16), 128)))
+    except (OSError, ValueError):
+        pass
     out: list[str] = []
-    for p in paths:
-        p = os.path.realpath(p) if p != sys.prefix else p
-        if p not in out:
-            out.append(p)
+    for net in found:
+        if net.network_address.is_loopback or str(net) in out:
+            continue
+        out.append(str(net))
+    return tuple(out)
+
+
+def python_runtime_paths() -> tuple[str, ...]:
+    """Host paths the sandboxed Python needs read-only: the ``bin/`` and ``lib*/`` trees of its
+    prefix (the venv) and of the base interpreter's prefix, the venv's ``pyvenv.cfg``, and this
+    package if it is installed outside them (editable). Never a prefix's ``etc/`` or
+    ``share/``: ``sys.prefix/etc/jupyter`` holds server config (tokens, passwords) on real
+    servers. Paths inside the system dirs are bound with them (see ``hidden_dirs``)."""
+    prefixes = []
+    for p in (sys.prefix, sys.base_prefix, os.path.dirname(os.path.dirname(os.path.realpath(sys.executable)))):
+        if p not in prefixes:
+            prefixes.append(p)
+    out: list[str] = []
+    for prefix in prefixes:
+        try:
+            names = sorted(os.listdir(prefix))
+        except OSError:
+            continue
+        for name in names:
+            if name == "bin" or name.startswith("lib") or name == "pyvenv.cfg":
+                out.append(os.path.join(prefix, name))
+    pkg = os.path.dirname(os.path.abspath(__file__))
+    if not any(pkg.startswith(p.rstrip("/") + "/") for p in out):
+        out.append(pkg)
+    return tuple(dict.fromkeys(out))
+
+
+def hidden_dirs() -> tuple[str, ...]:
+    """Config dirs of interpreter prefixes that live inside the system dirs the sandbox binds
+    whole (``/usr/etc``, ``/usr/local/etc``): hidden behind an empty read-only tmpfs. Jupyter
+    reads ``/usr/local/etc/jupyter`` and ``<prefix>/etc/jupyter``; npm keeps its global
+    ``npmrc`` (registry tokens) in ``<prefix>/etc``."""
+    from .planner.filesystem import SYSTEM_DIRS
+
+    out = []
+    for prefix in (sys.prefix, sys.base_prefix, "/usr", "/usr/local"):
+        etc = os.path.join(prefix, "etc")
+        inside = any(etc.startswith(d + "/") for d in SYSTEM_DIRS)
+        if inside and os.path.isdir(etc) and not os.path.islink(etc) and etc not in out:
+            out.append(etc)
     return tuple(out)
 
 
@@ -125,18 +190,25 @@ def _host_layout() -> dict[str, str | None]:
     return layout
 
 
-def _sandbox_account(euid: int) -> Capability:
+def _uid_range(euid: int):
+    """Root: lease one uid from the default range, as every kernel start will (the lease dir
+    is usable, a uid is free). Returns (capability, lease or None); the caller releases the
+    lease once the other probes have run as its uid."""
     if euid != 0:
-        return Capability(True, f"non-root supervisor: sandboxed code runs as uid {euid}", detail={"uid": euid, "gid": os.getegid(), "name": pwd.getpwuid(euid).pw_name if _has_pw(euid) else str(euid)})
+        name = pwd.getpwuid(euid).pw_name if _has_pw(euid) else str(euid)
+        return Capability(True, f"non-root supervisor: every sandbox runs as uid {euid} (no uid per kernel)",
+                          detail={"uid": euid, "gid": os.getegid(), "name": name}), None
+    from .launch.uids import LEASE_DIR, UidLeaseError, lease_uid
+    from .policy import DEFAULT_UID_RANGE
+
     try:
-        entry = pwd.getpwnam(SANDBOX_ACCOUNT)
-    except KeyError:
-        return Capability(False, error=f"the sandbox account {SANDBOX_ACCOUNT!r} does not exist",
-                          hint=f"groupadd -g 65532 {SANDBOX_ACCOUNT} && useradd -u 65532 -g 65532 -M -d /nonexistent -s /usr/sbin/nologin {SANDBOX_ACCOUNT}  (make setup does this)")
-    if entry.pw_uid == 0:
-        return Capability(False, error=f"the sandbox account {SANDBOX_ACCOUNT!r} has uid 0", hint="give it a non-zero uid")
-    return Capability(True, f"account {SANDBOX_ACCOUNT} uid={entry.pw_uid} gid={entry.pw_gid}",
-                      detail={"name": SANDBOX_ACCOUNT, "uid": entry.pw_uid, "gid": entry.pw_gid})
+        lease = lease_uid(*DEFAULT_UID_RANGE)
+    except (UidLeaseError, OSError) as e:
+        return Capability(False, error=f"cannot lease a uid from {DEFAULT_UID_RANGE[0]}-{DEFAULT_UID_RANGE[1]}: {e}",
+                          hint=f"{os.path.dirname(LEASE_DIR)} must be creatable by root (mode 0700); "
+                               "or set privilege.uid_range to uids no account, process or file uses"), None
+    return Capability(True, f"leased uid {lease.uid} (one per kernel) under {LEASE_DIR}",
+                      detail={"lease_dir": LEASE_DIR, "probe_uid": lease.uid}), lease
 
 
 def _has_pw(uid: int) -> bool:
@@ -158,14 +230,12 @@ def _probe_prlimit(tools) -> Capability:
     return Capability(True, "prlimit --nofile=64 took effect (ulimit -n = 64)", detail={"path": tools["prlimit"]})
 
 
-def _probe_setpriv(tools, euid, account: Capability) -> Capability:
+def _probe_setpriv(tools, euid, lease) -> Capability:
     if euid != 0:
         return Capability(True, "not needed: the supervisor is not root")
     if not tools["setpriv"]:
         return _missing("setpriv")
-    if not account.ok:
-        return Capability(False, error=f"nothing to switch to: {account.error}", hint=account.hint)
-    uid = account.detail["uid"]
+    uid = lease.uid if lease is not None else 1  # switching to uid 1 is as good a test
     proc = _run([tools["setpriv"], f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "/usr/bin/id", "-u"])
     if proc.returncode != 0 or proc.stdout.strip() != str(uid).encode():
         return Capability(False, error=f"setpriv could not switch to uid {uid}: {_err(proc)}")
@@ -174,13 +244,14 @@ def _probe_setpriv(tools, euid, account: Capability) -> Capability:
 
 def _probe_seccomp() -> Capability:
     try:
-        from .launch.seccomp_bpf import compile_filter
+        from .launch.seccomp_bpf import compile_filter, known_syscalls
         from .planner.seccomp import SeccompPlan
 
         bpf = compile_filter(SeccompPlan())
     except Exception as e:  # library missing, or it refused the filter
         return Capability(False, error=f"could not build a seccomp filter: {e}", hint="apt-get install libseccomp2; pip install pyseccomp")
-    return Capability(True, f"libseccomp built a {len(bpf)}-byte BPF filter", detail={"bpf_bytes": len(bpf)})
+    return Capability(True, f"libseccomp built a {len(bpf) // 8}-instruction BPF filter",
+                      detail={"bpf_bytes": len(bpf), "known_syscalls": len(known_syscalls())})
 
 
 def _probe_landlock() -> Capability:
@@ -244,9 +315,9 @@ def _probe_cgroup(controller: str, euid: int) -> Capability:
                       detail={"version": version, "root": root})
 
 
-def _probe_bwrap(tools, euid, account: Capability, host_layout, seccomp: Capability) -> tuple[Capability, Capability]:
+def _probe_bwrap(tools, euid, uid_range: Capability, host_layout, seccomp: Capability) -> tuple[Capability, Capability]:
     """Run bwrap exactly as the planner builds it (secure default: deny network, scratch-plus-ro,
-    seccomp, as the sandbox uid) around this interpreter. Returns (bwrap, interpreter)."""
+    seccomp, as a leased uid) around this interpreter. Returns (bwrap, interpreter)."""
     if not tools["bwrap"]:
         miss = _missing("bwrap")
         return miss, Capability(False, error="not checked: bwrap is unavailable")
@@ -259,9 +330,13 @@ def _probe_bwrap(tools, euid, account: Capability, host_layout, seccomp: Capabil
         host_layout=host_layout, bwrap=Capability(True), setpriv=Capability(True), prlimit=Capability(bool(tools["prlimit"])),
         seccomp=seccomp, egress=Capability(False, error="not probed here"),
         cgroup_memory=Capability(False, error="not probed here"), cgroup_pids=Capability(False, error="not probed here"),
-        landlock=Capability(False), sandbox_account=account, interpreter=Capability(True),
+        landlock=Capability(False), uid_range=uid_range, interpreter=Capability(True),
+        hidden_dirs=hidden_dirs(),
     )
-    policy = policy_from_dict({"on_unavailable": "degrade", "resources": {"memory_bytes": None}})
+    probe_policy: dict = {"on_unavailable": "degrade", "resources": {"memory_bytes": None}}
+    if euid == 0 and not uid_range.ok:
+        probe_policy["privilege"] = {"uid": 65534}  # bwrap is still worth knowing about; nobody will do
+    policy = policy_from_dict(probe_policy)
 
     def attempt(argv, runtime_paths=()):
         spec = RunSpec(argv=tuple(argv), staging_dir="", runtime="other", runtime_paths=runtime_paths)
@@ -274,16 +349,16 @@ def _probe_bwrap(tools, euid, account: Capability, host_layout, seccomp: Capabil
                 "--security-opt systempaths=unconfined; k8s: procMount Unmasked); on Ubuntu 24.04+: "
                 "sysctl kernel.apparmor_restrict_unprivileged_userns=0")
         if "ermission denied" in text and "execvp" in text:
-            hint = "the sandbox uid cannot execute the probe command"
+            hint = "a uid that owns nothing cannot execute the probe command"
         return Capability(False, error=f"bwrap failed with the planner's flags: {text or result.exit_code}", hint=hint), \
             Capability(False, error="not checked: bwrap failed")
-    bwrap = Capability(True, f"bwrap ran as uid {'sandbox' if euid == 0 else euid} with user/pid/net/ipc/uts namespaces, fresh /proc, sized tmpfs, seccomp, caps dropped",
+    bwrap = Capability(True, f"bwrap ran as {'a leased uid' if euid == 0 else f'uid {euid}'} with user/pid/net/ipc/uts namespaces, fresh /proc, sized tmpfs, seccomp, caps dropped",
                        detail={"path": tools["bwrap"]})
     interp = attempt([sys.executable, "-c", "import sys, ipaddress; print('ok')"], runtime_paths=python_runtime_paths())
     if interp.exit_code != 0 or b"ok" not in interp.stdout:
         text = (interp.stderr or interp.stdout).decode(errors="replace").strip()[-400:]
         return bwrap, Capability(False, error=f"{sys.executable} does not run in the sandbox: {text}",
-                                 hint="the sandbox uid must be able to read and execute the interpreter: build the venv from /usr/bin/python3 in a world-readable directory and chmod -R a+rX it",
+                                 hint="every kernel's uid must be able to read and execute the interpreter: build the venv from /usr/bin/python3 in a world-traversable directory and chmod -R a+rX it",
                                  detail={"path": sys.executable})
     return bwrap, Capability(True, f"{sys.executable} runs inside the sandbox", detail={"path": sys.executable, "runtime_paths": list(python_runtime_paths())})
 
@@ -352,29 +427,38 @@ def probe() -> HostCapabilities:
     # Resolved to real paths: prlimit runs *inside* the sandbox, where only system dirs exist.
     tools = {t: os.path.realpath(p) if (p := shutil.which(t)) else None for t in TOOLS}
     layout = _host_layout()
-    account = _sandbox_account(euid)
     if sys.platform != "linux":
         no = Capability(False, error=f"OS-level isolation needs Linux; this host is {sys.platform}")
-        return HostCapabilities(sys.platform, euid, egid, "?", tools, layout, no, no, no, no, no, no, no, no, account, no)
+        return HostCapabilities(sys.platform, euid, egid, "?", tools, layout, no, no, no, no, no, no, no, no, no, no)
+    uid_range, lease = _uid_range(euid)
+    try:
+        caps = _probe_all(tools, euid, egid, layout, uid_range, lease)
+    finally:
+        if lease is not None:
+            lease.release()
+    return replace(caps, probe_seconds=time.monotonic() - t0)
+
+
+def _probe_all(tools, euid, egid, layout, uid_range: Capability, lease) -> HostCapabilities:
     with ThreadPoolExecutor(max_workers=6) as pool:
         f_prlimit = pool.submit(_probe_prlimit, tools)
-        f_setpriv = pool.submit(_probe_setpriv, tools, euid, account)
+        f_setpriv = pool.submit(_probe_setpriv, tools, euid, lease)
         f_egress = pool.submit(_probe_egress, tools, euid)
         f_mem = pool.submit(_probe_cgroup, "memory", euid)
         f_pids = pool.submit(_probe_cgroup, "pids", euid)
         f_session = pool.submit(_probe_session, tools, euid)
         seccomp = _probe_seccomp()
-        f_bwrap = pool.submit(_probe_bwrap, tools, euid, account, layout, seccomp)
+        f_bwrap = pool.submit(_probe_bwrap, tools, euid, uid_range, layout, seccomp)
         landlock = _probe_landlock()
         bwrap, interpreter = f_bwrap.result()
-        caps = HostCapabilities(
+        return HostCapabilities(
             platform=sys.platform, euid=euid, egid=egid,
-            user_name=account.detail.get("name", str(euid)) if euid != 0 else "root",
+            user_name=uid_range.detail.get("name", str(euid)) if euid != 0 else "root",
             tools=tools, host_layout=layout, bwrap=bwrap, setpriv=f_setpriv.result(), prlimit=f_prlimit.result(),
             seccomp=seccomp, egress=f_egress.result(), cgroup_memory=f_mem.result(), cgroup_pids=f_pids.result(),
-            landlock=landlock, sandbox_account=account, interpreter=interpreter, session=f_session.result(),
+            landlock=landlock, uid_range=uid_range, interpreter=interpreter, session=f_session.result(),
+            host_addresses=host_addresses(), hidden_dirs=hidden_dirs(),
         )
-    return replace(caps, probe_seconds=time.monotonic() - t0)
 
 
 def detect() -> HostCapabilities:

@@ -14,7 +14,7 @@ from traitlets import Bool, Enum, Float, Int, List, TraitError, Unicode, Union
 from traitlets.config import Config, Configurable
 from traitlets.config.loader import DeferredConfig, LazyConfigValue
 
-from .policy import PolicyError, SandboxPolicy, load_policy_file, policy_from_dict, secure_default
+from .policy import DEFAULT_UID_RANGE, PolicyError, SandboxPolicy, load_policy_file, policy_from_dict, secure_default
 
 _D = secure_default()
 _SIZE = lambda default, what: Union(  # noqa: E731
@@ -34,6 +34,7 @@ TRAIT_FIELDS = {
     "scratch_bytes": ("filesystem", "scratch_bytes"),
     "network_mode": ("network", "mode"), "network_allow": ("network", "allow"), "block_metadata": ("network", "block_metadata"),
     "privilege_mode": ("privilege", "mode"), "uid": ("privilege", "uid"), "gid": ("privilege", "gid"),
+    "uid_range": ("privilege", "uid_range"),
 }
 FIELD_TRAITS = {".".join(v): k for k, v in TRAIT_FIELDS.items()}
 
@@ -68,9 +69,13 @@ class SandboxPolicyConfig(Configurable):
     block_metadata = Bool(None, allow_none=True,
                           help="Always block cloud metadata and link-local ranges. Secure default: True.").tag(config=True)
     privilege_mode = Enum(["inherit", "drop-to-uid"], default_value=None, allow_none=True,
-                          help="Secure default: 'drop-to-uid' (the sandbox account when uid is unset).").tag(config=True)
-    uid = Int(None, allow_none=True, help="uid sandboxed code runs as under a root supervisor.").tag(config=True)
-    gid = Int(None, allow_none=True, help="gid sandboxed code runs as under a root supervisor.").tag(config=True)
+                          help="Secure default: 'drop-to-uid' (one transient uid per kernel when uid is unset).").tag(config=True)
+    uid = Int(None, allow_none=True, help="A fixed uid every sandbox runs as under a root supervisor (shared by all "
+                                          "kernels). Unset (the secure default): one uid per kernel from uid_range.").tag(config=True)
+    gid = Int(None, allow_none=True, help="gid that goes with a fixed uid.").tag(config=True)
+    uid_range = List(Int(), default_value=None, allow_none=True, minlen=2, maxlen=2,
+                     help="[first, last]: the uids (gid = uid) a root supervisor leases one per kernel from. "
+                          f"Secure default: {list(DEFAULT_UID_RANGE)}.").tag(config=True)
 
     def _load_config(self, cfg, section_names=None, traits=None):
         """Refuse bad operator config with a :class:`PolicyError` naming

@@ -30,6 +30,7 @@ METADATA_NETWORKS: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = t
     ipaddress.ip_network(n)
     for n in (
         "169.254.0.0/16",  # link-local: AWS/GCP/Azure/OpenStack metadata at 169.254.169.254
+        "168.63.129.16/32",  # Azure WireServer (VM agent, extensions, health probes)
         "100.100.100.200/32",  # Alibaba Cloud metadata
         "192.0.0.192/32",  # Oracle Cloud legacy metadata
         "fe80::/10",  # IPv6 link-local
@@ -230,12 +231,32 @@ class NetworkPolicy(_Strict):
         return [parse_allow_entry(e) for e in self.allow]
 
 
+# Where a root supervisor leases one transient uid (= gid) per kernel from, by default: 64 Ki
+# uids above the ranges systemd hands out (regular users, dynamic service users, nspawn
+# containers up to 1879048191) and above login.defs' default subordinate ids (<= 600100000).
+DEFAULT_UID_RANGE = (1879048192, 1879113727)
+MIN_RANGE_UID = 1000  # below: system accounts, whether or not they have a passwd entry
+
+
+def _uid_range(value: list[int]) -> list[int]:
+    first, last = value
+    if first > last:
+        raise ValueError(f"uid_range [{first}, {last}]: the first uid is above the last")
+    return value
+
+
 class PrivilegePolicy(_Strict):
     mode: Literal["inherit", "drop-to-uid"] = "drop-to-uid"
-    # None = the sandbox account found on this host (see capabilities). uid/gid 0 is refused:
+    # None = one transient uid per kernel (per run) leased from uid_range under a root
+    # supervisor. Set, every sandbox of this policy shares that uid. uid/gid 0 is refused:
     # "dropping" to root is not a drop.
     uid: Annotated[int, Field(ge=1, le=2**31 - 2)] | None = None
     gid: Annotated[int, Field(ge=1, le=2**31 - 2)] | None = None
+    uid_range: Annotated[
+        list[Annotated[int, Field(ge=MIN_RANGE_UID, le=2**31 - 2)]], Field(min_length=2, max_length=2),
+        AfterValidator(_uid_range),
+    ] = Field(default_factory=lambda: list(DEFAULT_UID_RANGE),
+              description="[first, last] uids (inclusive) a root supervisor leases per-kernel uids from")
 
 
 class SandboxPolicy(_Strict):
@@ -271,7 +292,7 @@ class SandboxPolicy(_Strict):
 
 
 def drop_none_keep_caps(d: dict) -> dict:
-    # privilege.uid/gid None means "use the sandbox account": omit them instead of writing
+    # privilege.uid/gid None means "a leased uid per kernel": omit them instead of writing
     # "unlimited", which would be nonsense there.
     out = copy.deepcopy(d)
     for key in ("uid", "gid"):
@@ -465,7 +486,7 @@ def looser_fields(base: SandboxPolicy, candidate: SandboxPolicy) -> list[tuple[s
     bp, cp = base.privilege, candidate.privilege
     if bp.mode == "drop-to-uid" and cp.mode == "inherit":
         problems.append(("privilege.mode", "cannot relax 'drop-to-uid' to 'inherit'"))
-    for key in ("uid", "gid"):
+    for key in ("uid", "gid", "uid_range"):
         if getattr(cp, key) != getattr(bp, key):
             problems.append((f"privilege.{key}", "the sandbox uid/gid is set by the operator and cannot be overridden"))
     return problems

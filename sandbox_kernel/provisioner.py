@@ -4,9 +4,17 @@ A ``LocalProvisioner`` subclass (entry point ``sandbox-provisioner``) so any Jup
 gets a confined kernel just by choosing the kernelspec. It decides nothing about confinement
 itself: it asks ``plan()`` for the kernel's plan and the launch shell to carry it out.
 
-Transport: ZMQ over ``ipc`` sockets in a private 0700 run dir bound into the sandbox, because
+Transport: ZMQ over ``ipc`` sockets in the kernel's run dir bound into the sandbox, because
 under ``network: deny`` the kernel has no interface but its own loopback. The run dir and the
 connection file survive restarts and are removed at final cleanup.
+
+Identity: under a root supervisor each kernel runs as a uid of its own, leased at the first
+start from ``privilege.uid_range`` (kept across restarts, released after final cleanup; its
+cells run as it too). The run dir stays the supervisor's (root, 0710, the kernel's group may
+only traverse it); the kernel gets just what it must open: its own 0700 ``kernel/`` dir for
+the ipc sockets and IPython's state, and the connection file (the HMAC key) by group-read
+(0640 root:kernel-gid). Another kernel, another uid and gid: it can open none of them, even
+with ``filesystem: off``.
 
 The kernel-scope report is held here, on the trusted side (``effective_sandbox``, also in
 ``get_provisioner_info()``): code in the kernel is untrusted and could forge anything the
@@ -31,10 +39,11 @@ from .capabilities import detect, python_runtime_paths
 from .cell_protocol import SOCKET_ENV, SOCKET_NAME
 from .cells import CellService, make_socket_dir
 from .config import SandboxPolicyConfig, load_jupyter_config
-from .launch import SandboxProcess, prepare, start
+from .launch import SandboxProcess, lease_for, prepare, start
 from .launch.process import forward_capped, start_janitor, stop_janitor
 from .launch.session import Session, open_session
 from .launch.signals import signal_command
+from .launch.uids import UidLease
 from .planner import RunSpec
 from .planner.privilege import plan_privilege
 from .policy import PolicyError, SandboxPolicy, deep_merge, tighten
@@ -71,6 +80,8 @@ class SandboxProvisioner(LocalProvisioner):
     effective_sandbox: dict | None = None  # the trusted kernel-scope report of the running kernel
     _sandbox: SandboxProcess | None = None
     _run_dir: str | None = None
+    _kernel_dir: str | None = None  # the kernel's own dir in the run dir: ipc sockets, IPython
+    _lease: UidLease | None = None  # the kernel's uid (root supervisor), from start to final cleanup
     _run_dir_janitor: subprocess.Popen | None = None
     _socket_dir: str | None = None  # the cell service's socket, read-only inside the kernel
     _last_exit: dict | None = None
@@ -101,12 +112,19 @@ class SandboxProvisioner(LocalProvisioner):
 
     # ------------------------------------------------------------------ lifecycle
 
-    def _ensure_run_dir(self, gid: int) -> str:
+    def _ensure_run_dir(self, uid: int, gid: int) -> str:
         if self._run_dir is None:
-            self._run_dir = tempfile.mkdtemp(prefix="sandbox-kernel-")  # 0700
+            self._run_dir = tempfile.mkdtemp(prefix="sandbox-kernel-")  # 0700, ours
+            self._kernel_dir = os.path.join(self._run_dir, "kernel")
+            os.mkdir(self._kernel_dir, 0o700)
+            if os.geteuid() == 0:
+                os.chown(self._kernel_dir, uid, gid)
+                os.chown(self._run_dir, 0, gid)
+                os.chmod(self._run_dir, 0o710)
             self._socket_dir = make_socket_dir(gid)
-            # The run dir holds the connection file (the HMAC key): gone even if we are killed.
-            self._run_dir_janitor = start_janitor([self._run_dir, self._socket_dir], [])
+            # The run dir holds the connection file (the HMAC key): gone even if we are killed,
+            # and the kernel's uid is not handed out again before it is.
+            self._run_dir_janitor = start_janitor([self._run_dir, self._socket_dir], [], self._lease)
         return self._run_dir
 
     def _remove_run_dir(self) -> None:
@@ -114,9 +132,13 @@ class SandboxProvisioner(LocalProvisioner):
             if getattr(self, attr) is not None:
                 shutil.rmtree(getattr(self, attr), ignore_errors=True)
                 setattr(self, attr, None)
+        self._kernel_dir = None
         if self._run_dir_janitor is not None:
             stop_janitor(self._run_dir_janitor)
             self._run_dir_janitor = None
+        if self._lease is not None:
+            self._lease.release()  # kills anything still running as the kernel's uid
+            self._lease = None
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         fresh = self._run_dir is None
@@ -135,21 +157,30 @@ class SandboxProvisioner(LocalProvisioner):
         km = self.parent
         policy = self.requested_policy()
         caps = detect()
+        if fresh:
+            self._lease = lease_for(policy, caps)  # SandboxUnavailable if no uid is free
+        identity = (self._lease.uid, self._lease.gid) if self._lease is not None else None
         # Whom the planner will run the kernel as: the owner of its dirs, and whether the
         # working dir is reachable.
-        _, uid, gid = plan_privilege(policy.privilege, caps).run_as
-        run_dir = self._ensure_run_dir(gid)
+        _, uid, gid = plan_privilege(policy.privilege, caps, identity).run_as
+        run_dir = self._ensure_run_dir(uid, gid)
+        ipc_base = os.path.join(self._kernel_dir, "k")
         if km is not None:
             km.transport = "ipc"
             km.cache_ports = False
-            km.ip = os.path.join(run_dir, "k")
+            km.ip = ipc_base
             km.connection_file = os.path.join(run_dir, "connection.json")
         kwargs = await super().pre_launch(**kwargs)
+        if km is not None and os.geteuid() == 0:
+            # The key, readable by the kernel's group only. The run dir is ours and not
+            # writable by the kernel, so the path cannot be a planted symlink.
+            os.chown(km.connection_file, 0, gid, follow_symlinks=False)
+            os.chmod(km.connection_file, 0o640, follow_symlinks=False)
 
         cmd = list(kwargs.pop("cmd"))
         if any("ipykernel" in part for part in cmd):
             # ipykernel ignores the connection file's transport unless told on its command line.
-            cmd += ["--transport=ipc", f"--ip={os.path.join(run_dir, 'k')}",
+            cmd += ["--transport=ipc", f"--ip={ipc_base}",
                     f"--IPKernelApp.extra_extensions={KERNEL_EXTENSION}"]
         env = kwargs.pop("env", None) or {}
         # Only what the caller deliberately added (kernelspec env, session name) is a candidate
@@ -162,15 +193,14 @@ class SandboxProvisioner(LocalProvisioner):
             argv=tuple(cmd), staging_dir="", runtime="python", scope="kernel",
             runtime_paths=(*python_runtime_paths(), self._socket_dir), rw_paths=(run_dir,), env=overrides,
             input_dir=input_dir, input_entries=_visible_entries(input_dir), notes=input_notes,
-            sandbox_env={"JPY_PARENT_PID": "1", "IPYTHONDIR": "/tmp/.ipython", "PYTHONDONTWRITEBYTECODE": "1"},
+            # IPython's state in the sandbox's private /tmp, or under filesystem 'off' (where /tmp
+            # is the host's, shared with every other kernel) in the kernel's own dir.
+            sandbox_env={"JPY_PARENT_PID": "1", "PYTHONDONTWRITEBYTECODE": "1",
+                         "IPYTHONDIR": os.path.join(self._kernel_dir, "ipython") if policy.filesystem.mode == "off" else "/tmp/.ipython"},
             host_env=dict(os.environ), scratch_source=os.path.join(run_dir, "scratch") if share_scratch else None,
+            identity=identity,
         )
         plan = prepare(policy, spec, caps)  # raises SandboxUnavailable before anything starts
-        if fresh and os.geteuid() == 0:
-            # The kernel, as the sandbox uid, creates its sockets here. Only before it ever ran:
-            # afterwards the run dir is the kernel's, and a path in it may be a planted symlink.
-            for path in (run_dir, *([km.connection_file] if km is not None else [])):
-                os.chown(path, *plan.run_as[1:], follow_symlinks=False)
         plan.env[REPORT_ENV] = plan.report.to_json()
         plan.env[SOCKET_ENV] = os.path.join(self._socket_dir, SOCKET_NAME)
         self._plan = plan
@@ -184,7 +214,7 @@ class SandboxProvisioner(LocalProvisioner):
         self._cells = CellService(
             self._socket_dir, policy, self.effective_sandbox, session=self._session,
             spec_extras=lambda: {"input_dir": spec.input_dir, "input_entries": _visible_entries(spec.input_dir),
-                                 "scratch_source": spec.scratch_source},
+                                 "scratch_source": spec.scratch_source, "identity": identity},
         )
         kwargs["cmd"] = plan.argv
         return kwargs
@@ -271,7 +301,7 @@ def _reachable(path: str, uid: int, gid: int) -> bool:
 
 
 def _input_dir(cwd, uid: int, gid: int) -> tuple[str | None, tuple[tuple[str, str], ...]]:
-    """The kernel's working dir on the host, if the sandbox account can reach it."""
+    """The kernel's working dir on the host, if the kernel's uid can reach it."""
     if not cwd or not os.path.isdir(cwd):
         return None, ()
     cwd = os.path.realpath(cwd)

@@ -6,24 +6,46 @@ import os
 import shutil
 from dataclasses import replace
 
-from ..capabilities import HostCapabilities, detect
+from ..capabilities import HostCapabilities, detect, host_addresses
 from ..planner import Plan, RunSpec, plan as make_plan
+from ..planner.privilege import leases_uid
 from ..policy import SandboxPolicy
+from ..report import Downgrade, SandboxUnavailable
 from .process import RunResult, SandboxProcess, communicate, make_staging_dir, start, truncation_marker
+from .uids import UidLease, UidLeaseError, lease_uid
 
-__all__ = ["prepare", "run", "start", "communicate", "RunResult", "SandboxProcess", "truncation_marker"]
+__all__ = ["prepare", "lease_for", "run", "start", "communicate", "RunResult", "SandboxProcess", "truncation_marker"]
+
+
+def lease_for(policy: SandboxPolicy, caps: HostCapabilities) -> UidLease | None:
+    """A uid of its own for a kernel or run under ``policy``, if it needs one (root supervisor,
+    no fixed uid). Raises SandboxUnavailable when none can be leased: never a shared fallback."""
+    if not (policy.enabled and leases_uid(policy.privilege, caps)):
+        return None
+    try:
+        return lease_uid(*policy.privilege.uid_range)
+    except (UidLeaseError, OSError) as e:
+        raise SandboxUnavailable([Downgrade("privilege", f"no uid of its own for the sandbox: {e}")]) from None
 
 
 def prepare(policy: SandboxPolicy, spec: RunSpec, caps: HostCapabilities | None = None) -> Plan:
-    """Plan a run with a fresh private staging dir. If planning refuses (SandboxUnavailable),
-    the staging dir is removed before the error propagates."""
-    caps = caps or detect()
-    staging = make_staging_dir()
+    """Plan a run with a fresh private staging dir and, unless ``spec.identity`` names one, a
+    leased uid of its own (released when the run closes). If planning refuses
+    (SandboxUnavailable), both are given back before the error propagates."""
+    # The host's addresses as they are now (DHCP, VPNs): the egress ruleset refuses them.
+    caps = replace(caps or detect(), host_addresses=host_addresses())
+    lease = lease_for(policy, caps) if spec.identity is None else None
+    staging = None
     try:
-        spec = replace(spec, staging_dir=staging, host_env=spec.host_env or dict(os.environ))
-        return make_plan(policy, caps, spec)
+        staging = make_staging_dir()
+        identity = spec.identity if lease is None else (lease.uid, lease.gid)
+        spec = replace(spec, staging_dir=staging, host_env=spec.host_env or dict(os.environ), identity=identity)
+        return replace(make_plan(policy, caps, spec), uid_lease=lease)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        if lease is not None:
+            lease.release()
         raise
 
 

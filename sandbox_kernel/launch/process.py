@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..planner import FD_PLACEHOLDER, Plan
+from ..planner.privilege import UNLEASED
 from . import cgroup as cgroups_mod
 from .egress import EgressHandle, bring_up
 from .seccomp_bpf import filter_fd
@@ -55,12 +56,16 @@ rm -rf -- "$@"
 """
 
 
-def start_janitor(dirs: list[str], cgroup_paths: list[str]) -> subprocess.Popen:
+def start_janitor(dirs: list[str], cgroup_paths: list[str], lease=None) -> subprocess.Popen:
     """A process that, if the supervisor dies, kills what is left in ``cgroup_paths``, removes
-    them, then removes ``dirs``."""
+    them, then removes ``dirs``. It holds a copy of ``lease`` (a uid lease) until it exits, so
+    the uid is not handed out again before that cleanup is done; then it removes the lease
+    file too."""
+    keep = (lease.fd,) if lease is not None else ()
+    dirs = [*dirs, lease.path] if lease is not None else dirs
     return subprocess.Popen(["/bin/sh", "-c", JANITOR, "sandbox-kernel-janitor", str(len(cgroup_paths)), *cgroup_paths, *dirs],
                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            cwd="/", start_new_session=True)  # not in the run's process group
+                            cwd="/", start_new_session=True, pass_fds=keep)  # not in the run's process group
 
 
 # "0" written to cgroup.procs moves the writer itself; the shell then becomes the sandbox.
@@ -112,7 +117,8 @@ def make_staging_dir() -> str:
 
 
 def stage(plan: Plan) -> None:
-    """Write the plan's staged files, readable by the sandbox uid only."""
+    """Write the plan's staged files: read-only, in a dir only the sandbox's group may
+    traverse (bwrap opens them as the sandbox uid). The dir stays the supervisor's."""
     _, uid, gid = plan.run_as
     d = plan.staging_dir
     for name, content in plan.staged_files.items():
@@ -121,8 +127,10 @@ def stage(plan: Plan) -> None:
             f.write(content)
         os.chmod(path, 0o444)
     if os.geteuid() == 0 and plan.sandboxed:
-        os.chown(d, uid, gid)
-    os.chmod(d, 0o700)
+        os.chown(d, 0, gid)
+        os.chmod(d, 0o710)
+    else:
+        os.chmod(d, 0o700)
 
 
 @dataclass
@@ -207,6 +215,8 @@ class SandboxProcess:
             shutil.rmtree(self.plan.staging_dir, ignore_errors=True)
             if self.janitor is not None:
                 stop_janitor(self.janitor)
+            if self.plan.uid_lease is not None:
+                self.plan.uid_lease.release()  # after everything of the run is gone
             self.timings["teardown"] = time.monotonic() - t0
 
 
@@ -235,6 +245,8 @@ def start(plan: Plan, *, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stder
     proc = SandboxProcess(plan)
     t0 = time.monotonic()
     try:
+        if plan.sandboxed and plan.run_as[1] == UNLEASED:
+            raise RuntimeError("this plan was made without a uid lease (a dry run): use launch.prepare() to start one")
         stage(plan)
         argv = list(plan.argv)
         fds = list(pass_fds)
@@ -259,7 +271,7 @@ def start(plan: Plan, *, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stder
             # that would force a slow fork of this (large, threaded) supervisor.
             procs = [os.path.join(p, "cgroup.procs") for p in proc.cgroups.paths]
             argv = ["/bin/sh", "-c", JOIN_CGROUPS, "sandbox-join", *procs, "--", *argv]
-        proc.janitor = start_janitor([plan.staging_dir], proc.cgroups.paths if proc.cgroups else [])
+        proc.janitor = start_janitor([plan.staging_dir], proc.cgroups.paths if proc.cgroups else [], plan.uid_lease)
         proc.popen = subprocess.Popen(
             argv, env=plan.env, cwd="/", stdin=stdin, stdout=stdout, stderr=stderr,
             pass_fds=tuple(fds), start_new_session=True,

@@ -49,6 +49,9 @@ class RunSpec:
     env: Mapping[str, str] = field(default_factory=dict)  # caller overrides, filtered
     sandbox_env: Mapping[str, str] = field(default_factory=dict)  # set by our own code, trusted
     host_env: Mapping[str, str] = field(default_factory=dict)  # supervisor env; only locale is read
+    # (uid, gid) leased for this run by the launch shell (a kernel's, for its cells): under a
+    # root supervisor without a fixed privilege.uid, the sandbox runs as it.
+    identity: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,7 @@ class Plan:
     wall_seconds: float | None
     report: EffectiveSandbox
     sandboxed: bool = True
+    uid_lease: object | None = None  # the launch shell's lease of run_as's uid, released on close
 
 
 def _disabled_plan(policy: SandboxPolicy, caps: HostCapabilities, spec: RunSpec) -> Plan:
@@ -84,7 +88,7 @@ def plan(policy: SandboxPolicy, caps: HostCapabilities, spec: RunSpec) -> Plan:
     if not policy.enabled:
         return _disabled_plan(policy, caps, spec)
 
-    priv = plan_privilege(policy.privilege, caps)
+    priv = plan_privilege(policy.privilege, caps, spec.identity)
     net = plan_network(policy.network, caps)
     user, uid, gid = priv.run_as
     fs = plan_filesystem(

@@ -115,6 +115,8 @@ def plan_filesystem(
     staged = _staged_files(user, uid, gid, scratch_dir, nameserver)
     etc = CURATED_ETC if fs.mode == "scratch-plus-ro" else MINIMAL_ETC
     mounts = _system_mounts(caps)
+    # Config dirs inside the system dirs (/usr/local/etc/jupyter, npm's /usr/etc/npmrc): empty.
+    mounts += [a for d in caps.hidden_dirs for a in ("--tmpfs", d, "--remount-ro", d)]
     mounts += [a for name in etc for a in ("--ro-bind-try", f"/etc/{name}", f"/etc/{name}")]
     mounts += [a for name in STAGED_ETC for a in ("--ro-bind", f"{staging_dir}/{name}", f"/etc/{name}")]
     # /tmp first: runtime, rw and scratch paths may live under /tmp and must land on top of it.
@@ -149,6 +151,7 @@ def plan_filesystem(
         "mode": fs.mode,
         "read_only": [d for d in SYSTEM_DIRS if caps.host_layout.get(d)]
         + ["/etc (curated)" if fs.mode == "scratch-plus-ro" else "/etc (minimal)"] + list(ro_paths),
+        "hidden": list(caps.hidden_dirs),
         "writable": [scratch_dir, "/tmp"] + list(rw_paths),
         "scratch_bytes": fs.scratch_bytes,
         "scratch": "tmpfs of the kernel session (shared with its cells)" if scratch_source else "private tmpfs",

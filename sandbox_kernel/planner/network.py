@@ -4,6 +4,11 @@ the metadata block) = a namespace the supervisor owns, filtered by nft, plumbed 
 No blackhole and no open hole: an allowlist is either really plumbed and filtered or it is a
 downgrade. Under ``degrade`` an unplumbable allowlist runs with *no* network (safe, and the
 report says the allowed destinations are unreachable); only ``unrestricted`` keeps host net.
+
+Some destinations open only to an allow entry that names them *exactly* (a broad entry such
+as ``10.0.0.0/8``, or ``unrestricted``, does not reach them), because slirp4netns connects
+from the host: the host's own addresses (its services listening on the LAN address), slirp's
+10.0.2.2 (the host's loopback) and slirp's resolver 10.0.2.3:53 (the host's DNS).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from ..policy import METADATA_NETWORKS, AllowRule, NetworkPolicy
 from ..report import Downgrade, LayerState, Note
 
 # slirp4netns's fixed addressing inside the namespace.
+SLIRP_NETWORK = ipaddress.ip_network("10.0.2.0/24")  # the namespace's side of slirp
 SLIRP_GATEWAY = ipaddress.ip_address("10.0.2.2")  # = the host's loopback, if not disabled
 SLIRP_DNS = ipaddress.ip_address("10.0.2.3")  # forwards to the host's resolver
 TABLE = "sandbox_egress"
@@ -51,17 +57,26 @@ def _rule_match(rule: AllowRule) -> list[str]:
     return [f"{where} tcp dport {rule.port} accept", f"{where} udp dport {rule.port} accept"]
 
 
-def build_ruleset(rules: list[AllowRule], block_metadata: bool, default_accept: bool) -> str:
+def _reject(networks) -> list[str]:
+    lines = []
+    for version, family in ((4, "ip"), (6, "ip6")):
+        listed = ", ".join(n.with_prefixlen for n in networks if n.version == version)
+        if listed:
+            lines.append(f"    {family} daddr {{ {listed} }} reject with icmpx type admin-prohibited")
+    return lines
+
+
+def build_ruleset(rules: list[AllowRule], block_metadata: bool, default_accept: bool,
+                  exact_only: tuple = ()) -> str:
     """nft text for the sandbox namespace. Every element comes from parsed ``ipaddress``
     objects and ints, never from raw policy strings, so entries cannot inject rule text.
-    ``reject`` rather than ``drop``: a refused connect fails at once instead of hanging."""
+    ``reject`` rather than ``drop``: a refused connect fails at once instead of hanging.
+    ``exact_only``: networks refused although an entry (or unrestricted) covers them."""
     out = [f"table inet {TABLE} {{", "  chain output {", "    type filter hook output priority 0; policy drop;"]
+    # First, so no allow entry below can re-open them.
     if block_metadata:
-        v4 = ", ".join(n.with_prefixlen for n in METADATA_NETWORKS if n.version == 4)
-        v6 = ", ".join(n.with_prefixlen for n in METADATA_NETWORKS if n.version == 6)
-        # First, so no allow entry below can re-open them.
-        out += [f"    ip daddr {{ {v4} }} reject with icmpx type admin-prohibited",
-                f"    ip6 daddr {{ {v6} }} reject with icmpx type admin-prohibited"]
+        out += _reject(METADATA_NETWORKS)
+    out += _reject(exact_only)
     out += ['    oif "lo" accept', "    ct state established,related accept"]
     if default_accept:
         out += ["    accept"]
@@ -123,26 +138,33 @@ def plan_network(net: NetworkPolicy, caps: HostCapabilities) -> NetworkDecision:
         dropped = [r for r in rules if r.overlaps_metadata()]
         if dropped:
             notes.append(Note("network", "metadata ranges stay blocked although allowed: " + ", ".join(map(str, dropped))))
-    def allows(addr, port) -> bool:
-        return any(r.network.version == addr.version and addr in r.network and r.port in (None, port)
-                   for r in effective_rules)
+    def named_exactly(network, port=None) -> bool:
+        """An entry for exactly this network (and, if given, for this port or every port)."""
+        return any(r.network == network and (port is None or r.port in (None, port)) for r in effective_rules)
 
     default_accept = net.mode == "unrestricted"
-    # 10.0.2.2 is slirp's door to the host's loopback (the Jupyter server, databases...): shut
-    # unless an allow entry names exactly that address.
-    host_loopback = not default_accept and any(
-        r.network.version == 4 and r.network.num_addresses == 1 and r.network.network_address == SLIRP_GATEWAY
-        for r in effective_rules
-    )
-    dns = default_accept or allows(SLIRP_DNS, 53)
+    # 10.0.2.2 is slirp's door to the host's loopback (the Jupyter server, databases...) and
+    # 10.0.2.3:53 its door to the host's resolver: each open only to an entry naming exactly it.
+    host_loopback = not default_accept and named_exactly(ipaddress.ip_network(SLIRP_GATEWAY))
+    dns = default_accept or named_exactly(ipaddress.ip_network(SLIRP_DNS), 53)
+    # The host's own addresses (slirp connects from the host, so the host's services are one
+    # hop away), outside slirp's own network: refused unless an entry names one exactly.
+    host_nets = [ipaddress.ip_network(a) for a in caps.host_addresses]
+    host_blocked = [n for n in host_nets if not n.overlaps(SLIRP_NETWORK) and not named_exactly(n)]
+    exact_only = tuple(host_blocked) + tuple(
+        ipaddress.ip_network(a) for a, open_ in ((SLIRP_GATEWAY, host_loopback), (SLIRP_DNS, dns)) if not open_)
+    covered = [n for n in host_blocked if any(r.network.version == n.version and r.network.overlaps(n) for r in effective_rules)]
+    if covered:
+        notes.append(Note("network", "the host's own addresses stay refused although an allow entry covers them "
+                                     "(name one exactly to reach it): " + ", ".join(map(str, covered))))
     flags = ["--enable-sandbox", "--enable-seccomp"]
     if not host_loopback:
         flags.append("--disable-host-loopback")
     if not dns:
         flags.append("--disable-dns")
-        notes.append(Note("network", f"name resolution is unavailable: allow {SLIRP_DNS}:53 to use the host's resolver"))
+        notes.append(Note("network", f"name resolution is unavailable: allow exactly {SLIRP_DNS}:53 to use the host's resolver"))
     egress = EgressPlan(
-        ruleset=build_ruleset(effective_rules, net.block_metadata, default_accept),
+        ruleset=build_ruleset(effective_rules, net.block_metadata, default_accept, exact_only),
         rootless=caps.euid != 0,
         slirp_flags=flags,
         dns=dns,
@@ -156,6 +178,7 @@ def plan_network(net: NetworkPolicy, caps: HostCapabilities) -> NetworkDecision:
         "allow": [str(r) for r in effective_rules] if not default_accept else "all except metadata",
         "metadata_blocked": net.block_metadata,
         "host_loopback": bool(host_loopback),
+        "host_addresses_blocked": [str(n) for n in host_blocked],
         "dns": dns,
         "refusal": "reject",
     }

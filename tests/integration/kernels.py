@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -13,6 +14,7 @@ from pathlib import Path
 from jupyter_client.manager import KernelManager
 
 from sandbox_kernel.kernelspec import KERNEL_NAME, kernelspec
+from sandbox_kernel.policy import DEFAULT_UID_RANGE
 
 from .supervisors import in_outer_netns
 
@@ -56,10 +58,21 @@ def running_kernel(name: str = KERNEL_NAME, **km_kwargs):
     kc.start_channels()
     try:
         kc.wait_for_ready(timeout=60)
+        settle_shell(kc)
         yield km, kc
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+def settle_shell(kc, timeout: float = 30) -> None:
+    """Consume the shell replies wait_for_ready left behind. On a loaded machine it sends
+    kernel_info more than once (it retries after 1 s), and a late extra reply would be taken
+    for the answer to a test's next request. The kernel answers in order: once the reply to a
+    fresh request is in, nothing older is pending."""
+    msg_id = kc.kernel_info()
+    while kc.get_shell_msg(timeout=timeout)["parent_header"].get("msg_id") != msg_id:
+        pass
 
 
 def run_in_outer_netns(script: str, *, env: dict | None = None, timeout: float = 120) -> dict:
@@ -93,14 +106,8 @@ def path_without(tmp_dir: Path, *hidden: str) -> str:
     return str(tmp_dir)
 
 
-def sandbox_processes(uid: int = 65532) -> list[int]:
-    """PIDs currently owned by the sandbox account."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.stat(f"/proc/{entry}").st_uid == uid:
-                    pids.append(int(entry))
-            except FileNotFoundError:
-                continue
-    return pids
+def leased_uid(text: str) -> bool:
+    """The text says "uid N" with N from the default range a root supervisor leases one uid
+    per kernel from."""
+    m = re.search(r"uid (\d+)", text)
+    return bool(m) and DEFAULT_UID_RANGE[0] <= int(m.group(1)) <= DEFAULT_UID_RANGE[1]

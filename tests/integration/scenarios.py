@@ -103,6 +103,9 @@ res["writes"] = {p: write(p) for p in (
     "/etc/sbx-probe", "/usr/sbx-probe", "/sbx-probe", "/dev/sbx-probe", os.path.join(sys.prefix, "sbx-probe"),
     "/scratch/probe", "/tmp/probe", os.path.join(os.environ["HOME"], "home-probe"))}
 res["visible"] = {p: os.path.exists(p) for p in ("/home", "/root", "/srv", "/opt", "/var", "/run", "/etc/shadow", SECRET)}
+# The interpreter's prefix: bin/ and lib*/ only (etc/jupyter holds server tokens on real servers).
+res["prefix"] = sorted(os.listdir(sys.prefix))
+res["config_dirs"] = {d: os.listdir(d) for d in ("/usr/etc", "/usr/local/etc") if os.path.isdir(d)}
 print(json.dumps(res))
 """
 
@@ -200,6 +203,71 @@ def network(mode: str) -> dict:
     result["accepted_from_sandbox"] = {
         "allowed": allowed.accepted - before["allowed"], "other": other.accepted - before["other"],
         "metadata": metadata.accepted - before["metadata"]}
+    return result
+
+
+class Resolver:
+    """A UDP "resolver" on (host, 53) that answers every datagram and counts them."""
+
+    def __init__(self, host: str):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((host, 53))
+        self.answered = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            data, peer = self.sock.recvfrom(512)
+            self.answered += 1
+            self.sock.sendto(b"answer:" + data, peer)
+
+
+EDGES_CODE = r"""
+import json, socket, time
+def tcp(host, port):
+    s = socket.socket()
+    s.settimeout(10)
+    try:
+        s.connect((host, port))
+        return {"result": "connected", "data": s.recv(5).decode()}
+    except OSError as e:
+        return {"result": type(e).__name__, "errno": e.errno, "timeout": isinstance(e, socket.timeout)}
+    finally:
+        s.close()
+def dns(host):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(3)
+    try:
+        s.sendto(b"query", (host, 53))
+        return {"result": "answered", "data": s.recv(64).decode()}
+    except OSError as e:
+        return {"result": type(e).__name__, "errno": e.errno}
+    finally:
+        s.close()
+print(json.dumps({"host": tcp(*HOST), "dns": dns("10.0.2.3"),
+                  "resolv_conf": open("/etc/resolv.conf").read()}))
+"""
+
+
+def network_edges(allow: list | None, host_address: str, resolver_address: str) -> dict:
+    """A service on the outer namespace's own "LAN address" and a resolver that slirp's DNS
+    forwards to (both test-owned). ``allow`` None: unrestricted; else an allowlist, in which
+    ``HOST_PORT`` stands for the service's port."""
+    service, resolver = Server(host_address), Resolver(resolver_address)
+    socket.create_connection((host_address, service.port), timeout=5).recv(5)  # control: it is up
+    time.sleep(0.1)
+    before = service.accepted
+    if allow is None:
+        policy = {"network": {"mode": "unrestricted"}}
+    else:
+        policy = {"network": {"mode": "allowlist", "allow": [a.replace("HOST_PORT", str(service.port)) for a in allow]}}
+    code = EDGES_CODE.replace("HOST", repr((host_address, service.port)))
+    run_result = sandboxed(policy, code)
+    result = outcome(run_result)
+    time.sleep(0.1)
+    result["accepted_from_sandbox"] = service.accepted - before
+    result["resolver_answered"] = resolver.answered
+    result["network_layer"] = run_result.report["layers"]["network"]
     return result
 
 
@@ -369,6 +437,18 @@ libc = ctypes.CDLL(None, use_errno=True)
 def syscall(fn, *args):
     rc = fn(*args)
     return "ok" if rc != -1 else os.strerror(ctypes.get_errno())
+SOCKETS = {  # (family, type, protocol)
+    "AF_VSOCK": (40, 1, 0), "AF_PACKET": (17, 3, 0), "AF_BLUETOOTH": (31, 1, 0),
+    "AF_VSOCK_high_bits": ((1 << 32) | 40, 1, 0),  # the kernel reads an int: 40 again
+    "AF_UNIX": (1, 1, 0), "AF_INET": (2, 1, 0), "AF_INET6": (10, 1, 0),
+    "AF_NETLINK_ROUTE": (16, 3, 0), "AF_NETLINK_NETFILTER": (16, 3, 12), "AF_NETLINK_AUDIT": (16, 3, 9),
+}
+def sock(family, kind, protocol):
+    fd = libc.syscall(41, ctypes.c_long(family), kind, protocol)  # raw: all 64 bits reach the filter
+    if fd == -1:
+        return os.strerror(ctypes.get_errno())
+    os.close(fd)
+    return "ok"
 print(json.dumps({
     "uid": os.getuid(), "euid": os.geteuid(), "gid": os.getgid(), "groups": os.getgroups(),
     **{k: status[k].strip() for k in ("CapEff", "CapPrm", "CapBnd", "NoNewPrivs", "Seccomp")},
@@ -376,6 +456,12 @@ print(json.dumps({
     "ptrace": syscall(libc.ptrace, 0, 0, None, None),          # PTRACE_TRACEME: allowed without seccomp
     "personality": syscall(libc.personality, 0xFFFFFFFF),     # query only: harmless without seccomp
     "unshare": syscall(libc.unshare, 0x10000000),             # CLONE_NEWUSER
+    # Each of these succeeds for an unconfined process on this host (see the test).
+    "io_uring_setup": syscall(libc.syscall, 425, 8, ctypes.byref(ctypes.create_string_buffer(120))),
+    "modify_ldt": syscall(libc.syscall, 154, 0, ctypes.byref(ctypes.create_string_buffer(16)), 16),
+    "lsm_list_modules": syscall(libc.syscall, 461, ctypes.byref(ctypes.create_string_buffer(256)),
+                                ctypes.byref(ctypes.c_uint32(256)), 0),  # newer than libseccomp's table
+    "sockets": {name: sock(*args) for name, args in SOCKETS.items()},
     "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
 }))
 """

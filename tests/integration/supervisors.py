@@ -17,6 +17,8 @@ SCENARIOS = Path(__file__).resolve().parent / "scenarios.py"
 SUPERVISOR_ACCOUNT = "sandbox-supervisor"  # the non-root account `make setup` creates for tests
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
 METADATA_TEST_ADDRESS = "169.254.1.1"  # the test puts it on the outer namespace's lo
+HOST_TEST_ADDRESS = "198.51.100.7"  # likewise: the outer namespace's "LAN address"
+RESOLVER_TEST_ADDRESS = "198.51.100.53"  # likewise, and its resolv.conf names it
 
 
 class ScenarioFailed(AssertionError):
@@ -29,9 +31,14 @@ def supervisor_uid() -> int:
 
 def in_outer_netns(cmd: list[str]) -> list[str]:
     """``cmd`` run inside a network namespace made here: loopback and the test-owned
-    169.254.1.1 only, no route out."""
-    setup = f"ip link set lo up && ip addr add {METADATA_TEST_ADDRESS}/32 dev lo"
-    return ["unshare", "--net", "--", "/bin/sh", "-c", setup + ' && exec "$@"', "sh", *cmd]
+    169.254.1.1, 198.51.100.7 and 198.51.100.53 only, no route out. Its private mount
+    namespace gives it a resolv.conf naming 198.51.100.53 (slirp's DNS forwards there)."""
+    addresses = " && ".join(f"ip addr add {a}/32 dev lo" for a in (METADATA_TEST_ADDRESS, HOST_TEST_ADDRESS, RESOLVER_TEST_ADDRESS))
+    resolv = (f'f=$(mktemp) && echo "nameserver {RESOLVER_TEST_ADDRESS}" > "$f" && chmod 644 "$f" '
+              '&& mount --bind "$f" /etc/resolv.conf && rm "$f"')
+    # Ports below 1024 for the non-root supervisor too (a per-namespace setting): the resolver.
+    setup = f"ip link set lo up && {addresses} && {resolv} && echo 0 > /proc/sys/net/ipv4/ip_unprivileged_port_start"
+    return ["unshare", "--net", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", setup + ' && exec "$@"', "sh", *cmd]
 
 
 def start_scenario(supervisor: str, name: str, *, outer_netns: bool = False, env: dict | None = None,

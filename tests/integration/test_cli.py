@@ -20,7 +20,7 @@ EXIT_OK, EXIT_USAGE, EXIT_UNENFORCEABLE = 0, 2, 3
 LAYERS = ("filesystem", "network", "resources", "privilege", "env", "seccomp")
 # Probes the secure default depends on (landlock is probed but not used by the planner).
 REQUIRED_CAPABILITIES = ("bwrap", "setpriv", "prlimit", "seccomp", "egress", "cgroup_memory", "cgroup_pids",
-                         "sandbox_account", "interpreter")
+                         "uid_range", "interpreter")
 # Where a Debian host keeps its tools, besides whatever PATH says.
 SYSTEM_BIN_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 ALLOWLIST_POLICY = '[network]\nmode = "allowlist"\nallow = ["192.0.2.0/24:443"]\n'

@@ -5,6 +5,7 @@ each other."""
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 
 import pytest
@@ -62,3 +63,18 @@ def test_scratch_tmp_and_processes_are_private_per_run(scenario):
     assert "from-run-a" not in b["scratch"] and "from-run-a" not in b["tmp"]
     # Its own pid namespace: bwrap's init and the command, nothing of run A or the host.
     assert b["pids"] == [1, 2], b["pids"]
+
+
+def test_only_the_interpreters_bin_and_lib_trees_are_visible(scenario):
+    """A prefix's etc/ (etc/jupyter: server config and tokens) and share/ stay out; config dirs
+    inside /usr (npm's /usr/etc/npmrc, /usr/local/etc/jupyter) are empty."""
+    res = scenario("filesystem", secret="/nonexistent")
+    assert res["exit_code"] == 0, res["stderr_tail"]
+    on_host = set(os.listdir(sys.prefix))
+    assert {"etc", "share", "bin", "lib"} <= on_host  # the venv has them
+    inside = set(res["inside"]["prefix"])
+    assert {"bin", "lib", "pyvenv.cfg"} <= inside and not {"etc", "share", "include"} & inside
+    assert all(entries == [] for entries in res["inside"]["config_dirs"].values())
+    for d in ("/usr/etc", "/usr/local/etc"):
+        if os.path.isdir(d) and os.listdir(d):  # on this host kind: npmrc in both
+            assert res["inside"]["config_dirs"][d] == []

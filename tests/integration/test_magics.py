@@ -35,11 +35,14 @@ def cell(kc, code, timeout=60):
 
 
 def test_each_magic_runs_in_its_own_sandbox(kernel):
-    _, kc = kernel
+    km, kc = kernel
     kernel_pid_view, _, _ = cell(kc, "import os; print(os.getpid())")
-    for code, expect in (("%%sh\necho shell $(id -u)", "shell 65532"),
-                         ("%%node\nconsole.log('node', process.getuid())", "node 65532"),
-                         ("%%sandbox\nimport os\nprint('python', os.getuid(), os.getpid())", "python 65532")):
+    # Cells run as the kernel's own uid (leased for it by the root supervisor).
+    uid = km.provisioner.effective_sandbox["layers"]["privilege"]["uid"]
+    assert cell(kc, "import os; print(os.getuid())")[0].strip() == str(uid)
+    for code, expect in (("%%sh\necho shell $(id -u)", f"shell {uid}"),
+                         ("%%node\nconsole.log('node', process.getuid())", f"node {uid}"),
+                         ("%%sandbox\nimport os\nprint('python', os.getuid(), os.getpid())", f"python {uid}")):
         out, status, report = cell(kc, code)
         assert status == "ok" and expect in out, (code, out)
         assert report["scope"] == "cell" and report["reported_by"] == "kernel"

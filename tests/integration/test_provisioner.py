@@ -20,7 +20,8 @@ import pytest
 
 from sandbox_kernel.launch.signals import command_pids
 
-from .kernels import REPO, execute, path_without, run_in_outer_netns, running_kernel, write_kernelspec, write_operator_config
+from .kernels import (REPO, execute, leased_uid, path_without, run_in_outer_netns, running_kernel, write_kernelspec,
+                      write_operator_config)
 
 pytestmark = pytest.mark.integration
 
@@ -339,7 +340,7 @@ def test_papermill_runs_notebook_confined(tmp_path):
     subprocess.run([sys.executable, "-m", "papermill", str(src), str(out), "-k", "python3-sandboxed"],
                    check=True, capture_output=True, timeout=180)
     text = _cell_text(out)
-    assert "uid 65532" in text and "etc OSError" in text and "home False" in text
+    assert leased_uid(text) and "etc OSError" in text and "home False" in text
 
 
 def test_nbconvert_execute_runs_notebook_confined(tmp_path):
@@ -349,7 +350,7 @@ def test_nbconvert_execute_runs_notebook_confined(tmp_path):
                     "--ExecutePreprocessor.kernel_name=python3-sandboxed", "--output", "out", str(src)],
                    check=True, capture_output=True, timeout=180)
     text = _cell_text(tmp_path / "out.ipynb")
-    assert "uid 65532" in text and "etc OSError" in text and "home False" in text
+    assert leased_uid(text) and "etc OSError" in text and "home False" in text
 
 
 def test_signal_mode_interrupt_reaches_the_kernel_inside_the_namespace(jupyter_dirs):
@@ -370,8 +371,9 @@ def test_signal_mode_interrupt_reaches_the_kernel_inside_the_namespace(jupyter_d
 
 
 def test_supervisor_never_follows_links_the_kernel_plants(tmp_path):
-    """The run dir belongs to the kernel: a restart must not chown/chmod through a symlink the
-    kernel put there, and the cell socket's directory is out of the kernel's reach."""
+    """The run dir is the supervisor's: the kernel cannot put a symlink where its connection
+    file is (a restart chmods that path), nor anything into the cell socket's directory. What
+    it can write, its own kernel/ dir, the supervisor never touches but to remove it."""
     victim = tmp_path / "victim"
     victim.write_text("host file")
     os.chmod(victim, 0o600)
@@ -379,16 +381,22 @@ def test_supervisor_never_follows_links_the_kernel_plants(tmp_path):
         socket_dir = km.provisioner._socket_dir
         out, _ = execute(kc, f"""
             import os
-            conn = {km.connection_file!r}
-            os.symlink({str(victim)!r}, conn + '.new')
-            os.replace(conn + '.new', conn)
+            def plant(path):
+                try:
+                    os.symlink({str(victim)!r}, path)
+                    return 'planted'
+                except OSError as e:
+                    return e.strerror
+            print('run dir', plant({km.connection_file!r} + '.new'))
+            print('own dir', plant({km.provisioner._kernel_dir!r} + '/link'))
             try:
                 open(os.path.join({socket_dir!r}, 'planted'), 'w')
                 print('wrote into the socket dir')
             except OSError as e:
                 print('socket dir', e.strerror)
             """)
-        assert out.strip() == "socket dir Read-only file system"
+        assert out.strip().splitlines() == ["run dir Permission denied", "own dir planted",
+                                            "socket dir Read-only file system"]
         try:
             km.restart_kernel(now=True)  # the kernel may not come back: its connection file is gone
         except Exception:

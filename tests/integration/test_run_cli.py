@@ -12,6 +12,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from .kernels import leased_uid
+
 pytestmark = pytest.mark.integration
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -42,7 +44,7 @@ def test_clean_notebook_exit_0_with_reports_in_every_cell(tmp_path):
     assert nb.metadata["sandbox"]["kernel"]["enforced"]["network"] is True
     assert nb.metadata["sandbox"]["summary"]["status"] == "ok"
     assert outputs(tmp_path / "clean.ipynb")[1].strip() == "answer 42"
-    assert "uid 65532" in outputs(tmp_path / "clean.ipynb")[2]
+    assert leased_uid(outputs(tmp_path / "clean.ipynb")[2])
     assert "clean.ipynb" in proc.stdout and "ok" in proc.stdout  # the final table
     s = summary(tmp_path / "s.json")[str(NOTEBOOKS / "clean.ipynb")]
     assert s["status"] == "ok" and s["cells_run"] == 3 and s["cells_errored"] == 0
@@ -157,7 +159,7 @@ def test_dask_cluster_runs_notebooks(tmp_path):
         nb = nbformat.read(tmp_path / "out" / book.name, as_version=4)
         assert all(c.metadata["sandbox"]["enforced"]["filesystem"] for c in nb.cells)
         assert nb.metadata["sandbox"]["summary"]["status"] == "ok"
-    assert "uid 65532" in outputs(tmp_path / "out" / "clean.ipynb")[2]
+    assert leased_uid(outputs(tmp_path / "out" / "clean.ipynb")[2])
 
 
 def test_notebook_dir_the_sandbox_cannot_reach_is_reported_not_fatal(tmp_path):
@@ -208,7 +210,9 @@ def test_magic_cells_carry_their_own_report_nested_in_the_trusted_one(tmp_path):
     proc = run_cli("run", NOTEBOOKS / "magic_cells.ipynb", "--output-dir", tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = outputs(tmp_path / "magic_cells.ipynb")
-    assert out[1].split() == ["2", "/scratch/table.csv", "65532"]  # the cell sees the kernel's scratch
+    count, path, uid = out[1].split()
+    assert (count, path) == ("2", "/scratch/table.csv")  # the cell sees the kernel's scratch
+    assert leased_uid(f"uid {uid}")  # and runs as the kernel's own uid
     assert out[2].strip() == "fresh interpreter __main__"
     cells = nbformat.read(tmp_path / "magic_cells.ipynb", as_version=4).cells
     assert "cell_report" not in cells[0].metadata["sandbox"]

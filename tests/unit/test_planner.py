@@ -18,6 +18,7 @@ from sandbox_kernel.planner import FD_PLACEHOLDER, RunSpec, plan
 from sandbox_kernel.planner.env import BASE_PATH
 from sandbox_kernel.planner.filesystem import CURATED_ETC, MINIMAL_ETC, STAGED_ETC
 from sandbox_kernel.planner.network import build_ruleset
+from sandbox_kernel.planner.privilege import UNLEASED
 from sandbox_kernel.planner.resources import PIDS_OVERHEAD
 from sandbox_kernel.policy import MiB, PolicyError, deep_merge, parse_allow_entry, policy_from_dict
 from sandbox_kernel.report import LAYERS, SandboxUnavailable
@@ -31,7 +32,7 @@ MERGED_USR = {"/usr": "dir", "/bin": "usr/bin", "/sbin": "usr/sbin", "/lib": "us
               "/lib32": None, "/lib64": "usr/lib64", "/libx32": None}
 SPLIT_USR = {"/usr": "dir", "/bin": "dir", "/sbin": "dir", "/lib": "dir",
              "/lib32": None, "/lib64": "dir", "/libx32": None}
-SANDBOX_UID = 65532
+SANDBOX_UID = 1879050000  # the uid the launch shell leased for the run (RunSpec.identity)
 CMD = ("python3", "-c", "print(1)")
 STAGE = "/stage"
 
@@ -51,14 +52,14 @@ ROOT_HOST = HostCapabilities(
     prlimit=Capability(True, "prlimit took effect"), seccomp=Capability(True, "filter built"),
     egress=Capability(True, "namespace + nft + slirp4netns up", detail={"backend": "slirp4netns", "rootless": False}),
     cgroup_memory=_cgroup("memory"), cgroup_pids=_cgroup("pids"), landlock=Capability(True, "ABI 7"),
-    sandbox_account=Capability(True, "account found", detail={"name": "sandbox-kernel", "uid": SANDBOX_UID, "gid": SANDBOX_UID}),
+    uid_range=Capability(True, "leased a uid", detail={"lease_dir": "/run/sandbox-kernel/uids", "probe_uid": 1879050001}),
     interpreter=Capability(True, "python runs"),
 )
 
 _DARWIN_NO = Capability(False, error="OS-level isolation needs Linux; this host is darwin")
 VARIANTS: dict[str, dict] = {
     "non-root": dict(euid=1000, egid=1000, user_name="alice", setpriv=Capability(True, "not needed: the supervisor is not root"),
-                     sandbox_account=Capability(True, "non-root supervisor", detail={"name": "alice", "uid": 1000, "gid": 1000})),
+                     uid_range=Capability(True, "non-root supervisor", detail={"name": "alice", "uid": 1000, "gid": 1000})),
     "no-bwrap": dict(bwrap=_missing("bwrap")),
     "no-setpriv": dict(setpriv=_missing("setpriv")),
     "no-prlimit": dict(prlimit=_missing("prlimit")),
@@ -66,13 +67,13 @@ VARIANTS: dict[str, dict] = {
     "no-egress": dict(egress=_missing("slirp4netns")),
     "no-cgroups": dict(cgroup_memory=Capability(False, error="no cgroup filesystem mounted"),
                        cgroup_pids=Capability(False, error="no cgroup filesystem mounted")),
-    "no-account": dict(sandbox_account=Capability(False, error="the sandbox account 'sandbox-kernel' does not exist")),
+    "no-uid-leases": dict(uid_range=Capability(False, error="cannot lease a uid: /run/sandbox-kernel must be owned by root")),
     "split-usr": dict(host_layout=dict(SPLIT_USR)),
     "darwin": dict(platform="darwin", euid=501, egid=20, user_name="alice",
                    host_layout={d: None for d in MERGED_USR} | {"/usr": "dir", "/bin": "dir", "/sbin": "dir"},
                    bwrap=_DARWIN_NO, setpriv=_DARWIN_NO, prlimit=_DARWIN_NO, seccomp=_DARWIN_NO, egress=_DARWIN_NO,
                    cgroup_memory=_DARWIN_NO, cgroup_pids=_DARWIN_NO, landlock=_DARWIN_NO, interpreter=_DARWIN_NO,
-                   sandbox_account=Capability(True, detail={"name": "alice", "uid": 501, "gid": 20})),
+                   uid_range=Capability(True, detail={"name": "alice", "uid": 501, "gid": 20})),
 }
 
 
@@ -95,6 +96,7 @@ def spec(**kw) -> RunSpec:
     kw.setdefault("argv", CMD)
     kw.setdefault("staging_dir", STAGE)
     kw.setdefault("runtime", "python")
+    kw.setdefault("identity", (SANDBOX_UID, SANDBOX_UID))
     return RunSpec(**kw)
 
 
@@ -172,28 +174,30 @@ def ruleset_lines(p) -> list[str]:
 
 SETPRIV_FLAGS = ["--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"]
 
+NONROOT = "cannot give each kernel its own uid"
 PRIVILEGE_MATRIX = [
-    # id, host variants, privilege policy, state, (uid, gid) run as, setpriv prefix?, downgrade substr, note substr
-    ("root-account", (), {}, "enforced", (SANDBOX_UID, SANDBOX_UID), True, None, None),
-    ("root-explicit-uid", (), {"uid": 2000}, "enforced", (2000, 2000), True, None, None),
-    ("root-explicit-uid-gid", (), {"uid": 2000, "gid": 3000}, "enforced", (2000, 3000), True, None, None),
-    ("root-no-account-explicit-uid", ("no-account",), {"uid": 2000}, "enforced", (2000, 2000), True, None, None),
-    ("root-no-account-no-uid", ("no-account",), {}, "degraded", (0, 0), False, "host root", None),
-    ("root-inherit", (), {"mode": "inherit"}, "degraded", (0, 0), False, "inherit", None),
-    ("root-no-setpriv", ("no-setpriv",), {}, "degraded", (0, 0), False, "setpriv", None),
-    ("root-no-setpriv-explicit-uid", ("no-setpriv",), {"uid": 2000}, "degraded", (0, 0), False, "setpriv", None),
-    ("root-no-bwrap-still-drops", ("no-bwrap",), {}, "enforced", (SANDBOX_UID, SANDBOX_UID), True, None, None),
-    ("nonroot-drop", ("non-root",), {}, "enforced", (1000, 1000), False, None, None),
-    ("nonroot-drop-same-uid", ("non-root",), {"uid": 1000}, "enforced", (1000, 1000), False, None, None),
-    ("nonroot-drop-other-uid", ("non-root",), {"uid": 2000}, "enforced", (1000, 1000), False, None, "2000"),
-    ("nonroot-inherit", ("non-root",), {"mode": "inherit"}, "enforced", (1000, 1000), False, None, None),
-    ("nonroot-no-setpriv-needed", ("non-root", "no-setpriv"), {}, "enforced", (1000, 1000), False, None, None),
+    # id, host variants, privilege policy, state, (uid, gid) run as, setpriv prefix?, downgrade substr,
+    # note substrs, one uid per kernel?
+    ("root-leased", (), {}, "enforced", (SANDBOX_UID, SANDBOX_UID), True, None, [], True),
+    ("root-explicit-uid", (), {"uid": 2000}, "enforced", (2000, 2000), True, None, ["is fixed"], False),
+    ("root-explicit-uid-gid", (), {"uid": 2000, "gid": 3000}, "enforced", (2000, 3000), True, None, ["is fixed"], False),
+    ("root-no-leases-explicit-uid", ("no-uid-leases",), {"uid": 2000}, "enforced", (2000, 2000), True, None, ["is fixed"], False),
+    ("root-no-leases-no-uid", ("no-uid-leases",), {}, "degraded", (0, 0), False, "host root", [], None),
+    ("root-inherit", (), {"mode": "inherit"}, "degraded", (0, 0), False, "inherit", [], None),
+    ("root-no-setpriv", ("no-setpriv",), {}, "degraded", (0, 0), False, "setpriv", [], None),
+    ("root-no-setpriv-explicit-uid", ("no-setpriv",), {"uid": 2000}, "degraded", (0, 0), False, "setpriv", [], None),
+    ("root-no-bwrap-still-drops", ("no-bwrap",), {}, "enforced", (SANDBOX_UID, SANDBOX_UID), True, None, [], True),
+    ("nonroot-drop", ("non-root",), {}, "enforced", (1000, 1000), False, None, [NONROOT], False),
+    ("nonroot-drop-same-uid", ("non-root",), {"uid": 1000}, "enforced", (1000, 1000), False, None, [NONROOT], False),
+    ("nonroot-drop-other-uid", ("non-root",), {"uid": 2000}, "enforced", (1000, 1000), False, None, [NONROOT, "2000 ignored"], False),
+    ("nonroot-inherit", ("non-root",), {"mode": "inherit"}, "enforced", (1000, 1000), False, None, [NONROOT], False),
+    ("nonroot-no-setpriv-needed", ("non-root", "no-setpriv"), {}, "enforced", (1000, 1000), False, None, [NONROOT], False),
 ]
 
 
-@pytest.mark.parametrize("variants,priv,state,ids,prefixed,down,note",
+@pytest.mark.parametrize("variants,priv,state,ids,prefixed,down,note,per_kernel",
                          [r[1:] for r in PRIVILEGE_MATRIX], ids=[r[0] for r in PRIVILEGE_MATRIX])
-def test_privilege_matrix(variants, priv, state, ids, prefixed, down, note):
+def test_privilege_matrix(variants, priv, state, ids, prefixed, down, note, per_kernel):
     p = run_plan(host(*variants), policy({"privilege": priv}))
     lay = layer(p, "privilege")
     assert lay["state"] == state
@@ -207,22 +211,40 @@ def test_privilege_matrix(variants, priv, state, ids, prefixed, down, note):
         assert SETPRIV not in p.argv
     if state == "enforced":
         assert lay["uid"] == ids[0] and lay["no_new_privs"] is True
+        assert lay["uid_per_kernel"] is per_kernel
     got = downgrades(p, "privilege")
     if down:
         assert len(got) == 1 and down in got[0]
     else:
         assert got == []
     got_notes = notes(p, "privilege")
-    if note:
-        assert len(got_notes) == 1 and note in got_notes[0] and "ignored" in got_notes[0]
-    else:
-        assert got_notes == []
+    assert len(got_notes) == len(note) and all(any(n in g for g in got_notes) for n in note), got_notes
+
+
+def test_leased_uid_comes_from_the_spec_and_the_range_is_reported():
+    p = run_plan(pol=policy({"privilege": {"uid_range": [300000, 300009]}}), identity=(300004, 300004))
+    assert p.run_as == ("sandbox", 300004, 300004)
+    assert layer(p, "privilege")["uid_range"] == [300000, 300009]
+
+
+def test_a_plan_without_a_lease_is_a_dry_run():
+    """doctor plans a kernel without leasing: the report says "one uid per kernel" and the plan
+    carries a uid that start() refuses and setpriv would not parse."""
+    p = run_plan(identity=None)
+    lay = layer(p, "privilege")
+    assert lay["state"] == "enforced" and lay["uid"] is None and lay["uid_per_kernel"] is True
+    assert p.run_as[1:] == (UNLEASED, UNLEASED)
+
+
+def test_a_fixed_uid_wins_over_a_lease():
+    p = run_plan(pol=policy({"privilege": {"uid": 2000}}), identity=(300004, 300004))
+    assert p.run_as[1:] == (2000, 2000)
 
 
 def test_setpriv_comes_right_before_bwrap_and_nothing_runs_as_root():
     p = run_plan()
     assert p.argv[7] == BWRAP
-    assert p.run_as == ("sandbox-kernel", SANDBOX_UID, SANDBOX_UID)
+    assert p.run_as == ("sandbox", SANDBOX_UID, SANDBOX_UID)
 
 
 def test_nonroot_argv_starts_with_bwrap():
@@ -249,6 +271,16 @@ def test_system_dirs_follow_host_layout(layout_variant, expected, mode):
     assert triples(args, "--symlink") == expected["symlink"]
     for absent in ("/lib32", "/libx32"):
         assert absent not in args
+
+
+@pytest.mark.parametrize("mode", ["scratch-plus-ro", "scratch-only"])
+def test_config_dirs_inside_system_dirs_are_masked_read_only(mode):
+    caps = replace(host(), hidden_dirs=("/usr/local/etc", "/usr/etc"))
+    args = bwrap_args(run_plan(caps, policy({"filesystem": {"mode": mode}})))
+    for d in ("/usr/local/etc", "/usr/etc"):
+        at = args.index(d)
+        assert args[at - 1:at + 3] == ["--tmpfs", d, "--remount-ro", d]
+        assert at > args.index("/usr")  # on top of the /usr bind
 
 
 @pytest.mark.parametrize("mode,etc_expected,etc_absent", [
@@ -373,7 +405,7 @@ def test_filesystem_without_bwrap(mode, state, downgraded):
 
 
 @pytest.mark.parametrize("variants,pol,user,uid,gid", [
-    ((), {}, "sandbox-kernel", SANDBOX_UID, SANDBOX_UID),
+    ((), {}, "sandbox", SANDBOX_UID, SANDBOX_UID),
     (("non-root",), {}, "alice", 1000, 1000),
     ((), {"privilege": {"uid": 2000, "gid": 3000}}, "sandbox", 2000, 3000),
 ])
@@ -534,6 +566,9 @@ SLIRP_MATRIX = [
     (["10.0.2.3"], False, True),
     (["10.0.2.3:80"], False, False),
     (["10.0.2.2:8888", "10.0.2.3:53"], True, True),
+    # A broad entry covers the resolver (and the host's loopback) but names neither exactly.
+    (["10.0.0.0/8"], False, False),
+    (["10.0.2.0/24:53"], False, False),
 ]
 
 
@@ -552,6 +587,52 @@ def test_slirp_flags(allow, loopback, dns):
     else:
         assert "nameserver" not in resolv and len(dns_notes) == 1
     assert layer(p, "network")["host_loopback"] is loopback
+    # Whatever slirp's flags do, the ruleset refuses the closed doors before any allow entry.
+    lines = ruleset_lines(p)
+    first_accept = min(i for i, ln in enumerate(lines) if ln.endswith("accept"))
+    for address, is_open in (("10.0.2.2/32", loopback), ("10.0.2.3/32", dns)):
+        refused = [i for i, ln in enumerate(lines) if address in ln and "reject" in ln]
+        assert bool(refused) is not is_open and all(i < first_accept for i in refused)
+
+
+HOST_ADDRESSES = ("192.0.2.2/32", "203.0.113.0/24", "10.0.2.15/32", "2001:db8::2/128")
+
+
+def host_with_addresses():
+    return replace(host(), host_addresses=HOST_ADDRESSES)
+
+
+def refused_before_accept(p) -> set[str]:
+    lines = ruleset_lines(p)
+    first_accept = min(i for i, ln in enumerate(lines) if ln.endswith("accept"))
+    return {n.strip() for ln in lines[:first_accept] if "reject" in ln and "{" in ln
+            for n in ln[ln.index("{") + 1:ln.index("}")].split(",")}
+
+
+def test_unrestricted_refuses_the_hosts_own_addresses():
+    """slirp4netns connects from the host: without this, ``unrestricted`` reaches every service
+    listening on the host's LAN address. Addresses inside slirp's own 10.0.2.0/24 never reach
+    the host and stay out of the set (the namespace's own address may be there)."""
+    p = run_plan(host_with_addresses(), pol=policy({"network": {"mode": "unrestricted"}}))
+    refused = refused_before_accept(p)
+    assert {"192.0.2.2/32", "203.0.113.0/24", "2001:db8::2/128", "10.0.2.2/32"} <= refused
+    assert "10.0.2.15/32" not in refused and "10.0.2.3/32" not in refused  # DNS stays open here
+    assert layer(p, "network")["host_addresses_blocked"] == ["192.0.2.2/32", "203.0.113.0/24", "2001:db8::2/128"]
+
+
+def test_allowlist_reaches_a_host_address_only_by_exact_entry():
+    broad = run_plan(host_with_addresses(), pol=allowlist(["192.0.2.0/24:5432"]))
+    assert "192.0.2.2/32" in refused_before_accept(broad)
+    assert any("host's own addresses" in n and "192.0.2.2/32" in n for n in notes(broad, "network"))
+    exact = run_plan(host_with_addresses(), pol=allowlist(["192.0.2.2:5432"]))
+    assert "192.0.2.2/32" not in refused_before_accept(exact)
+    assert "ip daddr 192.0.2.2/32 tcp dport 5432 accept" in ruleset_lines(exact)
+    assert layer(exact, "network")["host_addresses_blocked"] == ["203.0.113.0/24", "2001:db8::2/128"]
+
+
+def test_azure_wireserver_is_in_the_metadata_block():
+    p = run_plan(pol=policy({"network": {"mode": "unrestricted"}}))
+    assert "168.63.129.16/32" in refused_before_accept(p)
 
 
 def test_deny_notes_no_name_resolution():
@@ -722,6 +803,11 @@ def test_seccomp_enforced():
     assert p.seccomp is not None and "ptrace" in p.seccomp.denied
     lay = layer(p, "seccomp")
     assert lay["state"] == "enforced" and lay["mechanism"] == "seccomp-bpf" and enforced(p, "seccomp")
+    # The report lists what is refused: the exploit aids, the socket families, unknown syscalls.
+    assert {"io_uring_setup", "io_uring_enter", "io_uring_register", "modify_ldt", "bpf"} <= set(lay["denied"])
+    assert lay["socket_families"] == ["AF_INET", "AF_INET6", "AF_UNIX", "AF_NETLINK (NETLINK_ROUTE only)"]
+    assert lay["other_socket_families"] == "EAFNOSUPPORT" and lay["unknown_syscalls"].startswith("ENOSYS")
+    assert set(p.seccomp.socket_families) == {1, 2, 10} and p.seccomp.netlink_protocols == (0,)
 
 
 @pytest.mark.parametrize("variant,why", [("no-seccomp", "seccomp filter"), ("no-bwrap", "bwrap")])
@@ -776,7 +862,7 @@ def test_pinned_values_and_sandbox_env_bypass():
     p = run_plan(env={"HOME": "/root", "TMPDIR": "/var/tmp", "USER": "root"},
                  sandbox_env={"PYTHONPATH": "/kernel/lib", "JPY_PARENT_PID": "1"})
     assert p.env["HOME"] == "/scratch" and p.env["TMPDIR"] == "/tmp"
-    assert p.env["USER"] == p.env["LOGNAME"] == "sandbox-kernel"
+    assert p.env["USER"] == p.env["LOGNAME"] == "sandbox"
     assert p.env["PYTHONPATH"] == "/kernel/lib" and p.env["JPY_PARENT_PID"] == "1"
     assert set(layer(p, "env")["dropped_keys"]) == {"HOME", "TMPDIR", "USER"}
 
@@ -800,7 +886,7 @@ REPORT_POLICIES = {
                               "max_file_size_bytes": None, "max_output_bytes": None}},
 }
 REPORT_HOSTS = [(), ("non-root",), ("no-bwrap",), ("no-setpriv",), ("no-prlimit",), ("no-seccomp",), ("no-egress",),
-                ("no-cgroups",), ("no-account",), ("non-root", "no-cgroups", "no-egress"), ("darwin",)]
+                ("no-cgroups",), ("no-uid-leases",), ("non-root", "no-cgroups", "no-egress"), ("darwin",)]
 
 
 @pytest.mark.parametrize("variants", REPORT_HOSTS, ids=lambda v: "+".join(v) or "root")

@@ -222,6 +222,25 @@ def test_gid_needs_uid():
     assert_policy_error({"privilege": {"gid": 1000}}, "privilege.gid")
 
 
+def test_uid_range_default_and_accepted():
+    assert policy().privilege.uid_range == [1879048192, 1879113727]
+    assert policy(privilege={"uid_range": [200000, 200000]}).privilege.uid_range == [200000, 200000]
+
+
+@pytest.mark.parametrize("value", [[2000], [2000, 3000, 4000], [3000, 2000], [0, 10], [999, 2000],
+                                   [2000, 2**31 - 1], "2000-3000", [2000.0, 3000], [True, 3000], None])
+def test_uid_range_refuses_junk(value):
+    with pytest.raises(PolicyError) as info:
+        policy_from_dict({"privilege": {"uid_range": value}})
+    assert info.value.fields and all(f.startswith("privilege.uid_range") for f in info.value.fields), info.value.problems
+
+
+def test_uid_range_cannot_be_overridden():
+    with pytest.raises(PolicyError) as info:
+        tighten(policy(), {"privilege": {"uid_range": [300000, 300009]}})
+    assert info.value.fields == ["privilege.uid_range"]
+
+
 # --------------------------------------------------------------------------- unknown keys (extra="forbid")
 
 
@@ -801,7 +820,7 @@ def test_toml_writes_unlimited_caps_as_a_string():
     p = policy(resources={"memory_bytes": None})
     text = p.to_toml()
     assert re.search(r'^memory_bytes = "unlimited"$', text, re.M)
-    # "use the sandbox account" is written by omission, never as "unlimited"
+    # "a leased uid per kernel" is written by omission, never as "unlimited"
     assert not re.search(r"^(uid|gid) =", text, re.M)
     assert json.loads(p.to_json())["resources"]["memory_bytes"] is None
 
