@@ -17,8 +17,11 @@ APT_PACKAGES := bubblewrap nftables slirp4netns util-linux iproute2 libseccomp2 
 
 demo: setup
 	$(VENV)/bin/sandbox-kernel doctor
+	@# The kernelspec JupyterLab offers (and the demo notebooks name): sandboxed, never plain.
+	$(VENV)/bin/sandbox-kernel install --sys-prefix
 	$(VENV)/bin/sandbox-kernel run notebooks/demo.ipynb --policy notebooks/demo-policy.toml \
 	  --cell-timeout 60 --notebook-timeout 300 --output-dir sandbox-out --summary sandbox-out/summary.json
+	@echo "Next, in JupyterLab: $(VENV)/bin/jupyter lab --allow-root notebooks/lab-tour.ipynb"
 
 test: setup
 	$(VENV)/bin/python -m pytest
@@ -47,7 +50,7 @@ accounts:
 # (not committed) from the npm registry. `pip install -e` builds it the first time (through
 # hatch-jupyter-builder); afterwards this rule rebuilds it when a source changes.
 LABEXT_SOURCES := $(wildcard labextension/src/*.ts labextension/style/*) labextension/package.json \
-	labextension/yarn.lock labextension/tsconfig.json labextension/.yarnrc.yml
+	labextension/yarn.lock labextension/tsconfig.json labextension/.yarnrc.yml labextension/install.json
 LABEXT_BUILT := sandbox_kernel/labextension/package.json
 
 venv: $(VENV)/.installed $(LABEXT_BUILT)
@@ -65,9 +68,11 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[test]'
 	@# Lab loads the extension from the build dir (a link), so a rebuild needs no reinstall.
+	cp labextension/install.json sandbox_kernel/labextension/
 	$(VENV)/bin/jupyter-builder develop --overwrite . >/dev/null
 	touch $@
 
 $(LABEXT_BUILT): $(LABEXT_SOURCES) | $(VENV)/.installed
 	cd labextension && PATH="$(CURDIR)/$(VENV)/bin:$$PATH" jlpm install --immutable && PATH="$(CURDIR)/$(VENV)/bin:$$PATH" jlpm build:prod
+	cp labextension/install.json sandbox_kernel/labextension/
 	touch $@
