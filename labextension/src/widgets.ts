@@ -114,7 +114,7 @@ export function showBadge(cell: Cell, badge: IBadge, onOpen: (report: IReport, t
   if (badge.cellReport) {
     text = `own sandbox, ${lvl === 'ok' ? 'enforced' : 'degraded'}: ${cellSandboxText(badge.cellReport)}`;
   } else if (badge.magic) {
-    text = 'the supervisor recorded no sandbox for this cell';
+    text = 'no sandbox run recorded by the supervisor (the cell was refused or never started one)';
   } else {
     text = lvl === 'ok' ? "kernel's sandbox, enforced" : `kernel's sandbox, degraded: ${problems(report).join('; ')}`;
   }
