@@ -11,14 +11,18 @@ PROBE_UID := 65534
 # A second, non-root account: the tests run supervisors as it to prove the rootless paths.
 SUPERVISOR_ACCOUNT := sandbox-supervisor
 SUPERVISOR_UID := 65533
-APT_PACKAGES := bubblewrap nftables slirp4netns util-linux iproute2 libseccomp2 python3-venv nodejs
+APT_PACKAGES := bubblewrap nftables slirp4netns util-linux iproute2 libseccomp2 python3-venv nodejs \
+	chromium-headless-shell
 
 .PHONY: demo test setup system accounts venv
 
 demo: setup
 	$(VENV)/bin/sandbox-kernel doctor
+	@# The kernelspec JupyterLab offers (and the demo notebooks name): sandboxed, never plain.
+	$(VENV)/bin/sandbox-kernel install --sys-prefix
 	$(VENV)/bin/sandbox-kernel run notebooks/demo.ipynb --policy notebooks/demo-policy.toml \
 	  --cell-timeout 60 --notebook-timeout 300 --output-dir sandbox-out --summary sandbox-out/summary.json
+	@echo "Next, in JupyterLab: $(VENV)/bin/jupyter lab --allow-root notebooks/lab-tour.ipynb"
 
 test: setup
 	$(VENV)/bin/python -m pytest
@@ -41,7 +45,14 @@ accounts:
 	@getent group $(SUPERVISOR_ACCOUNT) >/dev/null || groupadd -g $(SUPERVISOR_UID) $(SUPERVISOR_ACCOUNT)
 	@id -u $(SUPERVISOR_ACCOUNT) >/dev/null 2>&1 || useradd -u $(SUPERVISOR_UID) -g $(SUPERVISOR_UID) -M -d /nonexistent -s /usr/sbin/nologin $(SUPERVISOR_ACCOUNT) 2>/dev/null
 
-venv: $(VENV)/.installed
+# The JupyterLab extension: TypeScript in labextension/, built into sandbox_kernel/labextension
+# (not committed) from the npm registry. `pip install -e` builds it the first time (through
+# hatch-jupyter-builder); afterwards this rule rebuilds it when a source changes.
+LABEXT_SOURCES := $(wildcard labextension/src/*.ts labextension/style/*) labextension/package.json \
+	labextension/yarn.lock labextension/tsconfig.json labextension/.yarnrc.yml labextension/install.json
+LABEXT_BUILT := sandbox_kernel/labextension/package.json
+
+venv: $(VENV)/.installed $(LABEXT_BUILT)
 	@chmod -R a+rX $(VENV) sandbox_kernel tests notebooks
 	@# Every kernel's uid and the supervisor account must reach .venv: give search (not read)
 	@# permission on any parent directory that lacks it, and say so.
@@ -55,4 +66,12 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[test]'
+	@# Lab loads the extension from the build dir (a link), so a rebuild needs no reinstall.
+	cp labextension/install.json sandbox_kernel/labextension/
+	$(VENV)/bin/jupyter-builder develop --overwrite . >/dev/null
+	touch $@
+
+$(LABEXT_BUILT): $(LABEXT_SOURCES) | $(VENV)/.installed
+	cd labextension && PATH="$(CURDIR)/$(VENV)/bin:$$PATH" jlpm install --immutable && PATH="$(CURDIR)/$(VENV)/bin:$$PATH" jlpm build:prod
+	cp labextension/install.json sandbox_kernel/labextension/
 	touch $@

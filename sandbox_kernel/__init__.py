@@ -21,3 +21,8 @@ def __getattr__(name: str):
 
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _jupyter_labextension_paths():
+    """Where the built JupyterLab extension is (``jupyter labextension develop`` links it)."""
+    return [{"src": "labextension", "dest": "sandbox-kernel"}]

@@ -9,7 +9,8 @@ these options"; the supervisor tightens *its own* record of the kernel's policy 
 options (the kernel cannot claim a looser policy), plans the cell with the same ``plan()``,
 runs it with the same launch shell and streams the output back.
 
-Wire format: newline-delimited JSON. Request ``{"kind", "source", "options"}``; replies
+Wire format: newline-delimited JSON. Request ``{"kind", "source", "options", "msg_id"}`` (the
+execute request that ran the cell, under which the report is recorded); replies
 ``{"t": "out", "stream", "data"(base64)}``... then one ``{"t": "done", "report"}`` or
 ``{"t": "error", "problems": [[field, message], ...]}``. Closing the socket cancels the run.
 """
@@ -70,12 +71,13 @@ class CellService:
     """One per kernel: a Unix-socket server in ``socket_dir``, one cell at a time."""
 
     def __init__(self, socket_dir: str, kernel_policy: SandboxPolicy, kernel_report: dict,
-                 spec_extras: Callable[[], dict] | None = None, session=None):
+                 spec_extras: Callable[[], dict] | None = None, session=None, recorder=None):
         self.path = os.path.join(socket_dir, SOCKET_NAME)
         self.kernel_policy = kernel_policy
         self.kernel_report = kernel_report
         self.spec_extras = spec_extras or (lambda: {})
         self.session = session  # the kernel's session: cells share its scratch
+        self.recorder = recorder  # CellReports: what the server extension serves per msg_id
         self._busy = threading.Lock()
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         if os.path.lexists(self.path):
@@ -172,6 +174,8 @@ class CellService:
         )
         report = result.report
         report["kernel"] = self.kernel_report
+        if self.recorder is not None:
+            self.recorder.record(request.get("msg_id"), report)
         send({"t": "done", "report": report})
         if kind in WARM_KINDS:
             self._warm_requests.put(kind)

@@ -23,20 +23,26 @@ def _readiness(caps, policy):
     return report
 
 
+def doctor_data(caps, policy, policy_source: str) -> dict:
+    """``doctor --json``'s answer (also served by the server extension at /api/sandbox/doctor)."""
+    report = _readiness(caps, policy)
+    unavailable = {name: {"error": cap.error, "hint": cap.hint}
+                   for name, cap in caps.items().items() if not cap.ok}
+    return {"enforceable": not report.downgrades, "policy": policy_source,
+            "report": report.to_dict(), "unavailable": unavailable, **caps.to_dict()}
+
+
 def cmd_doctor(args) -> int:
     from .capabilities import detect
 
     caps = detect()
     policy = load_policy_file(args.policy) if args.policy else secure_default()
+    if args.json:
+        out = doctor_data(caps, policy, "file" if args.policy else "secure-default")
+        print(json.dumps(out, indent=2))
+        return EXIT_OK if out["enforceable"] else EXIT_UNENFORCEABLE
     report = _readiness(caps, policy)
     enforceable = not report.downgrades
-    if args.json:
-        unavailable = {name: {"error": cap.error, "hint": cap.hint}
-                       for name, cap in caps.items().items() if not cap.ok}
-        out = {"enforceable": enforceable, "policy": "file" if args.policy else "secure-default",
-               "report": report.to_dict(), "unavailable": unavailable, **caps.to_dict()}
-        print(json.dumps(out, indent=2))
-        return EXIT_OK if enforceable else EXIT_UNENFORCEABLE
     print(f"sandbox-kernel doctor  (probe took {caps.probe_seconds * 1000:.0f} ms, supervisor uid {caps.euid})\n")
     print(f"{'layer':<11} {'state':<14} mechanism / reason")
     for name, layer in report.layers.items():

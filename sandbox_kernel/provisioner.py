@@ -37,6 +37,7 @@ from traitlets import Bool, Dict, Int, Unicode
 
 from .capabilities import detect, python_runtime_paths
 from .cell_protocol import SOCKET_ENV, SOCKET_NAME
+from .cell_reports import CellReports
 from .cells import CellService, make_socket_dir
 from .config import SandboxPolicyConfig, load_jupyter_config
 from .launch import SandboxProcess, lease_for, prepare, start
@@ -78,6 +79,7 @@ class SandboxProvisioner(LocalProvisioner):
         super().__init__(**kwargs)
 
     effective_sandbox: dict | None = None  # the trusted kernel-scope report of the running kernel
+    cell_reports: CellReports | None = None  # trusted reports of its recent magic cells, by msg_id
     _sandbox: SandboxProcess | None = None
     _run_dir: str | None = None
     _kernel_dir: str | None = None  # the kernel's own dir in the run dir: ipc sockets, IPython
@@ -211,8 +213,10 @@ class SandboxProvisioner(LocalProvisioner):
                                          unshare=caps.tool("unshare"), nsenter=caps.tool("nsenter"))
         if self._cells is not None:
             self._cells.close()
+        if self.cell_reports is None:
+            self.cell_reports = CellReports()
         self._cells = CellService(
-            self._socket_dir, policy, self.effective_sandbox, session=self._session,
+            self._socket_dir, policy, self.effective_sandbox, session=self._session, recorder=self.cell_reports,
             spec_extras=lambda: {"input_dir": spec.input_dir, "input_entries": _visible_entries(spec.input_dir),
                                  "scratch_source": spec.scratch_source, "identity": identity},
         )

@@ -124,7 +124,8 @@ class SandboxMagics(Magics):
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         conn.connect(path)
         try:
-            conn.sendall(json.dumps({"kind": kind, "source": cell, "options": override}).encode() + b"\n")
+            request = {"kind": kind, "source": cell, "options": override, "msg_id": self._execute_request_id()}
+            conn.sendall(json.dumps(request).encode() + b"\n")
             final = self._relay(conn)
         finally:
             # On KeyboardInterrupt too: EOF tells the supervisor to kill the cell's whole tree.
@@ -148,6 +149,12 @@ class SandboxMagics(Magics):
         if outcome["exit_code"] != 0:
             sig = outcome.get("signal")
             raise SandboxCellError(f"%%{magic}: exited with status {outcome['exit_code']}" + (f" (signal {sig})" if sig else ""))
+
+    def _execute_request_id(self) -> str | None:
+        """The msg_id of the execute request running this cell: the supervisor records the
+        cell's report under it for clients (the JupyterLab extension) to fetch."""
+        header = getattr(self.shell, "parent_header", None) or {}
+        return header.get("msg_id")
 
     def _relay(self, conn: socket.socket) -> dict:
         """Copy the cell's output into this cell as it arrives; return the final message."""
