@@ -88,7 +88,7 @@ def test_sandboxed_notebook_status_badges_and_saved_report(tmp_path, lab_page, a
         cells = page.locator(".jp-Notebook .jp-CodeCell")
         assert "hello from the kernel" in cells.nth(0).inner_text()
         # The %%sh cell runs under its kernel's own transient uid, never root.
-        shell_uid = int(cells.nth(1).inner_text().split("shell ", 1)[1].split()[0])
+        shell_uid = int(cells.nth(1).locator(".jp-OutputArea").inner_text().split("shell ", 1)[1].split()[0])
         assert shell_uid >= 1000
         assert "allocated" not in cells.nth(2).locator(".jp-OutputArea").inner_text()
 
