@@ -1,10 +1,28 @@
 """What the kernel side and the supervisor side of the cell service share, kept free of heavy
-imports: the kernel loads it at every start."""
+imports: the kernel loads it at every start.
+
+A request is one JSON header line, ``{"kind", "options", "source_bytes", "msg_id"}`` (``msg_id``:
+the execute request running the cell, under which the supervisor records the cell's report for
+clients; optional), followed by exactly
+``source_bytes`` raw bytes of cell body. The body travels outside the JSON so that the part the
+supervisor parses stays small: a JSON document inflates up to 25-fold in memory when parsed
+(``[{},{},...]``), and a cell body can be megabytes. :func:`decode_header` is the one schema
+every header is checked against on the supervisor side.
+"""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+
 SOCKET_NAME = "cells.sock"
 SOCKET_ENV = "SANDBOX_KERNEL_CELL_SOCKET"
+
+MAX_HEADER = 64 * 1024  # bytes of header line, newline excluded
+MAX_SOURCE = 8 * 1024 * 1024  # bytes of cell body
+MAX_ALLOW = 64  # --allow entries in one cell's options
+MAX_MSG_ID = 128  # characters of the execute request's msg_id
+KINDS = ("sh", "node", "python")
 
 # Cell options -> policy fields, so an error names what the author typed.
 OPTION_FIELDS = {
@@ -14,6 +32,101 @@ OPTION_FIELDS = {
     "--fs": "filesystem.mode",
 }
 FIELD_OPTIONS = {v: k for k, v in OPTION_FIELDS.items()}
+# The JSON type each option field must have; the policy model then checks the value itself.
+_FIELD_TYPES = {
+    "network.mode": "a string", "network.allow": "a list of strings", "resources.memory_bytes": "an integer",
+    "resources.cpu_seconds": "an integer", "resources.wall_seconds": "a number",
+    "resources.max_output_bytes": "an integer", "resources.max_processes": "an integer", "filesystem.mode": "a string",
+}
+
+
+class RequestError(ValueError):
+    """A malformed request; ``problems`` is a list of [field, message] pairs for the reply."""
+
+    def __init__(self, problems: list[list[str]]):
+        super().__init__("; ".join(f"{f}: {m}" for f, m in problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class CellRequest:
+    kind: str
+    options: dict  # a partial policy: only the fields in OPTION_FIELDS, of the right JSON type
+    source_bytes: int
+    msg_id: str | None = None  # the kernel's word for which execute request ran this cell
+
+
+def encode_request(kind: str, source: bytes, options: dict, msg_id: str | None = None) -> bytes:
+    fields = {"kind": kind, "options": options, "source_bytes": len(source)}
+    if isinstance(msg_id, str) and 0 < len(msg_id) <= MAX_MSG_ID:
+        fields["msg_id"] = msg_id
+    header = json.dumps(fields).encode()
+    if len(header) > MAX_HEADER:
+        raise ValueError(f"the cell's options take more than {MAX_HEADER} bytes")
+    if len(source) > MAX_SOURCE:
+        raise ValueError(f"the cell body is larger than {MAX_SOURCE} bytes")
+    return header + b"\n" + source
+
+
+def decode_header(line: bytes) -> CellRequest:
+    """Parse and check a request header (without its newline). Raises :class:`RequestError`
+    naming the bad field for anything but exactly the shape :func:`encode_request` sends."""
+    if len(line) > MAX_HEADER:
+        raise RequestError([["request", f"header longer than {MAX_HEADER} bytes"]])
+    try:
+        header = json.loads(line)
+    except RecursionError:
+        raise RequestError([["request", "header nested too deeply"]]) from None
+    except ValueError:  # also not UTF-8, and integers too long to convert
+        raise RequestError([["request", "header is not valid JSON"]]) from None
+    if not isinstance(header, dict):
+        raise RequestError([["request", "header is not a JSON object"]])
+    problems = [[f"request.{k}", "unknown key"] for k in sorted(set(header) - {"kind", "options", "source_bytes", "msg_id"})]
+    problems += [[f"request.{k}", "missing"] for k in ("kind", "options", "source_bytes") if k not in header]
+    kind, options, size = header.get("kind"), header.get("options", {}), header.get("source_bytes", 0)
+    msg_id = header.get("msg_id")
+    if msg_id is not None and not (isinstance(msg_id, str) and 0 < len(msg_id) <= MAX_MSG_ID):
+        problems.append(["request.msg_id", f"must be a string of 1 to {MAX_MSG_ID} characters"])
+    if kind not in KINDS:
+        problems.append(["request.kind", f"must be one of {', '.join(KINDS)}"])
+    if not _is_int(size) or not 0 <= size <= MAX_SOURCE:
+        problems.append(["request.source_bytes", f"must be an integer from 0 to {MAX_SOURCE}"])
+    problems += _option_type_problems(options)
+    if problems:
+        raise RequestError(problems)
+    return CellRequest(kind, options, size, msg_id)
+
+
+def _option_type_problems(options) -> list[list[str]]:
+    if not isinstance(options, dict):
+        return [["request.options", "must be an object"]]
+    problems = []
+    for section, fields in options.items():
+        if not isinstance(fields, dict):
+            problems.append([f"request.options.{section}", "must be an object"])
+            continue
+        for key, value in fields.items():
+            field = f"{section}.{key}"
+            want = _FIELD_TYPES.get(field)
+            if want is None:
+                problems.append([f"request.options.{field}", "not a cell option"])
+            elif not _has_type(value, want):
+                problems.append([FIELD_OPTIONS[field], f"must be {want}" + (f" (at most {MAX_ALLOW})" if field == "network.allow" else "")])
+    return problems
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _has_type(value, want: str) -> bool:
+    if want == "a string":
+        return isinstance(value, str)
+    if want == "an integer":
+        return _is_int(value)
+    if want == "a number":
+        return _is_int(value) or isinstance(value, float)
+    return isinstance(value, list) and len(value) <= MAX_ALLOW and all(isinstance(v, str) for v in value)
 
 
 def option_problems(error, override: dict) -> list[list[str]]:

@@ -9,39 +9,56 @@ these options"; the supervisor tightens *its own* record of the kernel's policy 
 options (the kernel cannot claim a looser policy), plans the cell with the same ``plan()``,
 runs it with the same launch shell and streams the output back.
 
-Wire format: newline-delimited JSON. Request ``{"kind", "source", "options", "msg_id"}`` (the
-execute request that ran the cell, under which the report is recorded); replies
-``{"t": "out", "stream", "data"(base64)}``... then one ``{"t": "done", "report"}`` or
-``{"t": "error", "problems": [[field, message], ...]}``. Closing the socket cancels the run.
+Wire format (see ``cell_protocol``): a request is one JSON header line ``{"kind", "options",
+"source_bytes", "msg_id"}`` followed by exactly ``source_bytes`` bytes of cell body. Replies are JSON
+lines: ``{"t": "out", "stream", "data"(base64)}``... then one ``{"t": "done", "report"}`` or
+``{"t": "error", "problems": [[field, message], ...]}``. After its request the kernel only
+reads; closing its end (or sending anything) cancels the run. The final report is also recorded
+under ``msg_id`` (the execute request that ran the cell) for the server extension.
+
+This process is root and the kernel is hostile, so the service is bounded in every direction:
+one connection per kernel at a time (another is refused at once, with an error reply), one
+worker thread, the whole request read within READ_TIMEOUT and MAX_HEADER/MAX_SOURCE bytes,
+every header checked by one schema (``cell_protocol.decode_header``), and every request
+answered. A running cell is killed at its deadline, when the kernel hangs up (interrupt),
+stops reading for SEND_TIMEOUT, or when the service is closed (kernel restart or shutdown).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import queue
+import select
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from dataclasses import replace
 from typing import Callable
 
 from .capabilities import python_runtime_paths
-from .cell_protocol import SOCKET_NAME, option_problems
+from .cell_protocol import MAX_HEADER, SOCKET_NAME, CellRequest, RequestError, decode_header, option_problems
 from .launch import prepare, start
 from .launch.process import SandboxProcess, communicate
 from .planner import RunSpec
 from .policy import PolicyError, SandboxPolicy, tighten
 from .report import SandboxUnavailable
 
-MAX_REQUEST = 8 * 1024 * 1024  # a cell body larger than this is refused
-BUSY_WAIT = 10.0  # seconds a request waits for the kernel's previous cell to finish
-KINDS = {"sh": "shell", "node": "node", "python": "python"}
+READ_TIMEOUT = 10.0  # seconds for a whole request to arrive, once the worker takes it up
+SEND_TIMEOUT = 10.0  # seconds one reply may wait for the kernel to read it; then the run is cancelled
+CLOSE_WAIT = 15.0  # seconds close() waits for each thread (a running cell's teardown, a spawn)
+RECV_CHUNK = 65536
+MAX_LOGGED_ERRORS = 10  # internal errors logged per service: a kernel must not flood the log
+RUNTIMES = {"sh": "shell", "node": "node", "python": "python"}
 WARM_KINDS = ("sh",)  # kinds with a sandbox started ahead of time (cheap to keep idle)
+
+log = logging.getLogger(__name__)
 
 
 def cell_argv(kind: str) -> tuple[str, ...]:
@@ -68,7 +85,7 @@ def make_socket_dir(group: int) -> str:
 
 
 class CellService:
-    """One per kernel: a Unix-socket server in ``socket_dir``, one cell at a time."""
+    """One per kernel: a Unix-socket server in ``socket_dir``, one request at a time."""
 
     def __init__(self, socket_dir: str, kernel_policy: SandboxPolicy, kernel_report: dict,
                  spec_extras: Callable[[], dict] | None = None, session=None, recorder=None):
@@ -78,111 +95,152 @@ class CellService:
         self.spec_extras = spec_extras or (lambda: {})
         self.session = session  # the kernel's session: cells share its scratch
         self.recorder = recorder  # CellReports: what the server extension serves per msg_id
-        self._busy = threading.Lock()
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         if os.path.lexists(self.path):
             os.unlink(self.path)
         self._sock.bind(self.path)
         os.chmod(self.path, 0o666)  # access is decided by the directory (0710, sandbox group)
-        self._sock.listen(4)
-        self._closed = False
+        self._sock.listen(16)
+        self._closed = threading.Event()
+        # Held from a connection's accept until its run is over (released just before the
+        # final reply, so the kernel's next cell never finds it taken).
+        self._slot = threading.Lock()
+        self._jobs: queue.Queue[socket.socket | None] = queue.Queue()
+        self._conn: socket.socket | None = None  # the connection the worker is serving
+        self._errors_logged = 0
         # One sandbox per kind in WARM_KINDS, started ahead for the next option-less cell (so a
         # cell does not wait for bwrap): planned and confined exactly like a cold one, idle
         # until the cell body arrives on its stdin.
         self._warm: dict[str, SandboxProcess] = {}
         self._warm_lock = threading.Lock()
-        # bwrap --die-with-parent ties a sandbox to the *thread* that spawned it: warm sandboxes
-        # come from this one long-lived thread, never from a short-lived one.
         self._warm_requests: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._prewarm_loop, name="sandbox-cell-prewarm", daemon=True).start()
-        threading.Thread(target=self._accept_loop, name="sandbox-cell-service", daemon=True).start()
+        # bwrap --die-with-parent ties a sandbox to the *thread* that spawned it: sandboxes
+        # come from these long-lived threads only (warm ones from the first, cold from the
+        # worker), never from a short-lived one.
+        self._threads = [threading.Thread(target=target, name=f"sandbox-cell-{name}", daemon=True)
+                         for name, target in (("prewarm", self._prewarm_loop), ("worker", self._work),
+                                              ("accept", self._accept_loop))]
+        for thread in self._threads:
+            thread.start()
         for kind in WARM_KINDS:
             self._warm_requests.put(kind)
 
     def close(self) -> None:
-        self._closed = True
-        self._warm_requests.put(None)
-        with self._warm_lock:
-            warm, self._warm = list(self._warm.values()), {}
-        for proc in warm:
-            proc.close()
+        """Stop serving. A running cell is killed (the worker sees ``_closed`` within 0.1 s)
+        and its teardown waited for; so are the warm sandboxes."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        prewarm, worker, accept = self._threads
         try:
-            self._sock.shutdown(socket.SHUT_RDWR)
+            self._sock.shutdown(socket.SHUT_RDWR)  # wakes accept()
         except OSError:
             pass
+        accept.join(CLOSE_WAIT)
         self._sock.close()
         try:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+        self._jobs.put(None)
+        deadline = time.monotonic() + CLOSE_WAIT
+        while worker.is_alive() and time.monotonic() < deadline:
+            if (conn := self._conn) is not None:
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)  # unblocks a read, or a reply nobody reads
+                except OSError:
+                    pass
+            worker.join(0.1)
+        self._warm_requests.put(None)
+        prewarm.join(CLOSE_WAIT)
+        with self._warm_lock:
+            warm, self._warm = list(self._warm.values()), {}
+        for proc in warm:
+            proc.close()
 
     def _accept_loop(self) -> None:
-        while not self._closed:
+        while not self._closed.is_set():
             try:
                 conn, _ = self._sock.accept()
             except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+                if self._closed.is_set():
+                    return
+                time.sleep(0.1)  # out of file descriptors, say: keep serving once they are back
+                continue
+            if self._closed.is_set():
+                _refuse(conn, [["cell", "the kernel's cell service is shutting down"]])
+            elif not self._slot.acquire(blocking=False):
+                _refuse(conn, [["cell", "another sandboxed cell of this kernel is running (they run one at a time)"]])
+            else:
+                self._jobs.put(conn)
+
+    def _work(self) -> None:
+        while (conn := self._jobs.get()) is not None:
+            self._conn = conn
+            try:
+                self._serve(conn)
+            except Exception:  # the worker must outlive any one request
+                self._log_internal_error()
+            finally:
+                self._conn = None
+                conn.close()
 
     def _serve(self, conn: socket.socket) -> None:
-        with conn:
-            send = _sender(conn)
-            try:
-                request = _read_request(conn)
-            except ValueError as e:
-                send({"t": "error", "problems": [["request", str(e)]]})
-                return
-            # The previous cell's handler may still be finishing its teardown when the kernel,
-            # which already has its "done", sends the next cell: wait a moment for it.
-            if not self._busy.acquire(timeout=BUSY_WAIT):
-                send({"t": "error", "problems": [["cell", "another sandboxed cell of this kernel is still running"]]})
-                return
-            try:
-                self._run(conn, request, send)
-            finally:
-                self._busy.release()
-
-    def _run(self, conn: socket.socket, request: dict, send) -> None:
-        kind = request.get("kind")
-        if kind not in KINDS or not isinstance(request.get("source"), str):
-            send({"t": "error", "problems": [["request", f"kind must be one of {sorted(KINDS)} with a source"]]})
-            return
+        send = _Sender(conn)
         try:
-            options = request.get("options") or {}
-            policy = tighten(self.kernel_policy, options)
+            final = self._answer(conn, send)
+        except Exception:  # a bug, never the kernel's input: the kernel still gets an answer
+            self._log_internal_error()
+            final = {"t": "error", "problems": [["cell", "internal error in the cell service (see the server log)"]]}
+        finally:
+            self._slot.release()
+        send(final)
+
+    def _log_internal_error(self) -> None:
+        if self._errors_logged < MAX_LOGGED_ERRORS:
+            self._errors_logged += 1
+            log.exception("cell service: internal error while serving a request")
+
+    def _answer(self, conn: socket.socket, send: _Sender) -> dict:
+        """Read, check and run one request; return the final reply."""
+        if self._closed.is_set():
+            return {"t": "error", "problems": [["cell", "the kernel's cell service is shutting down"]]}
+        try:
+            request, source = _read_request(conn)
+        except RequestError as e:
+            return {"t": "error", "problems": e.problems}
+        try:
+            policy = tighten(self.kernel_policy, request.options)
         except PolicyError as e:
-            send({"t": "error", "problems": option_problems(e, options)})
-            return
-        proc = self._take_warm(kind) if not options else None
+            return {"t": "error", "problems": option_problems(e, request.options)}
+        proc = self._take_warm(request.kind) if not request.options else None
         if proc is None:
             try:
-                proc = self._spawn(kind, policy)
+                proc = self._spawn(request.kind, policy)
             except SandboxUnavailable as e:
-                send({"t": "error", "problems": [[d.layer, d.reason] for d in e.downgrades], "refused": True})
-                return
+                return {"t": "error", "problems": [[d.layer, d.reason] for d in e.downgrades], "refused": True}
             except FileNotFoundError as e:
-                send({"t": "error", "problems": [[f"%%{kind}", str(e)]]})
-                return
+                return {"t": "error", "problems": [[f"%%{request.kind}", str(e)]]}
             except Exception as e:  # egress, cgroup or session set-up failed: nothing ran
-                send({"t": "error", "problems": [["cell", f"the cell's sandbox could not be set up: {e}"]]})
-                return
-        cancelled = threading.Event()
-        threading.Thread(target=_watch_cancel, args=(conn, cancelled), daemon=True).start()
+                return {"t": "error", "problems": [["cell", f"the cell's sandbox could not be set up: {e}"]]}
+        # The kernel cancels by hanging up (it does on interrupt); a kernel that stops reading
+        # the output, or a kernel restart or shutdown (close()), cancels too.
         result = communicate(
-            proc, stdin_data=request["source"].encode(), retain=0, interrupted=cancelled.is_set,
+            proc, stdin_data=source, retain=0,
+            interrupted=lambda: self._closed.is_set() or send.broken or _kernel_hung_up(conn),
             on_output=lambda stream, data: send({"t": "out", "stream": stream, "data": base64.b64encode(data).decode()}),
         )
+        if request.kind in WARM_KINDS:
+            self._warm_requests.put(request.kind)
         report = result.report
         report["kernel"] = self.kernel_report
         if self.recorder is not None:
-            self.recorder.record(request.get("msg_id"), report)
-        send({"t": "done", "report": report})
-        if kind in WARM_KINDS:
-            self._warm_requests.put(kind)
+            self.recorder.record(request.msg_id, report)
+        return {"t": "done", "report": report}
 
     def _spawn(self, kind: str, policy: SandboxPolicy) -> SandboxProcess:
         """Plan and start a cell sandbox; it waits for the cell body on stdin."""
-        spec = RunSpec(argv=cell_argv(kind), staging_dir="", runtime=KINDS[kind], scope="cell",
+        spec = RunSpec(argv=cell_argv(kind), staging_dir="", runtime=RUNTIMES[kind], scope="cell",
                        runtime_paths=python_runtime_paths() if kind == "python" else (),
                        sandbox_env={"PYTHONDONTWRITEBYTECODE": "1"} if kind == "python" else {},
                        host_env=dict(os.environ))
@@ -197,7 +255,7 @@ class CellService:
             except Exception:  # the cell will take the cold path and report the problem
                 continue
             with self._warm_lock:
-                old, keep = self._warm.pop(kind, None), not self._closed
+                old, keep = self._warm.pop(kind, None), not self._closed.is_set()
                 if keep:
                     self._warm[kind] = proc
             for p in (old, None if keep else proc):
@@ -213,42 +271,79 @@ class CellService:
         return proc
 
 
-def _read_request(conn: socket.socket) -> dict:
+def _read_request(conn: socket.socket) -> tuple[CellRequest, bytearray]:
+    """One request, all of it within READ_TIMEOUT: a header line of at most MAX_HEADER bytes,
+    checked by the protocol's schema, then exactly the body it announces."""
+    deadline = time.monotonic() + READ_TIMEOUT
     buf = bytearray()
-    while not buf.endswith(b"\n"):
-        chunk = conn.recv(65536)
-        if not chunk:
+    while True:
+        chunk = _recv(conn, RECV_CHUNK, deadline)
+        at = chunk.find(b"\n")
+        if at >= 0:
+            end = len(buf) + at
+            buf += chunk
             break
         buf += chunk
-        if len(buf) > MAX_REQUEST:
-            raise ValueError(f"request larger than {MAX_REQUEST} bytes")
-    try:
-        request = json.loads(buf)
-    except ValueError:
-        raise ValueError("request is not JSON") from None
-    if not isinstance(request, dict):
-        raise ValueError("request must be a JSON object")
-    return request
+        if len(buf) > MAX_HEADER:
+            raise RequestError([["request", f"header longer than {MAX_HEADER} bytes"]])
+    request = decode_header(bytes(buf[:end]))
+    body = buf[end + 1:]
+    del buf
+    if len(body) > request.source_bytes:
+        raise RequestError([["request", f"more than the {request.source_bytes} bytes of body announced"]])
+    while len(body) < request.source_bytes:
+        body += _recv(conn, min(RECV_CHUNK, request.source_bytes - len(body)), deadline)
+    return request, body
 
 
-def _watch_cancel(conn: socket.socket, cancelled: threading.Event) -> None:
-    """The kernel closes its end (or sends anything) to cancel: kill the cell's tree."""
+def _recv(conn: socket.socket, size: int, deadline: float) -> bytes:
+    left = deadline - time.monotonic()
     try:
-        conn.recv(1)
+        if left <= 0:
+            raise TimeoutError
+        conn.settimeout(left)
+        chunk = conn.recv(size)
+    except TimeoutError:
+        raise RequestError([["request", f"not complete within {READ_TIMEOUT} s"]]) from None
+    except OSError as e:
+        raise RequestError([["request", f"could not be read: {e.strerror}"]]) from None
+    if not chunk:
+        raise RequestError([["request", "the connection closed before the request was complete"]])
+    return chunk
+
+
+def _kernel_hung_up(conn: socket.socket) -> bool:
+    """After its request the kernel only reads: anything to read, or EOF, means "cancel"."""
+    poller = select.poll()
+    poller.register(conn, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+class _Sender:
+    """Replies to the kernel, each within SEND_TIMEOUT: a kernel that stops reading can hold
+    the worker (and delay its cell's deadline) that long at most. After one failed send the
+    connection counts as broken (a reply may be cut in half): nothing more is sent and the run
+    is cancelled."""
+
+    def __init__(self, conn: socket.socket):
+        self.conn = conn
+        self.broken = False
+
+    def __call__(self, message: dict) -> None:
+        if self.broken:
+            return
+        try:
+            self.conn.settimeout(SEND_TIMEOUT)
+            self.conn.sendall(json.dumps(message).encode() + b"\n")
+        except OSError:
+            self.broken = True
+
+
+def _refuse(conn: socket.socket, problems: list[list[str]]) -> None:
+    """Answer a connection we will not serve, without waiting on it, and close it."""
+    conn.setblocking(False)
+    try:
+        conn.send(json.dumps({"t": "error", "problems": problems}).encode() + b"\n")
     except OSError:
         pass
-    cancelled.set()
-
-
-def _sender(conn: socket.socket):
-    lock = threading.Lock()
-
-    def send(message: dict) -> None:
-        data = json.dumps(message).encode() + b"\n"
-        with lock:
-            try:
-                conn.sendall(data)
-            except OSError:
-                pass  # the kernel went away; the cancel watcher stops the run
-
-    return send
+    conn.close()

@@ -274,10 +274,10 @@ class SandboxProvisioner(LocalProvisioner):
                                "oom": bool(cg and cg.oom_killed())}
             self._sandbox.close()
             self._sandbox = None
+        if self._cells is not None:  # kills a running cell: it must not outlive its kernel
+            self._cells.close()
+            self._cells = None
         if not restart:
-            if self._cells is not None:
-                self._cells.close()
-                self._cells = None
             if self._session is not None:
                 self._session.close()
                 self._session = None

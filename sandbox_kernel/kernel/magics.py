@@ -17,7 +17,7 @@ import sys
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, magics_class
 
-from ..cell_protocol import OPTION_FIELDS, SOCKET_ENV, option_problems
+from ..cell_protocol import OPTION_FIELDS, SOCKET_ENV, encode_request, option_problems
 
 # The policy model (pydantic) is imported on first use, not at kernel start.
 
@@ -121,11 +121,20 @@ class SandboxMagics(Magics):
         path = os.environ.get(SOCKET_ENV)
         if not path:
             raise SandboxCellError(f"%%{magic}: this kernel was not started by the sandbox provisioner; no cell sandbox is available")
-        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        conn.connect(path)
         try:
-            request = {"kind": kind, "source": cell, "options": override, "msg_id": self._execute_request_id()}
-            conn.sendall(json.dumps(request).encode() + b"\n")
+            request = encode_request(kind, cell.encode(), override, self._execute_request_id())
+        except ValueError as e:  # too large (or not encodable as UTF-8)
+            raise SandboxCellError(f"%%{magic}: {e}") from None
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            try:
+                conn.connect(path)
+            except OSError as e:
+                raise SandboxCellError(f"%%{magic}: the cell service is not reachable: {e.strerror}") from None
+            try:
+                conn.sendall(request)
+            except OSError:
+                pass  # the supervisor refused before reading it all: its reply says why
             final = self._relay(conn)
         finally:
             # On KeyboardInterrupt too: EOF tells the supervisor to kill the cell's whole tree.
@@ -161,14 +170,19 @@ class SandboxMagics(Magics):
         reader = conn.makefile("rb")
         # Chunks may split a UTF-8 sequence: decode incrementally, per stream.
         decoders = {name: codecs.getincrementaldecoder("utf-8")(errors="replace") for name in ("stdout", "stderr")}
-        for raw in reader:
-            msg = json.loads(raw)
-            if msg["t"] == "out":
-                stream = sys.stdout if msg["stream"] == "stdout" else sys.stderr
-                stream.write(decoders[msg["stream"]].decode(base64.b64decode(msg["data"])))
-                stream.flush()
-            else:
-                return msg
+        try:
+            for raw in reader:
+                if not raw.endswith(b"\n"):
+                    break  # cut off: the supervisor gave up on this connection
+                msg = json.loads(raw)
+                if msg["t"] == "out":
+                    stream = sys.stdout if msg["stream"] == "stdout" else sys.stderr
+                    stream.write(decoders[msg["stream"]].decode(base64.b64decode(msg["data"])))
+                    stream.flush()
+                else:
+                    return msg
+        except OSError:  # reset after a refusal
+            pass
         return {"t": "error", "problems": [["cell", "the supervisor closed the connection"]]}
 
 

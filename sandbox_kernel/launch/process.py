@@ -304,10 +304,14 @@ OutputCallback = Callable[[str, bytes], None]
 
 
 def communicate(proc: SandboxProcess, *, timeout: float | None = None, on_output: OutputCallback | None = None,
-                retain: int | None = None, stdin_data: bytes | None = None,
+                retain: int | None = None, stdin_data: bytes | bytearray | None = None,
                 interrupted: Callable[[], bool] | None = None) -> RunResult:
-    """Stream the run's output against one combined byte budget, enforce the wall clock,
-    then tear the run down and describe what happened."""
+    """Feed ``stdin_data``, stream the run's output against one combined byte budget, enforce
+    the wall clock, then tear the run down and describe what happened.
+
+    One loop does it all and never blocks on the sandbox: the clock starts before the first
+    byte of input is fed, and a process that stops reading its stdin or closes its stdout
+    still meets its deadline and ``interrupted`` (polled at least every 0.1 s)."""
     plan, popen = proc.plan, proc.popen
     cap = plan.max_output_bytes
     limits = [t for t in (timeout, plan.wall_seconds) if t is not None]
@@ -318,12 +322,6 @@ def communicate(proc: SandboxProcess, *, timeout: float | None = None, on_output
     truncated = timed_out = False
     t0 = time.monotonic()
     deadline = t0 + wall if wall is not None else None
-    if stdin_data is not None and popen.stdin:
-        try:
-            popen.stdin.write(stdin_data)
-        except BrokenPipeError:
-            pass
-        popen.stdin.close()
 
     sel = selectors.DefaultSelector()
     for name in ("stdout", "stderr"):
@@ -331,6 +329,25 @@ def communicate(proc: SandboxProcess, *, timeout: float | None = None, on_output
         if stream is not None:
             os.set_blocking(stream.fileno(), False)
             sel.register(stream, selectors.EVENT_READ, name)
+    pending = memoryview(stdin_data) if stdin_data is not None and popen.stdin else None
+    if pending is not None:
+        os.set_blocking(popen.stdin.fileno(), False)
+        sel.register(popen.stdin, selectors.EVENT_WRITE, "stdin")
+
+    def stop_feeding() -> None:
+        sel.unregister(popen.stdin)
+        popen.stdin.close()  # EOF: the program is complete
+
+    def feed() -> None:
+        nonlocal pending
+        try:
+            pending = pending[os.write(popen.stdin.fileno(), pending[:READ_CHUNK]):]
+        except BlockingIOError:
+            return
+        except OSError:  # it closed its stdin: the rest is not wanted
+            pending = pending[:0]
+        if not pending:
+            stop_feeding()
 
     def emit(name: str, data: bytes, always_keep: bool = False) -> None:
         room = max(0, keep - len(kept["stdout"]) - len(kept["stderr"]))
@@ -338,13 +355,29 @@ def communicate(proc: SandboxProcess, *, timeout: float | None = None, on_output
         if on_output is not None:
             on_output(name, data)
 
+    def reading() -> bool:
+        return any(key.data != "stdin" for key in sel.get_map().values())
+
+    if pending is not None and not pending:
+        stop_feeding()
     drain_until = None  # after the main process is gone, read what is left for at most 1 s
     try:
-        while sel.get_map():
+        while True:
             wait = 0.1
             if deadline is not None:
                 wait = min(wait, max(0.0, deadline - time.monotonic()))
-            for key, _ in sel.select(wait):
+            if sel.get_map():
+                events = sel.select(wait)
+            else:  # its pipes are closed: wake as soon as it exits, not at the next tick
+                events = []
+                try:
+                    popen.wait(timeout=wait)
+                except subprocess.TimeoutExpired:
+                    pass
+            for key, _ in events:
+                if key.data == "stdin":
+                    feed()
+                    continue
                 try:
                     chunk = os.read(key.fileobj.fileno(), READ_CHUNK)
                 except BlockingIOError:
@@ -373,8 +406,10 @@ def communicate(proc: SandboxProcess, *, timeout: float | None = None, on_output
             if interrupted is not None and popen.poll() is None and interrupted():
                 proc.kill_tree("interrupted")
             if popen.poll() is not None:
+                if "stdin" in (key.data for key in sel.get_map().values()):
+                    stop_feeding()
                 drain_until = drain_until or time.monotonic() + 1.0
-                if time.monotonic() >= drain_until:
+                if not reading() or time.monotonic() >= drain_until:
                     break
         popen.wait()
     finally:

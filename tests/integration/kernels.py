@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -46,8 +47,21 @@ def execute(kc, code: str, timeout: float = 30) -> tuple[str, dict]:
         elif msg["msg_type"] == "error":
             out.append(f"{msg['content']['ename']}: {msg['content']['evalue']}")
 
-    reply = kc.execute_interactive(textwrap.dedent(code), timeout=timeout, output_hook=hook)
+    # stop_on_error=False: after a failing cell the kernel would otherwise abort requests that
+    # reach it before it is done aborting, and on a loaded machine that can be the next cell.
+    reply = kc.execute_interactive(textwrap.dedent(code), timeout=timeout, output_hook=hook, stop_on_error=False)
     return "".join(out), reply
+
+
+def reply_to(kc, msg_id: str, timeout: float = 30) -> dict:
+    """The shell reply to ``msg_id``. Skips earlier replies: ``wait_for_ready`` re-sends
+    kernel_info every second until one is answered, so on a loaded machine a stray
+    kernel_info_reply may still be queued ahead of the one a test waits for."""
+    deadline = time.monotonic() + timeout
+    while True:
+        reply = kc.get_shell_msg(timeout=max(0.1, deadline - time.monotonic()))
+        if reply["parent_header"].get("msg_id") == msg_id:
+            return reply
 
 
 @contextmanager

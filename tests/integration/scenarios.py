@@ -419,6 +419,23 @@ def timeout(via: str, token: str) -> dict:
     return {**outcome(result), "left": processes_with(token)}
 
 
+UNREAD_INPUT_CODE = r"""
+import subprocess
+subprocess.Popen(["/bin/sh", "-c", "while :; do :; done; : TOKEN"])
+while True:  # never reads its stdin
+    pass
+"""
+
+
+def unread_input(token: str) -> dict:
+    """A run fed more input than a pipe holds (1 MiB), which it never reads, still meets its
+    deadline: feeding the input must not block the supervisor."""
+    code = UNREAD_INPUT_CODE.replace("TOKEN", token)
+    result = sandboxed({"resources": {"wall_seconds": 1}}, code, stdin_data=b"#" * (1 << 20))
+    time.sleep(0.2)
+    return {**outcome(result), "left": processes_with(token)}
+
+
 def killed_supervisor() -> None:
     """Start a run with every moving part (egress, cgroups as root, a staging dir), say so,
     then wait to be SIGKILLed by the test: nothing of the run may survive its supervisor."""

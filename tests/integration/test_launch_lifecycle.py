@@ -39,6 +39,14 @@ def test_timeout_kills_a_term_ignoring_grandchild(scenario, via):
     assert res["left"] == []
 
 
+def test_timeout_holds_when_the_run_never_reads_its_input(scenario):
+    token = f"sbx-unread-{uuid.uuid4().hex[:12]}"
+    res = scenario("unread_input", token=token)
+    assert res["timed_out"] and res["killed_reason"] == "timeout", res
+    assert res["durations"]["run"] < 1 + 5  # the 1 s deadline, plus kill grace and generous slack
+    assert res["left"] == []
+
+
 def test_missing_tool_refuses_before_anything_runs(scenario, workdir, nothing_left_behind):
     # The command would write the marker; with bwrap hidden from PATH the live probe fails.
     marker = workdir / "marker"

@@ -3,12 +3,20 @@ planned by the supervisor, never looser than the kernel."""
 
 from __future__ import annotations
 
+import json
 import os
+import queue
+import threading
 import time
+import uuid
 
 import pytest
+from jupyter_client.manager import KernelManager
 
-from .kernels import execute, run_in_outer_netns, running_kernel, write_kernelspec
+from sandbox_kernel import cells
+from sandbox_kernel.kernelspec import KERNEL_NAME
+
+from .kernels import execute, reply_to, run_in_outer_netns, running_kernel, write_kernelspec
 
 pytestmark = pytest.mark.integration
 
@@ -71,23 +79,70 @@ def test_sandbox_memory_cap_kills_cell_not_kernel(kernel):
 
 def test_timeout_kills_the_cell_tree(kernel):
     _, kc = kernel
+    token = _token()
     t0 = time.monotonic()
-    out, status, report = cell(kc, "%%sh --timeout 1\nsleep 30 &\nsleep 30")
+    out, status, report = cell(kc, f"%%sh --timeout 1\nsh -c 'sleep 30' {token} &\nsh -c 'sleep 30' {token}")
     elapsed = time.monotonic() - t0
     assert status == "error" and "timed out" in out and report["outcome"]["timed_out"] is True
     assert elapsed < 10  # 1 s timeout plus kill grace, far from the 30 s sleep
-    assert _no_sleepers("30")
+    assert _Vanishing(token).wait(1.0), _processes_with(token)
 
 
-def _no_sleepers(seconds: str, wait: float = 5.0) -> bool:
-    """True once no ``sleep <seconds>`` process is left anywhere on the host."""
-    needle = b"sleep\x00" + seconds.encode()
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        if not any(_cmdline(e).startswith(needle) for e in os.listdir("/proc") if e.isdigit()):
-            return True
-        time.sleep(0.1)
-    return False
+def _token() -> str:
+    """A word to put in a cell's process names (as a shell's $0): other test sessions on the
+    same host run the same cells, so a host-wide search must look for this run's own word."""
+    return f"cell-{uuid.uuid4().hex[:12]}"
+
+
+def _processes_with(token: str) -> list[str]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        cmdline = _cmdline(pid)
+        if token.encode() in cmdline and int(pid) != os.getpid():
+            found.append(pid + ": " + cmdline.replace(b"\0", b" ").decode(errors="replace"))
+    return found
+
+
+def _wait_for_process(token: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not _processes_with(token):
+        assert time.monotonic() < deadline, f"no process with {token} started"
+        time.sleep(0.02)
+
+
+class _Vanishing:
+    """Notes when the last process carrying ``token`` is gone (sampled every 20 ms)."""
+
+    def __init__(self, token: str):
+        self.at: float | None = None
+        self._done = threading.Event()
+        threading.Thread(target=self._watch, args=(token,), daemon=True).start()
+
+    def _watch(self, token: str) -> None:
+        while _processes_with(token):
+            time.sleep(0.02)
+        self.at = time.monotonic()
+        self._done.set()
+
+    def wait(self, timeout: float) -> bool:
+        return self._done.wait(timeout)
+
+
+def _kill_all_with(token: str) -> None:
+    """SIGKILL the processes carrying ``token`` and the cell shells (``sh -s``) running them,
+    which would otherwise start new ones."""
+    for line in _processes_with(token):
+        pid = line.split(":")[0]
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = f.read().rsplit(")", 1)[1].split()[1]
+        except OSError:
+            continue
+        for victim in (ppid, pid) if _cmdline(ppid) == b"/bin/sh\0-s\0" else (pid,):
+            try:
+                os.kill(int(victim), 9)
+            except ProcessLookupError:
+                pass
 
 
 def _cmdline(pid: str) -> bytes:
@@ -120,15 +175,86 @@ def test_loosening_option_errors_and_does_not_run(kernel, tmp_path):
 
 def test_interrupt_kills_cell_and_kernel_answers(kernel):
     km, kc = kernel
-    msg_id = kc.execute("%%sh\nsleep 60")
-    time.sleep(1.0)
+    token = _token()
+    msg_id = kc.execute(f"%%sh\necho started {token}\nsh -c 'sleep 60' {token}", stop_on_error=False)
+    _wait_for_output(kc, f"started {token}")
     t0 = time.monotonic()
     km.interrupt_kernel()
-    reply = kc.get_shell_msg(timeout=20)
-    assert reply["parent_header"]["msg_id"] == msg_id and reply["content"]["status"] == "error"
+    reply = reply_to(kc, msg_id, timeout=20)
+    assert reply["content"]["status"] == "error"
     assert time.monotonic() - t0 < 5
     assert cell(kc, "print('still here')")[0].strip() == "still here"
-    assert _no_sleepers("60")
+    assert _Vanishing(token).wait(1.0), _processes_with(token)
+
+
+def _wait_for_output(kc, needle: str, timeout: float = 60) -> None:
+    """Block until a stream message of the running cell contains ``needle``."""
+    seen, deadline = "", time.monotonic() + timeout
+    while needle not in seen:
+        left = deadline - time.monotonic()
+        try:
+            msg = kc.get_iopub_msg(timeout=max(0.1, left))
+        except queue.Empty:
+            msg = None
+        if left <= 0 or msg is None:
+            raise AssertionError(f"{needle!r} not printed within {timeout} s; output so far: {seen[-2000:]!r}")
+        if msg["msg_type"] == "stream":
+            seen += msg["content"]["text"]
+
+
+# A shell loop that burns CPU forever and respawns its child when RLIMIT_CPU kills it, followed
+# by 200 KB the shell never reads: a supervisor that feeds a cell's stdin with a blocking write
+# hangs on it, before its deadline starts and deaf to cancels.
+PADDING = "# padding the shell never reads: a blocking stdin writer would hang here\n" * 2800
+
+
+def _burner(token: str, options: str = "") -> str:
+    return (f"%%sh {options}\necho started {token}\n"
+            f"while :; do sh -c 'while :; do :; done' {token}; done\n{PADDING}")
+
+
+@pytest.mark.parametrize("stop", ["deadline", "interrupt", "restart", "shutdown"])
+def test_runaway_cell_dies_at_deadline_interrupt_restart_and_shutdown(jupyter_dirs, stop):
+    token = _token()
+    km = KernelManager(kernel_name=KERNEL_NAME)
+    km.start_kernel()
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        msg_id = kc.execute(_burner(token, "--timeout 3" if stop == "deadline" else ""), stop_on_error=False)
+        _wait_for_output(kc, f"started {token}")
+        _wait_for_process(token)
+        gone = _Vanishing(token)
+        stopped = time.monotonic()
+        if stop == "deadline":
+            reply = reply_to(kc, msg_id)
+            assert reply["content"]["status"] == "error"
+            outcome = reply["metadata"]["sandbox"]["outcome"]
+            assert outcome["timed_out"] is True
+            # The run's clock (from the first byte fed) stops once its tree is dead.
+            latency = outcome["durations"]["run"] - 3
+            assert gone.wait(1), f"the cell still runs after its reply: {_processes_with(token)}"
+        else:
+            if stop == "interrupt":
+                km.interrupt_kernel()
+                assert reply_to(kc, msg_id)["content"]["status"] == "error"
+            elif stop == "restart":
+                km.restart_kernel(now=True)
+            else:
+                km.shutdown_kernel(now=True)
+            assert gone.wait(5), f"{stop}: the cell still runs: {_processes_with(token)}"
+            latency = gone.at - stopped
+        print(f"{stop}: the cell's processes were gone {latency:.2f} s after the {stop}")
+        assert latency < 1.0
+        if stop == "restart":
+            kc.wait_for_ready(timeout=60)
+            assert cell(kc, "%%sh\necho after restart")[0].strip() == "after restart"
+    finally:
+        kc.stop_channels()
+        if km.has_kernel:
+            km.shutdown_kernel(now=True)
+        _kill_all_with(token)  # never leave a burner behind, even when failing
 
 
 def test_nonzero_exit_marks_cell_failed(kernel):
@@ -242,3 +368,246 @@ def test_back_to_back_cells_never_see_busy(kernel):
         print('all ran')
         """)
     assert status == "ok" and out.strip() == "all ran", out
+
+
+# ---------------------------------------------------------------- the cell socket under attack
+# The kernel is hostile: every byte it sends to the supervisor's cell socket is an attack. The
+# supervisor here is this test process (the kernel manager runs in it), so its own threads and
+# memory are what the attacks must not blow up.
+
+HOSTILE = r'''
+import json, os, socket, threading, time
+PATH = os.environ["SANDBOX_KERNEL_CELL_SOCKET"]
+
+def connect():
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(PATH)
+    return s
+
+def send(s, data):
+    try:
+        s.sendall(data)
+    except OSError:
+        pass  # refused before it was all read: the reply says why
+
+def reply(s, timeout=60.0):
+    """The supervisor's first reply line, parsed, or what happened instead."""
+    s.settimeout(timeout)
+    buf = b""
+    try:
+        while b"\n" not in buf:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    except OSError as e:
+        if b"\n" not in buf:
+            return type(e).__name__
+    return json.loads(buf.split(b"\n")[0]) if b"\n" in buf else ("EOF" if not buf else "partial line")
+'''
+
+
+def _result(out: str):
+    """What the hostile cell printed after "RESULT " (its stderr may be mixed in)."""
+    assert "RESULT " in out, out[-3000:]
+    return json.loads(out.rsplit("RESULT ", 1)[1].splitlines()[0])
+
+
+def _status(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return int(next(line for line in f if line.startswith(field + ":")).split()[1])
+
+
+class SupervisorWatch:
+    """Peak thread count and peak RSS of this process (the supervisor) while the block runs."""
+
+    def __enter__(self):
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current RSS
+        self._stop = False
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self.max_threads = 0
+        self._sampler.start()  # before the baseline: it is no thread of the supervisor's
+        self.threads_before, self.rss_before_kib = _status("Threads"), _status("VmRSS")
+        return self
+
+    def _sample(self):
+        while not self._stop:
+            self.max_threads = max(self.max_threads, _status("Threads"))
+            time.sleep(0.01)
+
+    def __exit__(self, *exc):
+        self._stop = True
+        self._sampler.join()
+        self.peak_rss_kib = _status("VmHWM")
+        print(f"supervisor: threads {self.threads_before} -> peak {self.max_threads}, "
+              f"RSS {self.rss_before_kib // 1024} MiB -> peak {self.peak_rss_kib // 1024} MiB")
+
+
+def test_cell_socket_flood_of_large_requests_keeps_supervisor_memory_bounded(kernel):
+    _, kc = kernel
+    code = HOSTILE + r'''
+blob = b"x" * (8 << 20)  # 8 MiB, no newline
+results = []
+def attack():
+    try:
+        s = connect()
+    except OSError as e:
+        results.append(type(e).__name__)
+        return
+    send(s, blob)
+    results.append(reply(s))
+    s.close()
+threads = [threading.Thread(target=attack) for _ in range(40)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print("RESULT", json.dumps(results))
+'''
+    with SupervisorWatch() as watch:
+        out, status, _ = cell(kc, code, timeout=300)
+    assert status == "ok", out
+    results = _result(out)
+    assert len(results) == 40 and all(isinstance(r, dict) and r["t"] == "error" for r in results), results
+    assert watch.peak_rss_kib - watch.rss_before_kib < 64 * 1024  # was +339 MiB: 40 buffered 8 MiB requests
+    assert watch.max_threads - watch.threads_before <= 2  # no thread per connection
+    assert cell(kc, "%%sh\necho still serving")[0].strip() == "still serving"
+
+
+def test_cell_socket_idle_connections_are_refused_without_threads(kernel, monkeypatch):
+    monkeypatch.setattr(cells, "READ_TIMEOUT", 2.0)
+    _, kc = kernel
+    with SupervisorWatch() as watch:
+        out, status, _ = cell(kc, HOSTILE + "held = [connect() for _ in range(960)]\nprint(len(held))", timeout=120)
+        assert status == "ok" and out.strip() == "960", out
+        time.sleep(0.5)  # let the sampler see the supervisor while all 960 are open
+    out, status, _ = cell(kc, r'''
+replies = [reply(s, timeout=30) for s in held]
+for s in held:
+    s.close()
+print("RESULT", json.dumps(replies))
+''', timeout=120)
+    replies = _result(out)
+    # One at a time is served (and times out at the read deadline); the rest are refused.
+    assert len(replies) == 960 and all(isinstance(r, dict) and r["t"] == "error" for r in replies), replies[:5]
+    assert sum("another" in r["problems"][0][1] for r in replies) >= 900
+    assert watch.max_threads - watch.threads_before <= 2  # was one thread per connection (+960)
+    assert cell(kc, "%%sh\necho still serving")[0].strip() == "still serving"
+
+
+def test_cell_request_without_end_times_out_and_others_are_refused_meanwhile(kernel, monkeypatch):
+    monkeypatch.setattr(cells, "READ_TIMEOUT", 2.0)
+    _, kc = kernel
+    out, status, _ = cell(kc, HOSTILE + r'''
+slow = connect()
+send(slow, b'{"kind": "sh"')  # and never a newline
+t0 = time.monotonic()
+other = connect()
+send(other, b'{"kind": "sh", "options": {}, "source_bytes": 5}\necho\n')
+second = reply(other, timeout=30)
+first = reply(slow, timeout=60)
+print("RESULT", json.dumps({"first": first, "after": time.monotonic() - t0, "second": second}))
+''', timeout=120)
+    res = _result(out)
+    assert res["first"]["t"] == "error" and "2.0 s" in res["first"]["problems"][0][1], res
+    assert res["after"] < 2.0 + 10  # the read deadline, plus generous slack
+    assert res["second"]["t"] == "error" and "another" in res["second"]["problems"][0][1], res
+    assert cell(kc, "%%sh\necho still serving")[0].strip() == "still serving"
+
+
+# Each gets an error reply; none may crash the serving thread or leave the kernel without one.
+CRAFTED = r'''[
+    b'{"kind": "sh", "source": "true", "options": "x"}\n',
+    b'{"kind": "sh", "options": "x", "source_bytes": 4}\ntrue',
+    b'[1]\n',
+    b'{"kind": "sh", "source": "true", "options": [1]}\n',
+    b'{"kind": "sh", "options": [1], "source_bytes": 0}\n',
+    b'[' * 100_000 + b'\n',
+    b'[' * 30_000 + b'\n',
+    b'{"a": ' * 10_000 + b'\n',
+    b'\n',
+    b'\xff\xfe\n',
+    b'null\n',
+    b'{"kind": 1, "options": {}, "source_bytes": 0}\n',
+    b'{"kind": "bash", "options": {}, "source_bytes": 0}\n',
+    b'{"kind": "sh", "options": {}, "source_bytes": -1}\n',
+    b'{"kind": "sh", "options": {}, "source_bytes": 1e400}\n',
+    b'{"kind": "sh", "options": {}, "source_bytes": true}\n',
+    b'{"kind": "sh", "options": {}, "source_bytes": 99999999999}\n',
+    b'{"kind": "sh", "options": {}, "source_bytes": 9' + b'9' * 5000 + b'}\n',
+    b'{"kind": "sh", "options": {}, "source_bytes": 0, "more": 1}\n',
+    b'{"kind": "sh", "source_bytes": 0}\n',
+    b'{"kind": "sh", "options": {"resources": []}, "source_bytes": 0}\n',
+    b'{"kind": "sh", "options": {"privilege": {"mode": "inherit"}}, "source_bytes": 0}\n',
+    b'{"kind": "sh", "options": {"resources": {"memory_bytes": "lots"}}, "source_bytes": 0}\n',
+    b'{"kind": "sh", "options": {"resources": {"memory_bytes": true}}, "source_bytes": 0}\n',
+    b'{"kind": "sh", "options": {"resources": {"wall_seconds": NaN}}, "source_bytes": 0}\n',
+    b'{"kind": "sh", "options": {"resources": {"memory_bytes": 4294967296000}}, "source_bytes": 0}\n',
+    b'{"kind": "sh", "options": {"network": {"allow": [[[[1]]]]}}, "source_bytes": 0}\n',
+    b'{"kind": "sh", "options": {"network": {"allow": ["a"]}}, "source_bytes": 0}\n',
+    b'{"kind": "sh", "options": {"network": {"mode": "unrestricted"}}, "source_bytes": 0}\n',
+    b'{"kind": "sh", "options": {}, "source_bytes": 100}\nshort',
+]'''
+
+
+def test_crafted_cell_requests_each_get_an_error_reply(kernel):
+    _, kc = kernel
+    threads_before = _status("Threads")
+    out, status, _ = cell(kc, HOSTILE + f"results = []\nfor p in {CRAFTED}:\n" + r'''
+    s = connect()
+    send(s, p)
+    if p.endswith(b"short"):
+        s.shutdown(socket.SHUT_WR)  # the promised body never comes
+    results.append(reply(s, timeout=30))
+    s.close()
+print("RESULT", json.dumps(results))
+''', timeout=120)
+    assert status == "ok", out
+    results = _result(out)
+    print("\n".join(json.dumps(r) for r in results))
+    assert len(results) == CRAFTED.count("\n    b'")
+    for payload, result in zip(CRAFTED.split("\n    b'")[1:], results):
+        assert isinstance(result, dict) and result["t"] == "error" and result["problems"], (payload[:80], result)
+    assert _status("Threads") <= threads_before
+    assert cell(kc, "%%sh\necho still serving")[0].strip() == "still serving"
+
+
+def test_a_kernel_that_stops_reading_its_cells_output_gets_the_cell_cancelled(kernel, monkeypatch):
+    monkeypatch.setattr(cells, "SEND_TIMEOUT", 1.0)
+    _, kc = kernel
+    token = _token()
+    body = f"sh -c 'while :; do echo flood; done' {token}\n".encode()
+    try:
+        out, status, _ = cell(kc, HOSTILE + f"""
+stalled = connect()
+send(stalled, b'{{"kind": "sh", "options": {{}}, "source_bytes": {len(body)}}}\\n' + {body!r})
+print("sent")
+""")
+        assert status == "ok" and "sent" in out, out
+        _wait_for_process(token)
+        # The supervisor's reply blocks on the kernel that does not read: after SEND_TIMEOUT it
+        # gives up on the connection and kills the cell.
+        gone = _Vanishing(token)
+        assert gone.wait(1.0 + 10), f"the cell still runs: {_processes_with(token)}"
+        cell(kc, "stalled.close()")
+        assert cell(kc, "%%sh\necho still serving")[0].strip() == "still serving"
+    finally:
+        _kill_all_with(token)
+
+
+def test_option_less_sh_cells_run_in_the_sandbox_started_ahead(kernel):
+    km, kc = kernel
+    service = km.provisioner._cells
+
+    def warm():
+        deadline = time.monotonic() + 30
+        while (proc := service._warm.get("sh")) is None:
+            assert time.monotonic() < deadline, "no %%sh sandbox started ahead"
+            time.sleep(0.05)
+        return proc
+
+    first = warm()
+    assert cell(kc, "%%sh\necho hi")[0].strip() == "hi"
+    assert first.poll() is not None  # it ran the cell
+    assert warm() is not first and cell(kc, "%%sh --timeout 9\necho cold")[0].strip() == "cold"
