@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -46,6 +47,16 @@ def execute(kc, code: str, timeout: float = 30) -> tuple[str, dict]:
 
     reply = kc.execute_interactive(textwrap.dedent(code), timeout=timeout, output_hook=hook)
     return "".join(out), reply
+
+
+def shell_reply(kc, msg_id: str, timeout: float = 20) -> dict:
+    """The shell reply to ``msg_id``. On a loaded machine ``wait_for_ready`` may have sent a
+    second kernel_info request before the first reply came; its late reply is skipped here."""
+    deadline = time.monotonic() + timeout
+    while True:
+        reply = kc.get_shell_msg(timeout=max(0.0, deadline - time.monotonic()))
+        if reply["parent_header"].get("msg_id") == msg_id or reply["msg_type"] != "kernel_info_reply":
+            return reply
 
 
 @contextmanager

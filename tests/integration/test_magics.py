@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from .kernels import execute, run_in_outer_netns, running_kernel, write_kernelspec
+from .kernels import execute, run_in_outer_netns, running_kernel, shell_reply, write_kernelspec
 
 pytestmark = pytest.mark.integration
 
@@ -121,7 +121,7 @@ def test_interrupt_kills_cell_and_kernel_answers(kernel):
     time.sleep(1.0)
     t0 = time.monotonic()
     km.interrupt_kernel()
-    reply = kc.get_shell_msg(timeout=20)
+    reply = shell_reply(kc, msg_id)
     assert reply["parent_header"]["msg_id"] == msg_id and reply["content"]["status"] == "error"
     assert time.monotonic() - t0 < 5
     assert cell(kc, "print('still here')")[0].strip() == "still here"

@@ -20,7 +20,7 @@ import pytest
 
 from sandbox_kernel.launch.signals import command_pids
 
-from .kernels import REPO, execute, path_without, run_in_outer_netns, running_kernel, write_kernelspec, write_operator_config
+from .kernels import REPO, execute, path_without, run_in_outer_netns, running_kernel, shell_reply, write_kernelspec, write_operator_config
 
 pytestmark = pytest.mark.integration
 
@@ -128,7 +128,7 @@ def test_interrupt_restart_and_shutdown_leave_nothing():
         msg_id = kc.execute("while True: pass")
         time.sleep(0.5)
         km.interrupt_kernel()
-        reply = kc.get_shell_msg(timeout=20)
+        reply = shell_reply(kc, msg_id)
         assert reply["parent_header"]["msg_id"] == msg_id
         assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"
         assert execute(kc, "print(6 * 7)")[0].strip() == "42"
@@ -364,7 +364,7 @@ def test_signal_mode_interrupt_reaches_the_kernel_inside_the_namespace(jupyter_d
         msg_id = kc.execute("import time\nwhile True:\n    time.sleep(0.01)")
         time.sleep(0.5)
         km.interrupt_kernel()
-        reply = kc.get_shell_msg(timeout=20)
+        reply = shell_reply(kc, msg_id)
         assert reply["parent_header"]["msg_id"] == msg_id and reply["content"]["ename"] == "KeyboardInterrupt"
         assert execute(kc, "print('alive')")[0].strip() == "alive"
 
