@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 
 from .policy import PolicyError, load_policy_file, secure_default
 
@@ -24,17 +25,20 @@ def _readiness(caps, policy):
 
 
 def cmd_doctor(args) -> int:
+    from . import host_shape
     from .capabilities import detect
 
     caps = detect()
     policy = load_policy_file(args.policy) if args.policy else secure_default()
     report = _readiness(caps, policy)
     enforceable = not report.downgrades
+    shape = host_shape.detect(caps)
     if args.json:
         unavailable = {name: {"error": cap.error, "hint": cap.hint}
                        for name, cap in caps.items().items() if not cap.ok}
         out = {"enforceable": enforceable, "policy": "file" if args.policy else "secure-default",
-               "report": report.to_dict(), "unavailable": unavailable, **caps.to_dict()}
+               "report": report.to_dict(), "unavailable": unavailable, **caps.to_dict(),
+               "host_shape": [f.to_dict() for f in shape]}
         print(json.dumps(out, indent=2))
         return EXIT_OK if enforceable else EXIT_UNENFORCEABLE
     print(f"sandbox-kernel doctor  (probe took {caps.probe_seconds * 1000:.0f} ms, supervisor uid {caps.euid})\n")
@@ -57,6 +61,12 @@ def cmd_doctor(args) -> int:
         print(f"  {mark} {name:<16} {cap.evidence if cap.ok else cap.error}")
         if not cap.ok and cap.hint:
             print(f"       {'':<16} hint: {cap.hint}")
+    print("\nhost shape ([tested]: CI runs the integration suite on this shape; [probed]: run-time probes only):")
+    for f in shape:
+        print(f"  {f.name:<18} {'[tested]' if f.tested_in_ci else '[probed]'} {f.detected}")
+        print(textwrap.fill(f.meaning, 100, initial_indent=" " * 21, subsequent_indent=" " * 21))
+        if f.hint:
+            print(textwrap.fill(f"hint: {f.hint}", 100, initial_indent=" " * 21, subsequent_indent=" " * 27))
     print("\n" + ("the policy is fully enforceable on this host" if enforceable
                   else "NOT fully enforceable: under on_unavailable=fail kernels and runs are refused"))
     return EXIT_OK if enforceable else EXIT_UNENFORCEABLE
