@@ -114,18 +114,21 @@ def _empty_cgroup(path: str) -> bool:
         return False  # removed meanwhile
 
 
-def mount_table() -> list[str]:
-    """The mounts this process sees, one line each: where, what, options, propagation
-    (mount ids left out: they say nothing about what is mounted)."""
+def mount_table(mountinfo: str | None = None) -> list[str]:
+    """The mounts this process sees (or a /proc/PID/mountinfo text lists), one line each:
+    where, what, options, propagation (mount ids left out: they say nothing about what is
+    mounted)."""
+    if mountinfo is None:
+        with open("/proc/self/mountinfo") as f:
+            mountinfo = f.read()
     entries = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            pre, _, post = line.partition(" - ")
-            fields = pre.split()
-            root, point, options, tags = fields[3], fields[4], fields[5], fields[6:]
-            fstype, source, super_options = (post.split() + ["", "", ""])[:3]
-            entries.append(f"{point} ({fstype} {source}, root {root}, {options} {super_options}, "
-                           f"{' '.join(tags) or 'private'})")
+    for line in mountinfo.splitlines():
+        pre, _, post = line.partition(" - ")
+        fields = pre.split()
+        root, point, options, tags = fields[3], fields[4], fields[5], fields[6:]
+        fstype, source, super_options = (post.split() + ["", "", ""])[:3]
+        entries.append(f"{point} ({fstype} {source}, root {root}, {options} {super_options}, "
+                       f"{' '.join(tags) or 'private'})")
     return entries
 
 
