@@ -45,7 +45,13 @@ def execute(kc, code: str, timeout: float = 30) -> tuple[str, dict]:
         elif msg["msg_type"] == "error":
             out.append(f"{msg['content']['ename']}: {msg['content']['evalue']}")
 
-    reply = kc.execute_interactive(textwrap.dedent(code), timeout=timeout, output_hook=hook)
+    # ipykernel aborts execute requests that reach it while it is still winding down after an
+    # error (the previous cell's KeyboardInterrupt, say): on a loaded machine the next request
+    # can land in that window. Such a request never ran; send it again.
+    for _ in range(5):
+        reply = kc.execute_interactive(textwrap.dedent(code), timeout=timeout, output_hook=hook)
+        if reply["content"]["status"] != "aborted":
+            break
     return "".join(out), reply
 
 
