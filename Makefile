@@ -24,8 +24,15 @@ demo: setup
 	  --cell-timeout 60 --notebook-timeout 300 --output-dir sandbox-out --summary sandbox-out/summary.json
 	@echo "Next, in JupyterLab: $(VENV)/bin/jupyter lab --allow-root notebooks/lab-tour.ipynb"
 
+# The whole suite on this machine's mount table as it is, then the integration suite again on
+# shared propagation (systemd's default, the shape of most hosts): in a private copy of the
+# mount table made rshared, so nothing there can reach the real host's mounts.
+SHARED_MOUNTS := unshare --mount --propagation private -- /bin/sh -c 'mount --make-rshared / && exec "$$@"' sh
+
 test: setup
 	$(VENV)/bin/python -m pytest
+	@echo "== integration suite on shared mount propagation (a private rshared copy of the mount table)"
+	$(SHARED_MOUNTS) $(VENV)/bin/python -m pytest tests/integration
 
 setup: system accounts venv
 

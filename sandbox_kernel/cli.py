@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 
 from .policy import PolicyError, load_policy_file, secure_default
 
@@ -25,14 +26,18 @@ def _readiness(caps, policy):
 
 def doctor_data(caps, policy, policy_source: str) -> dict:
     """``doctor --json``'s answer (also served by the server extension at /api/sandbox/doctor)."""
+    from . import host_shape
+
     report = _readiness(caps, policy)
     unavailable = {name: {"error": cap.error, "hint": cap.hint}
                    for name, cap in caps.items().items() if not cap.ok}
     return {"enforceable": not report.downgrades, "policy": policy_source,
-            "report": report.to_dict(), "unavailable": unavailable, **caps.to_dict()}
+            "report": report.to_dict(), "unavailable": unavailable, **caps.to_dict(),
+            "host_shape": [f.to_dict() for f in host_shape.detect(caps)]}
 
 
 def cmd_doctor(args) -> int:
+    from . import host_shape
     from .capabilities import detect
 
     caps = detect()
@@ -43,6 +48,7 @@ def cmd_doctor(args) -> int:
         return EXIT_OK if out["enforceable"] else EXIT_UNENFORCEABLE
     report = _readiness(caps, policy)
     enforceable = not report.downgrades
+    shape = host_shape.detect(caps)
     print(f"sandbox-kernel doctor  (probe took {caps.probe_seconds * 1000:.0f} ms, supervisor uid {caps.euid})\n")
     print(f"{'layer':<11} {'state':<14} mechanism / reason")
     for name, layer in report.layers.items():
@@ -63,6 +69,12 @@ def cmd_doctor(args) -> int:
         print(f"  {mark} {name:<16} {cap.evidence if cap.ok else cap.error}")
         if not cap.ok and cap.hint:
             print(f"       {'':<16} hint: {cap.hint}")
+    print("\nhost shape ([tested]: CI runs the integration suite on this shape; [probed]: run-time probes only):")
+    for f in shape:
+        print(f"  {f.name:<18} {'[tested]' if f.tested_in_ci else '[probed]'} {f.detected}")
+        print(textwrap.fill(f.meaning, 100, initial_indent=" " * 21, subsequent_indent=" " * 21))
+        if f.hint:
+            print(textwrap.fill(f"hint: {f.hint}", 100, initial_indent=" " * 21, subsequent_indent=" " * 27))
     print("\n" + ("the policy is fully enforceable on this host" if enforceable
                   else "NOT fully enforceable: under on_unavailable=fail kernels and runs are refused"))
     return EXIT_OK if enforceable else EXIT_UNENFORCEABLE

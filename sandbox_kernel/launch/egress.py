@@ -23,6 +23,21 @@ class EgressError(RuntimeError):
     """Egress plumbing could not be brought up; nothing untrusted was started."""
 
 
+def contain_mounts(egress: EgressPlan, argv: list[str]) -> list[str]:
+    """``argv`` (slirp4netns) started so that its own sandbox cannot touch the host's mounts.
+
+    ``--enable-sandbox`` makes a mount namespace, marks only ``/`` private (not recursively),
+    mounts a tmpfs on /tmp, pivots into it and detaches the old root. Made as root straight
+    from the host's namespace on a host with shared propagation (systemd's default), that
+    detach reaches the host's peer groups and unmounts the host's own mounts. So a root
+    supervisor starts it in a fresh mount namespace whose every mount is private (``unshare
+    --propagation private`` is recursive): whatever it mounts or detaches there stays there.
+    A non-root slirp4netns joins the holder's user namespace before it unshares, and a mount
+    namespace made from a less privileged user namespace gets slave copies of shared mounts,
+    so the kernel already stops propagation back to the host."""
+    if egress.rootless:
+        return argv
+    return [egress.unshare, "--mount", "--propagation", "private", "--", *argv]
 
 
 @dataclass
@@ -89,7 +104,7 @@ def bring_up(egress: EgressPlan, session=None) -> EgressHandle:
         ready_r, ready_w = os.pipe()
         exit_r, exit_w = os.pipe()
         slirp_cmd = [egress.slirp4netns, "--configure", "--mtu=65520", f"--ready-fd={ready_w}", f"--exit-fd={exit_r}"]
-        slirp_cmd += egress.slirp_flags + [str(holder.pid), "tap0"]
+        slirp_cmd = contain_mounts(egress, slirp_cmd + egress.slirp_flags + [str(holder.pid), "tap0"])
         try:
             slirp = subprocess.Popen(
                 slirp_cmd, pass_fds=(ready_w, exit_r), stdin=subprocess.DEVNULL,

@@ -39,7 +39,8 @@ def private_tmpdir():
 
 @pytest.fixture(autouse=True)
 def nothing_left_behind():
-    """After every test: no process, staging dir or run cgroup of its runs remains."""
+    """After every test: the host (mounts, host netns nft ruleset, routes and links) is unchanged
+    and no process, temp dir or cgroup of its runs remains."""
     traces = Traces()
     yield traces
     problems = traces.left()

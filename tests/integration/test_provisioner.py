@@ -290,11 +290,31 @@ def test_jupyter_server_rest_and_websocket(tmp_path):
                                      headers={**headers, "Content-Type": "application/json"}, method="POST")
         kernel = json.load(urllib.request.urlopen(req, timeout=60))
         ws = websocket.create_connection(f"ws://127.0.0.1:{port}/api/kernels/{kernel['id']}/channels?token={token}", timeout=60)
-        msg_id = uuid.uuid4().hex
+
+        def send(msg_type: str, content: dict) -> str:
+            msg_id = uuid.uuid4().hex
+            ws.send(json.dumps({"header": {"msg_id": msg_id, "msg_type": msg_type, "username": "t", "session": "s", "version": "5.3"},
+                                "parent_header": {}, "metadata": {}, "channel": "shell", "content": content}))
+            return msg_id
+
+        # iopub is a ZMQ subscription: what the kernel publishes before it is live is dropped
+        # (on a loaded machine, the execute's whole output). An iopub message answering a
+        # kernel_info request proves it is live.
+        iopub_live, deadline = False, time.monotonic() + 60
+        while not iopub_live and time.monotonic() < deadline:
+            info_id = send("kernel_info_request", {})
+            ws.settimeout(2)
+            try:
+                while not iopub_live:
+                    msg = json.loads(ws.recv())
+                    iopub_live = msg["channel"] == "iopub" and msg.get("parent_header", {}).get("msg_id") == info_id
+            except websocket.WebSocketTimeoutException:
+                continue
+        assert iopub_live, "iopub never answered a kernel_info request"
+        ws.settimeout(60)
         code = f"import os, socket\nprint(os.getuid())\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=5); print('reached')\nexcept OSError as e:\n    print(type(e).__name__)"
-        ws.send(json.dumps({"header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "t", "session": "s", "version": "5.3"},
-                            "parent_header": {}, "metadata": {}, "channel": "shell",
-                            "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {}, "allow_stdin": False}}))
+        msg_id = send("execute_request", {"code": code, "silent": False, "store_history": False,
+                                          "user_expressions": {}, "allow_stdin": False})
         text, reply = "", None
         while reply is None:
             msg = json.loads(ws.recv())
