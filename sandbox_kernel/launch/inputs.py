@@ -45,7 +45,7 @@ class InputListing:
 @dataclass
 class _Walk:
     excluded: frozenset[str]
-    budget: int = MAX_SCANNED_ENTRIES
+    budget: int
     hidden: int = 0
     cut: bool = False
     binds: list[tuple[str, str]] = field(default_factory=list)
@@ -60,7 +60,7 @@ def list_inputs(root: str | None, *, exclude=(), data=(), uid: int, gid: int,
     """What a sandbox running as (uid, gid) may see: the entries of ``root`` (None: nothing)
     and the ``data`` paths, minus ``exclude`` (host paths) and everything hidden by the rules
     above. Never raises for a bad tree: problems become notes."""
-    walk = _Walk(frozenset(os.path.realpath(p) for p in exclude))
+    walk = _Walk(frozenset(os.path.realpath(p) for p in exclude), MAX_SCANNED_ENTRIES)
     notes: list[tuple[str, str]] = []
     data_names = set()
     for path in data:
