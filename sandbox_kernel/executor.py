@@ -203,6 +203,12 @@ class SandboxNotebookClient(NotebookClient):
                                        message_limit=self.message_limit(), budget=self)
         return self.km
 
+    async def _async_cleanup_kernel(self):
+        # nbclient calls this twice when the client fails to start; the second call would
+        # raise an AssertionError that hides why the start failed.
+        if self.km is not None:
+            await super()._async_cleanup_kernel()
+
     async def async_start_new_kernel(self, **kwargs):
         await super().async_start_new_kernel(**kwargs)
         self.provisioner = self.km.provisioner  # kept: nbclient drops km when the kernel dies
@@ -424,11 +430,10 @@ async def execute_notebook_async(nb, *, policy: SandboxPolicy | None = None, cwd
     finally:
         atexit.unregister(client._cleanup_kernel)  # left registered when the start failed
         client._close_stream()
-        if client.km is not None:
-            try:
-                await client._async_cleanup_kernel()
-            except Exception:  # the kernel may already be gone; cleanup is best effort
-                pass
+        try:
+            await client._async_cleanup_kernel()
+        except Exception:  # the kernel may already be gone; cleanup is best effort
+            pass
     if notebook_timed_out:
         result.status, result.reason = "timeout", f"notebook exceeded the {notebook_timeout} s timeout"
         _mark_interrupted(client, nb, "timeout")
