@@ -29,6 +29,8 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 
+from .process import start_janitor, stop_janitor
+
 __all__ = ["ChannelGuard", "Drop"]
 
 GREETING = 64  # ZMTP 3.x: signature (10), version (2), mechanism (20), as-server (1), filler (31)
@@ -144,6 +146,7 @@ class ChannelGuard:
 
     def __init__(self, kernel_ip: str, limits: dict[str, tuple[int, int]]):
         self.dir = tempfile.mkdtemp(prefix="sandbox-kernel-guard-")  # 0700: only we connect
+        self._janitor = start_janitor([self.dir], [])  # removes it even if we are killed
         self.ip = os.path.join(self.dir, "k")
         self._drops: list[Drop] = []
         self._lock = threading.Lock()
@@ -272,3 +275,4 @@ class ChannelGuard:
         self._sel.close()
         self._wake_w.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+        stop_janitor(self._janitor)
