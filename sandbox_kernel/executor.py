@@ -53,6 +53,9 @@ DEFAULT_NOTEBOOK_SECONDS = 3600.0
 # received whole before it can be judged. An output larger than this (a 20 MB image) is
 # dropped with a marker; output made of many messages may use the whole cap.
 MAX_MESSAGE_BYTES = 16 * MiB
+# ... and the largest it always accepts on iopub, whatever the caps: ipykernel sends 0.2 s of
+# prints as one stream message, whose part within the cap the client keeps.
+MIN_MESSAGE_BYTES = 8 * MiB
 ENVELOPE_BYTES = 64 * 1024  # header, parent header, metadata and signature around a message
 SMALL_CHANNEL_BYTES = 1 * MiB  # control, stdin, heartbeat: only small replies are legitimate
 RECEIVE_HWM = 4  # messages each of our sockets queues; the kernel keeps (and drops) the rest
@@ -63,11 +66,18 @@ def default_notebook_output(cell_cap: int | None) -> int:
     return min(DEFAULT_NOTEBOOK_OUTPUT * cell_cap, GiB) if cell_cap else GiB
 
 
+def iopub_message_limit(cell_cap: int | None, notebook_cap: int) -> int:
+    """The largest iopub message the guard passes: what a cell may keep, within
+    [MIN_MESSAGE_BYTES, MAX_MESSAGE_BYTES], plus the envelope."""
+    keep = min(cell_cap or notebook_cap, notebook_cap)
+    return min(max(keep, MIN_MESSAGE_BYTES), MAX_MESSAGE_BYTES) + ENVELOPE_BYTES
+
+
 def runner_memory_bound(cell_cap: int | None, notebook_cap: int) -> int:
     """The most one notebook's kernel can make the runner hold: its kept output (up to the
     notebook cap, twice the last cell's while it is joined), the messages queued on its
     sockets and in the guard, one message being parsed (text, decoded copy, objects)."""
-    message = min(cell_cap or notebook_cap, notebook_cap, MAX_MESSAGE_BYTES) + ENVELOPE_BYTES
+    message = iopub_message_limit(cell_cap, notebook_cap)
     shell = MAX_MESSAGE_BYTES + ENVELOPE_BYTES
     return notebook_cap + min(cell_cap or notebook_cap, notebook_cap) + (RECEIVE_HWM + 3) * (message + shell) + 14 * message
 
@@ -195,8 +205,7 @@ class SandboxNotebookClient(NotebookClient):
     # ------------------------------------------------------------------ kernel
 
     def message_limit(self) -> int:
-        caps = [c for c in (self.max_output_bytes, self.max_notebook_output_bytes, MAX_MESSAGE_BYTES) if c]
-        return min(caps) + ENVELOPE_BYTES
+        return iopub_message_limit(self.max_output_bytes, self.max_notebook_output_bytes)
 
     def create_kernel_manager(self):
         self.km = SandboxKernelManager(config=self.config, sandbox_policy=self.sandbox_policy, sandbox_inputs=self.sandbox_inputs,
