@@ -2,8 +2,9 @@
 cgroup, so that a runner that does not bound what it holds is killed in its cgroup instead
 of taking the shared machine down with it. Used by the flood tests and ``bench/``.
 
-Peak RSS is the runner's own (``ru_maxrss`` of its process, all threads, written at exit);
-kernels and cells run in their own cgroups and processes and are not counted.
+Peak RSS is the runner's own: ``VmHWM`` of its process (all threads), read at exit. Not
+``ru_maxrss``, which keeps the high-water mark of the process it was forked from (a large
+pytest process) across exec. Kernels and cells are other processes and are not counted.
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ from sandbox_kernel.capabilities import CGROUP_PARENT
 MEMORY_HIERARCHY = "/sys/fs/cgroup/memory"
 
 _WRAPPER = """
-import atexit, resource, runpy, sys
+import atexit, runpy, sys
 peak_file = sys.argv[1]
 def write_peak():
-    with open(peak_file, "w") as f:
-        f.write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024))
+    with open("/proc/self/status") as status, open(peak_file, "w") as f:
+        f.write(str(next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))))
 atexit.register(write_peak)
 sys.argv = ["sandbox-kernel", *sys.argv[2:]]
 runpy.run_module("sandbox_kernel.cli", run_name="__main__")
