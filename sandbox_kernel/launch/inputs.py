@@ -66,9 +66,14 @@ def list_inputs(root: str | None, *, exclude=(), data=(), uid: int, gid: int,
     for path in data:
         real = os.path.realpath(path)
         name = os.path.basename(real.rstrip("/")) or real
-        if name in data_names or not _usable_root(real, uid, gid, notes, "data path"):
-            if name in data_names:
-                notes.append(("filesystem", f"data path {path}: another data path is already named {name!r}; not exposed"))
+        if name in data_names:
+            notes.append(("filesystem", f"data path {path}: another data path is already named {name!r}; not exposed"))
+            continue
+        if any(real == e or real.startswith(e.rstrip("/") + "/") for e in walk.excluded):
+            notes.append(("filesystem", f"data path {path} is excluded (the runner writes it, or it is another notebook "
+                                        "of the run); not exposed"))
+            continue
+        if not _usable_root(real, uid, gid, notes, "data path"):
             continue
         data_names.add(name)
         if os.path.isdir(real):

@@ -52,6 +52,10 @@ def test_data_paths_appear_under_their_names_and_win_over_the_directory(tmp_path
     assert found.binds == ((str(tmp_path / "extra" / "labels.txt"), "labels.txt"), (str(tmp_path / "dir" / "nb.ipynb"), "nb.ipynb"),
                            (str(tmp_path / "extra" / "set" / "rows.csv"), "set/rows.csv"))
     assert list_inputs(None, uid=0, gid=0).binds == ()
+    out = tmp_path / "dir" / "sandbox-out"
+    tree(out, "other.ipynb")
+    found = list_inputs(None, data=[str(out), str(out / "other.ipynb")], exclude=[str(out)], uid=0, gid=0)
+    assert found.binds == () and all("excluded" in n for _, n in found.notes)
 
 
 def test_unreachable_roots_are_a_note_not_an_error(tmp_path):
