@@ -129,8 +129,13 @@ def test_every_message_type_counts_against_the_cap_and_the_runner_stays_bounded(
     assert row["output_truncated"] is True and row["output_bytes"] <= cap + 64 * 1024
 
 
-def test_print_flood_of_short_lines_is_merged_and_capped(tmp_path):
-    book = notebook(tmp_path / "lines.ipynb", "for i in range(1_000_000):\n    print('y' * 40)", "print('next cell runs')")
+@pytest.mark.parametrize("flood", ["for i in range(1_000_000):\n    print('y' * 40)",  # short lines
+                                   "for i in range(5_000):\n    print('y' * 9_999)"])  # 50 MB in a blink
+def test_print_floods_are_merged_and_capped(tmp_path, flood):
+    """Short lines arrive as many messages (merged into one output as they come); a fast flood
+    of long lines would be one huge message per 0.2 s (the kernel side flushes every MiB, so the
+    part within the cap is kept)."""
+    book = notebook(tmp_path / "lines.ipynb", flood, "print('next cell runs')")
     proc, peak, killed = run_measured(["run", book, "--output-dir", tmp_path / "out"], limit_bytes=1024 * MiB)
     assert not killed and proc.returncode == 0, proc.stdout + proc.stderr
     assert peak <= 2 * 5 * MiB + 100 * MiB, f"runner peak RSS {peak / MiB:.0f} MiB"
