@@ -206,12 +206,14 @@ class BoundedChannel(AsyncZMQSocketChannel):
         msg["sandbox_wire_bytes"] = wire
         room = self.budget.room() if self.budget is not None and not self.replies else None
         try:
+            if msg_type == "status":
+                if len(raw) > STATUS_LIMIT:
+                    raise UntrustedInput(f"a {len(raw)}-byte status message")
+            elif room is not None and (wire > room if msg_type != "stream" else room == 0):
+                # (a stream message over the room is still read: its first part may be kept)
+                raise UntrustedInput("no room left")
             if msg_type == "stream":
                 msg["content"] = loads_string_fields(raw)
-            elif msg_type == "status" and len(raw) > STATUS_LIMIT:
-                raise UntrustedInput(f"a {len(raw)}-byte status message")
-            elif room is not None and wire > room:
-                raise UntrustedInput("no room left")
             else:
                 msg["content"] = loads_bounded(raw, f"a {msg_type} message")
             if not isinstance(msg["content"], dict):
