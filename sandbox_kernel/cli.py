@@ -96,28 +96,46 @@ def cmd_policy_validate(args) -> int:
 
 def cmd_run(args) -> int:
     from .config import operator_policy
-    from .executor import batch_exit_code, format_table, run_batch
+    from .executor import DEFAULT_NOTEBOOK_SECONDS, batch_exit_code, default_notebook_output, format_table, run_batch
     from .kernelspec import plan_kernel
+    from .launch.results import ResultDir, UnsafeResultPath
+    from .policy import parse_size
     from .report import SandboxUnavailable
 
     policy = load_policy_file(args.policy) if args.policy else operator_policy()
     names = {}
     for nb in args.notebooks:
-        if not os.path.isfile(nb):
+        if not os.path.lexists(nb):
             print(f"notebook: {nb!r} does not exist", file=sys.stderr)
             return EXIT_USAGE
         other = names.setdefault(os.path.basename(nb), nb)
         if other != nb:
             print(f"notebook: {other!r} and {nb!r} would both be written as {os.path.basename(nb)!r} in the output dir", file=sys.stderr)
             return EXIT_USAGE
-    for name in ("jobs",):
-        if getattr(args, name) < 1:
-            print(f"--{name}: must be at least 1", file=sys.stderr)
+    for path in args.data:
+        if not os.path.exists(path):
+            print(f"--data: {path!r} does not exist", file=sys.stderr)
             return EXIT_USAGE
+    if args.jobs < 1:
+        print("--jobs: must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
     for name in ("cell_timeout", "notebook_timeout"):
         value = getattr(args, name)
         if value is not None and value <= 0:
             print(f"--{name.replace('_', '-')}: must be a positive number of seconds", file=sys.stderr)
+            return EXIT_USAGE
+    cell_cap = policy.resources.max_output_bytes
+    try:
+        notebook_cap = parse_size(args.max_notebook_output) if args.max_notebook_output else default_notebook_output(cell_cap)
+        if notebook_cap < 1:
+            raise ValueError("must be at least 1 byte")
+    except ValueError as e:
+        print(f"--max-notebook-output: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if not args.dask_scheduler:
+        problem = _runner_memory_problem(cell_cap, notebook_cap, args.jobs, "--max-notebook-output" if args.max_notebook_output else None)
+        if problem:
+            print(problem, file=sys.stderr)
             return EXIT_USAGE
     try:
         if not args.dask_scheduler:
@@ -125,23 +143,73 @@ def cmd_run(args) -> int:
     except SandboxUnavailable as e:
         print(str(e), file=sys.stderr)
         return EXIT_UNENFORCEABLE
+    # Where results go is checked before anything runs: a planted link or a directory that
+    # is not ours refuses the run (the runner is often root).
+    summary_dir = None
+    try:
+        if args.summary:
+            summary_dir = ResultDir.open(os.path.dirname(os.path.abspath(args.summary)))
+            summary_dir.check_replaceable(os.path.basename(args.summary))
+    except UnsafeResultPath as e:
+        print(f"--summary: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        output_dir = ResultDir.open(args.output_dir)
+    except UnsafeResultPath as e:
+        if summary_dir is not None:
+            summary_dir.close()
+        print(f"--output-dir: {e}", file=sys.stderr)
+        return EXIT_USAGE
     progress = _progress(len(args.notebooks))
-    results = run_batch(
-        args.notebooks, policy=policy, output_dir=args.output_dir, jobs=args.jobs,
-        dask_scheduler=args.dask_scheduler, on_result=progress, cell_timeout=args.cell_timeout,
-        notebook_timeout=args.notebook_timeout, allow_errors=args.allow_errors,
-    )
-    progress.close()
+    try:
+        results = run_batch(
+            args.notebooks, policy=policy, output_dir=output_dir, jobs=args.jobs, dask_scheduler=args.dask_scheduler,
+            on_result=progress, cell_timeout=args.cell_timeout, notebook_timeout=args.notebook_timeout or DEFAULT_NOTEBOOK_SECONDS,
+            allow_errors=args.allow_errors, inputs=args.inputs, data=tuple(args.data), summary=args.summary,
+            max_notebook_output=notebook_cap,
+        )
+    finally:
+        progress.close()
+        output_dir.close()
     code = batch_exit_code(results)
     print(format_table(results))
     if code == EXIT_UNENFORCEABLE:
         for r in results:
             if r.status == "refused":
                 print(f"{r.path}: {r.reason}", file=sys.stderr)
-    if args.summary:
-        with open(args.summary, "w") as f:
-            json.dump({"exit_code": code, "policy": policy.to_dict(), "notebooks": [r.to_dict() for r in results]}, f, indent=2)
+    if summary_dir is not None:
+        with summary_dir:
+            summary_dir.write_json(os.path.basename(args.summary), {
+                "exit_code": code, "policy": policy.to_dict(), "notebooks": [r.to_dict() for r in results]})
     return code
+
+
+def _runner_memory_problem(cell_cap, notebook_cap: int, jobs: int, field: str | None) -> str | None:
+    """Refuse caps this host could not hold: each running notebook's kernel may make the
+    runner hold its whole output and then some (executor.runner_memory_bound)."""
+    from .executor import runner_memory_bound
+    from .policy import format_size
+
+    available = _available_memory()
+    need = jobs * runner_memory_bound(cell_cap, notebook_cap) + 256 * 2**20
+    if available is None or need <= available:
+        return None
+    shown = lambda n: f"{n / 2**30:.1f}G"  # noqa: E731
+    field = field or "resources.max_output_bytes"
+    return (f"{field}: {format_size(cell_cap) if cell_cap else 'unlimited'} per cell and {format_size(notebook_cap)} per notebook "
+            f"with --jobs {jobs} can make this runner hold up to {shown(need)}; the host has {shown(available)} available "
+            "(lower the caps or --jobs)")
+
+
+def _available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 class _progress:
@@ -183,8 +251,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--policy", metavar="FILE", help="policy file (default: the Jupyter config's policy, else the secure default)")
     run.add_argument("--output-dir", default="sandbox-out", metavar="DIR", help="where executed notebooks go (default: ./sandbox-out)")
     run.add_argument("--jobs", type=int, default=1, metavar="N", help="notebooks run at once (default 1)")
-    run.add_argument("--cell-timeout", type=float, metavar="S", help="wall-clock seconds per cell")
-    run.add_argument("--notebook-timeout", type=float, metavar="S", help="wall-clock seconds per notebook")
+    run.add_argument("--cell-timeout", type=float, metavar="S",
+                     help="wall-clock seconds per cell; can only lower the policy's wall_seconds (secure default 600)")
+    run.add_argument("--notebook-timeout", type=float, metavar="S", help="wall-clock seconds per notebook (default 3600)")
+    run.add_argument("--inputs", choices=("dir", "none"), default="dir",
+                     help="what each notebook sees: its directory minus dotfiles, links, the run's other notebooks and "
+                          "output paths (dir, the default), or nothing (none)")
+    run.add_argument("--data", action="append", default=[], metavar="PATH",
+                     help="a file or directory every notebook sees read-only under its name (repeatable)")
+    run.add_argument("--max-notebook-output", metavar="SIZE",
+                     help="output kept per notebook (default: 4 times the policy's max_output_bytes, at most 1G)")
     run.add_argument("--summary", metavar="FILE.json", help="also write the result table as JSON")
     run.add_argument("--allow-errors", action="store_true", help="keep going after a failing cell; exit 0 if only cells errored")
     run.add_argument("--dask-scheduler", metavar="ADDRESS", help="run each notebook as a task on this Dask cluster")

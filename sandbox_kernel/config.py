@@ -56,7 +56,7 @@ class SandboxPolicyConfig(Configurable):
     max_file_size_bytes = _SIZE("256M", "Largest file a process may write")
     max_output_bytes = _SIZE("5M", "Output bytes kept per run or cell before it is cut off")
     wall_seconds = Union([Float(), Unicode()], default_value=None, allow_none=True,
-                         help="Wall-clock limit per run, seconds, or 'unlimited'. Secure default: unlimited.").tag(config=True)
+                         help="Wall-clock limit per run (per cell in a kernel), seconds, or 'unlimited'. Secure default: 600.").tag(config=True)
     filesystem_mode = Enum(["off", "scratch-only", "scratch-plus-ro"], default_value=None, allow_none=True,
                            help="What the sandbox sees. Secure default: 'scratch-plus-ro'.").tag(config=True)
     read_only_paths = List(Unicode(), default_value=None, allow_none=True,

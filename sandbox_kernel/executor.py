@@ -1,10 +1,24 @@
 """Batch execution of untrusted notebooks: nbclient driving a sandboxed kernel per notebook.
 
-What plain nbclient/papermill leave open and this closes: a whole-notebook timeout, a prompt
-and explained end when the kernel dies (OOM, killed) instead of a hang, a per-cell output cap
-with a visible marker, and a record in the notebook of how it was confined: every executed
-code cell gets ``cell.metadata.sandbox`` (the trusted kernel report from the provisioner, plus
-the kernel-reported cell report of magic cells), the notebook gets ``metadata.sandbox``.
+The runner sits outside the sandbox, usually as root, and everything a notebook controls is
+hostile input to it. What plain nbclient/papermill leave open and this closes:
+
+- input: a notebook is read within bounds and stripped of everything our side writes
+  (``intake.read_notebook``); one that cannot be read gets an ``invalid`` row, never an
+  exception out of the batch;
+- what it sees: its inputs are listed by ``launch.inputs`` (no dotfiles or links at any depth,
+  no other notebook of the run, nothing the runner writes);
+- output: every message of a cell is counted by its serialized size, whatever its type, and
+  kept only within the per-cell and per-notebook caps (a visible marker says what was cut);
+  consecutive stream output is merged as it arrives; the kernel's sockets are reached through
+  ``launch.channel_guard`` so no single message can be larger than the cell may keep;
+- time: a per-cell wall clock (the policy's ``wall_seconds``, secure default 10 min) and a
+  per-notebook one (default 60 min); a prompt, explained end when the kernel dies;
+- results: written only through ``launch.results`` (no link followed, nothing replaced that
+  is not ours);
+- the record: every code cell gets ``cell.metadata.sandbox`` (the trusted kernel report from
+  the provisioner, the kernel-reported report of magic cells, and the cell's outcome, also
+  ``not-run``), the notebook gets ``metadata.sandbox``.
 """
 
 from __future__ import annotations
@@ -12,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import math
-import copy
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,28 +33,112 @@ from pathlib import Path
 from typing import Any
 
 import nbformat
+import zmq
 from jupyter_client.kernelspec import KernelSpec
 from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 from traitlets import Any as AnyTrait
-from traitlets import Int
+from traitlets import Int, Type, default
 
+from .intake import SandboxKernelClient, UntrustedInput, read_notebook
 from .kernelspec import KERNEL_NAME, kernelspec
-from .policy import SandboxPolicy, secure_default
+from .launch.channel_guard import ChannelGuard
+from .launch.results import ResultDir, dump_json
+from .policy import GiB, MiB, SandboxPolicy, secure_default
 from .report import SandboxUnavailable
+
+DEFAULT_NOTEBOOK_SECONDS = 3600.0
+# The largest single message the runner accepts from a kernel, whatever the caps: it is
+# received whole before it can be judged. An output larger than this (a 20 MB image) is
+# dropped with a marker; output made of many messages may use the whole cap.
+MAX_MESSAGE_BYTES = 16 * MiB
+# ... and the largest it always accepts on iopub, whatever the caps: ipykernel sends 0.2 s of
+# prints as one stream message, whose part within the cap the client keeps.
+MIN_MESSAGE_BYTES = 8 * MiB
+ENVELOPE_BYTES = 64 * 1024  # header, parent header, metadata and signature around a message
+SMALL_CHANNEL_BYTES = 1 * MiB  # control, stdin, heartbeat: only small replies are legitimate
+RECEIVE_HWM = 4  # messages each of our sockets queues; the kernel keeps (and drops) the rest
+DEFAULT_NOTEBOOK_OUTPUT = 4  # the notebook cap, in cell caps, by default (at most 1 GiB)
+
+
+def default_notebook_output(cell_cap: int | None) -> int:
+    return min(DEFAULT_NOTEBOOK_OUTPUT * cell_cap, GiB) if cell_cap else GiB
+
+
+def iopub_message_limit(cell_cap: int | None, notebook_cap: int) -> int:
+    """The largest iopub message the guard passes: what a cell may keep, within
+    [MIN_MESSAGE_BYTES, MAX_MESSAGE_BYTES], plus the envelope."""
+    keep = min(cell_cap or notebook_cap, notebook_cap)
+    return min(max(keep, MIN_MESSAGE_BYTES), MAX_MESSAGE_BYTES) + ENVELOPE_BYTES
+
+
+def runner_memory_bound(cell_cap: int | None, notebook_cap: int) -> int:
+    """The most one notebook's kernel can make the runner hold: its kept output (up to the
+    notebook cap, twice the last cell's while it is joined), the messages queued on its
+    sockets and in the guard, one message being parsed (text, decoded copy, objects)."""
+    message = iopub_message_limit(cell_cap, notebook_cap)
+    shell = MAX_MESSAGE_BYTES + ENVELOPE_BYTES
+    return notebook_cap + min(cell_cap or notebook_cap, notebook_cap) + (RECEIVE_HWM + 3) * (message + shell) + 14 * message
 
 
 class SandboxKernelManager(AsyncKernelManager):
     """Always the sandboxed ipykernel (whatever the notebook's metadata names), started by the
-    sandbox provisioner under ``sandbox_policy``, the operator's policy for this run."""
+    sandbox provisioner under ``sandbox_policy``, the operator's policy for this run. Its
+    sockets, and those of its clients, reach the kernel through a :class:`ChannelGuard`."""
 
     sandbox_policy = AnyTrait(None, allow_none=True, help="SandboxPolicy the provisioner enforces (operator level).")
+    sandbox_inputs = AnyTrait(None, allow_none=True, help="{'exclude': paths, 'data': paths} for the provisioner's input listing.")
+    message_limit = Int(MAX_MESSAGE_BYTES + ENVELOPE_BYTES, help="Largest iopub message accepted from the kernel, in bytes.")
+    budget = AnyTrait(None, allow_none=True, help="Passed to clients: answers room() for the running cell.")
+    client_factory = Type(SandboxKernelClient)
+    _guard: ChannelGuard | None = None
 
     def __init__(self, **kwargs):
         super().__init__(kernel_name=KERNEL_NAME, **kwargs)
         spec = kernelspec()
         self._kernel_spec = KernelSpec(resource_dir="", **spec)
+
+    @default("context")
+    def _context_default(self):
+        context = super()._context_default()
+        for option, value in socket_options().items():
+            context.setsockopt(option, value)
+        return context
+
+    async def _async_post_start_kernel(self, **kw):
+        if self.transport != "ipc":
+            raise RuntimeError("the sandboxed kernel must use the ipc transport (its guard relays Unix sockets)")
+        if self._guard is not None:  # a restart: new ports, a new guard
+            self._guard.close()
+        channels = ("shell", "iopub", "stdin", "control", "hb")
+        limits = {"iopub": self.message_limit, "shell": MAX_MESSAGE_BYTES + ENVELOPE_BYTES}
+        self._guard = ChannelGuard(self.ip, {c: (getattr(self, f"{c}_port"), limits.get(c, SMALL_CHANNEL_BYTES)) for c in channels})
+        await super()._async_post_start_kernel(**kw)
+
+    def _make_url(self, channel: str) -> str:
+        url = super()._make_url(channel)
+        return url.replace(self.ip, self._guard.ip, 1) if self._guard is not None else url
+
+    def client(self, **kwargs):
+        extra = {"ip": self._guard.ip} if self._guard is not None else {}
+        return super().client(budget=self.budget, socket_options=socket_options(), **extra, **kwargs)
+
+    def take_drops(self):
+        return self._guard.take_drops() if self._guard is not None else []
+
+    async def _async_cleanup_resources(self, restart: bool = False) -> None:
+        await super()._async_cleanup_resources(restart=restart)
+        if self._guard is not None and not restart:
+            self._guard.close()
+
+    cleanup_resources = _async_cleanup_resources
+
+
+def socket_options() -> dict[int, int]:
+    # The guard already bounds each message; these are the second line (a frame over the
+    # limit closes the connection) and the queue length.
+    return {zmq.RCVHWM: RECEIVE_HWM, zmq.MAXMSGSIZE: MAX_MESSAGE_BYTES + ENVELOPE_BYTES}
 
 
 @dataclass
@@ -54,7 +151,7 @@ class CellRecord:
 @dataclass
 class NotebookResult:
     path: str
-    status: str  # "ok" | "error" | "timeout" | "dead-kernel" | "refused"
+    status: str  # "ok" | "error" | "timeout" | "dead-kernel" | "refused" | "invalid"
     cells_run: int = 0
     cells_errored: int = 0
     duration: float = 0.0
@@ -62,34 +159,64 @@ class NotebookResult:
     reason: str | None = None
     output_path: str | None = None
     layers: dict[str, str] = field(default_factory=dict)  # layer -> mechanism, or its state
+    output_bytes: int = 0  # serialized size of every message its cells sent
+    output_truncated: bool = False
+    timeouts: dict[str, float | None] = field(default_factory=dict)  # {"cell": s, "notebook": s}
+    inputs: list[str] = field(default_factory=list)  # what it saw of its inputs (in its scratch dir)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+class _Stream:
+    """The stream output being extended: chunks are joined once, when it is closed."""
+
+    def __init__(self, outs: list, node):
+        self.outs, self.node, self.chunks = outs, node, [node["text"]]
+
+
 class SandboxNotebookClient(NotebookClient):
-    """nbclient with a sandboxed kernel, per-cell output caps and sandbox reports in metadata."""
+    """nbclient with a sandboxed kernel, bounded output and sandbox reports in metadata."""
 
-    max_output_bytes = Int(None, allow_none=True, help="Output bytes kept per cell; the rest is dropped with a marker.").tag(config=True)
+    max_output_bytes = Int(None, allow_none=True, help="Output bytes kept per cell (serialized size of its messages).").tag(config=True)
+    max_notebook_output_bytes = Int(None, allow_none=True, help="Output bytes kept per notebook.").tag(config=True)
 
-    def __init__(self, nb, policy: SandboxPolicy | None = None, **kw):
+    def __init__(self, nb, policy: SandboxPolicy | None = None, inputs: dict | None = None, **kw):
         self.sandbox_policy = policy or secure_default()
+        self.sandbox_inputs = inputs
         super().__init__(nb, km=None, kernel_manager_class=SandboxKernelManager, **kw)
         if self.max_output_bytes is None:
             self.max_output_bytes = self.sandbox_policy.resources.max_output_bytes
+        if self.max_notebook_output_bytes is None:
+            self.max_notebook_output_bytes = default_notebook_output(self.max_output_bytes)
         self.cell_records: dict[int, CellRecord] = {}
-        self._cell_bytes: dict[int, int] = {}
-        self._truncated: set[int] = set()
-        self._timed_out: set[int] = set()
         self.kernel_report: dict | None = None
         self.provisioner = None
         self.on_cell_executed = self._record_cell
         self.on_cell_execute = self._cell_started
         self.current_cell: int | None = None
+        self._timed_out: set[int] = set()
+        self._notebook_used = 0
+        self._used: dict[int, int] = {}
+        self._dropped: dict[int, int] = {}
+        self._cut: dict[int, set[str]] = {}  # cell -> reasons its output was cut
+        self._stream: _Stream | None = None
+
+    # ------------------------------------------------------------------ kernel
+
+    def message_limit(self) -> int:
+        return iopub_message_limit(self.max_output_bytes, self.max_notebook_output_bytes)
 
     def create_kernel_manager(self):
-        self.km = SandboxKernelManager(config=self.config, sandbox_policy=self.sandbox_policy)
+        self.km = SandboxKernelManager(config=self.config, sandbox_policy=self.sandbox_policy, sandbox_inputs=self.sandbox_inputs,
+                                       message_limit=self.message_limit(), budget=self)
         return self.km
+
+    async def _async_cleanup_kernel(self):
+        # nbclient calls this twice when the client fails to start; the second call would
+        # raise an AssertionError that hides why the start failed.
+        if self.km is not None:
+            await super()._async_cleanup_kernel()
 
     async def async_start_new_kernel(self, **kwargs):
         await super().async_start_new_kernel(**kwargs)
@@ -101,49 +228,146 @@ class SandboxNotebookClient(NotebookClient):
             self._timed_out.add(self.current_cell)  # the running cell (cells may be equal by value)
         return await super()._async_handle_timeout(timeout, cell)
 
-    # Output cap: count what each cell emits; past the cap keep a marker and drop the rest, so
-    # a flood cannot grow the notebook (or our memory) without bound.
-    def output(self, outs, msg, display_id, cell_index):
-        cap = self.max_output_bytes
-        if cap is None:
-            return super().output(outs, msg, display_id, cell_index)
-        if cell_index in self._truncated:
+    async def _check_raise_for_error(self, cell, cell_index, exec_reply):
+        # nbclient's CellExecutionError copies every stream output of the cell into its text (a
+        # few more copies of up to the whole cap): let it see the cell without its outputs.
+        view = nbformat.NotebookNode({**cell, "outputs": []})
+        return await super()._check_raise_for_error(view, cell_index, exec_reply)
+
+    # ------------------------------------------------------------------ output budget
+
+    def room(self) -> int:
+        """Bytes the running cell may still keep (the channel asks before parsing)."""
+        i = self.current_cell
+        left = self.max_notebook_output_bytes - self._notebook_used
+        if self.max_output_bytes is not None and i is not None:
+            left = min(left, self.max_output_bytes - self._used.get(i, 0))
+        return max(0, left)
+
+    def process_message(self, msg, cell, cell_index):
+        self._take_guard_drops(cell, cell_index)
+        size, dropped = msg.get("sandbox_wire_bytes", 0), msg.get("sandbox_dropped")
+        msg_type = msg["msg_type"]
+        if msg_type == "status":  # tiny, never kept, and it ends the cell: counted within the caps, never refused
+            self._charge(cell_index, min(size, self.room()))
+            return None if dropped else super().process_message(msg, cell, cell_index)
+        if dropped:
+            self._drop(cell, cell_index, size, "message" if "no room" not in dropped else self._full_cap())
             return None
-        content = msg.get("content", {})
-        size = len(str(content.get("text", ""))) + sum(len(str(v)) for v in content.get("data", {}).values())
-        used = self._cell_bytes.get(cell_index, 0)
-        if used + size > cap:
-            self._truncated.add(cell_index)
-            room = max(0, cap - used)
-            if msg["msg_type"] == "stream" and room:
-                trimmed = copy.deepcopy(msg)
-                trimmed["content"]["text"] = content["text"][:room]
-                super().output(outs, trimmed, display_id, cell_index)
-            marker = nbformat.v4.new_output(
-                "stream", name="stderr",
-                text=f"\n[sandbox-kernel: output truncated at {cap} bytes for this cell; the rest was dropped]\n")
-            outs.append(marker)
-            return marker
-        self._cell_bytes[cell_index] = used + size
-        return super().output(outs, msg, display_id, cell_index)
+        # A display update rewrites every output with its display id, in any cell: each copy is
+        # saved, so each counts.
+        transient = msg["content"].get("transient")
+        display_id = transient.get("display_id") if isinstance(transient, dict) else None
+        copies = 0 if msg_type == "update_display_data" else 1
+        if display_id and msg_type in ("display_data", "execute_result", "update_display_data"):
+            copies += sum(len(v) for v in self._display_id_map.get(display_id, {}).values())
+        cost, room = size * max(copies, 1), self.room()
+        if cost <= room:
+            self._charge(cell_index, cost)
+            return super().process_message(msg, cell, cell_index)
+        reason = self._full_cap()
+        text = msg["content"].get("text")
+        keep = room - (size - len(text)) if msg_type == "stream" and isinstance(text, str) else 0
+        if keep > 0:  # the part of a stream message that still fits
+            self._charge(cell_index, room)
+            super().process_message({**msg, "content": {**msg["content"], "text": text[:keep]}}, cell, cell_index)
+        self._drop(cell, cell_index, cost - max(keep, 0), reason)
+        return None
+
+    def _full_cap(self) -> str:
+        i = self.current_cell
+        cell_left = None if self.max_output_bytes is None else self.max_output_bytes - self._used.get(i, 0)
+        return "cell" if cell_left is not None and cell_left <= self.max_notebook_output_bytes - self._notebook_used else "notebook"
+
+    def _charge(self, cell_index: int, n: int) -> None:
+        self._used[cell_index] = self._used.get(cell_index, 0) + n
+        self._notebook_used += n
+
+    def _drop(self, cell, cell_index: int, n: int, reason: str) -> None:
+        self._dropped[cell_index] = self._dropped.get(cell_index, 0) + n
+        reasons = self._cut.setdefault(cell_index, set())
+        if reason in reasons:
+            return
+        reasons.add(reason)
+        self._close_stream()
+        text = {
+            "cell": f"output truncated at {self.max_output_bytes} bytes for this cell; the rest was dropped",
+            "notebook": f"output truncated: the notebook reached its {self.max_notebook_output_bytes}-byte output cap; "
+                        "the rest of its output was dropped",
+            "message": f"a message from the kernel over {self.message_limit()} bytes (or otherwise unreadable) was dropped",
+        }[reason]
+        cell.outputs.append(nbformat.v4.new_output("stream", name="stderr", text=f"\n[sandbox-kernel: {text}]\n"))
+
+    def _take_guard_drops(self, cell, cell_index: int) -> None:
+        for drop in self.km.take_drops() if self.km is not None else ():
+            self._drop(cell, cell_index, drop.size, "message")
+
+    # Consecutive stream messages extend one output instead of adding one object per message
+    # (a flood of short lines would otherwise cost far more memory than the bytes counted).
+    def output(self, outs, msg, display_id, cell_index):
+        parent = msg["parent_header"].get("msg_id")
+        s = self._stream
+        if (msg["msg_type"] == "stream" and s is not None and s.outs is outs and outs and outs[-1] is s.node
+                and s.node["name"] == msg["content"].get("name") and not self.clear_before_next_output
+                and not self.output_hook_stack[parent]):
+            s.chunks.append(msg["content"].get("text", ""))
+            return s.node
+        self._close_stream()
+        out = super().output(outs, msg, display_id, cell_index)
+        if out is not None and out.get("output_type") == "stream" and outs and outs[-1] is out:
+            self._stream = _Stream(outs, out)
+        return out
+
+    def clear_output(self, outs, msg, cell_index):
+        self._close_stream()
+        return super().clear_output(outs, msg, cell_index)
+
+    def _close_stream(self) -> None:
+        s, self._stream = self._stream, None
+        if s is not None and len(s.chunks) > 1:
+            s.node["text"] = "".join(s.chunks)
+
+    # ------------------------------------------------------------------ the record
 
     def _cell_started(self, cell, cell_index):
         self.current_cell = cell_index
 
     def _record_cell(self, cell, cell_index, execute_reply, status: str | None = None):
+        self._take_guard_drops(cell, cell_index)
+        self._close_stream()
         content = (execute_reply or {}).get("content", {})
         if status is None:
             status = "timeout" if cell_index in self._timed_out else content.get("status", "error")
-        self.cell_records[cell_index] = CellRecord(cell_index, status, cell_index in self._truncated)
-        report = dict(self.kernel_report or {})
-        report["reported_by"] = "provisioner"
-        report["cell_outcome"] = {"status": status, "output_truncated": cell_index in self._truncated,
-                                  "timed_out": cell_index in self._timed_out}
+            status = status if status in ("ok", "error", "timeout") else "error"
+        truncated = bool(self._cut.get(cell_index))
+        self.cell_records[cell_index] = CellRecord(cell_index, status, truncated)
         kernel_said = (execute_reply or {}).get("metadata", {}).get("sandbox")
+        extra = {}
         if isinstance(kernel_said, dict) and kernel_said.get("scope") == "cell":
             # A magic cell's own sandbox, as the kernel describes it: untrusted, labelled so.
-            report["cell_report"] = {**kernel_said, "reported_by": "kernel"}
-        cell.metadata["sandbox"] = report
+            # (Bounded: message metadata over the header limit is never parsed.)
+            extra["cell_report"] = {**kernel_said, "reported_by": "kernel"}
+        self._stamp(cell, {"status": status, "output_truncated": truncated, "timed_out": cell_index in self._timed_out,
+                           "output_bytes": self._used.get(cell_index, 0),
+                           "output_dropped_bytes": self._dropped.get(cell_index, 0),
+                           "output_cut_by": sorted(self._cut.get(cell_index, ()))}, extra)
+
+    def _stamp(self, cell, outcome: dict, extra: dict | None = None) -> None:
+        cell.metadata["sandbox"] = {**(self.kernel_report or {}), "reported_by": "provisioner", "cell_outcome": outcome,
+                                    **(extra or {})}
+
+    def stamp_not_run(self, final_status: str) -> None:
+        """Code cells that did not run say so, in our words (never the input's)."""
+        for i, cell in enumerate(self.nb.cells):
+            if cell.cell_type != "code" or i in self.cell_records:
+                continue
+            if not cell.source.strip():
+                why = "empty cell"
+            elif self.skip_cells_with_tag in cell.metadata.get("tags", []):
+                why = f"tagged {self.skip_cells_with_tag}"
+            else:
+                why = f"the notebook ended with status {final_status} before this cell"
+            self._stamp(cell, {"status": "not-run", "reason": why, "output_truncated": False, "timed_out": False})
 
 
 def _mark_interrupted(client: SandboxNotebookClient, nb, status: str) -> None:
@@ -159,20 +383,32 @@ def _death_reason(client: SandboxNotebookClient) -> str:
     return reason() if callable(reason) else "the kernel died"
 
 
+def _last_line(text: str, limit: int = 500) -> str:
+    """The last line of an error text (the exception itself), bounded; never splits all of a
+    text a kernel made as long as it liked."""
+    line = (text[-8 * limit:].strip().splitlines() or ["cell error"])[-1]
+    return line if len(line) <= limit else line[:limit] + "..."
+
+
 async def execute_notebook_async(nb, *, policy: SandboxPolicy | None = None, cwd: str | None = None,
-                                 cell_timeout: float | None = None, notebook_timeout: float | None = None,
-                                 allow_errors: bool = False, path: str = "<notebook>") -> tuple[Any, NotebookResult]:
+                                 cell_timeout: float | None = None, notebook_timeout: float | None = DEFAULT_NOTEBOOK_SECONDS,
+                                 allow_errors: bool = False, path: str = "<notebook>", inputs: dict | None = None,
+                                 max_notebook_output: int | None = None) -> tuple[Any, NotebookResult]:
+    """Execute ``nb`` (already read with ``intake.read_notebook``) in its own sandboxed kernel.
+    ``cwd``: the directory whose entries it sees (None: none); ``inputs``: exclusions and data
+    paths for that listing. The per-cell clock is the smaller of ``cell_timeout`` and the
+    policy's ``wall_seconds``."""
     policy = policy or secure_default()
     # The kernel report delegates the policy's per-cell wall clock to us: honour it.
     limits = [t for t in (cell_timeout, policy.resources.wall_seconds) if t]
     cell_timeout = min(limits) if limits else None
     client = SandboxNotebookClient(
-        nb, policy=policy, timeout=math.ceil(cell_timeout) if cell_timeout else None, interrupt_on_timeout=True,
-        allow_errors=allow_errors, record_timing=True, shutdown_kernel="immediate",
+        nb, policy=policy, inputs=inputs, timeout=math.ceil(cell_timeout) if cell_timeout else None,
+        interrupt_on_timeout=True, allow_errors=allow_errors, record_timing=True, shutdown_kernel="immediate",
         error_on_timeout={"ename": "CellTimeoutError", "evalue": f"cell exceeded the {cell_timeout} s timeout", "traceback": []},
-        resources={"metadata": {"path": cwd}} if cwd else {},
+        resources={"metadata": {"path": cwd}} if cwd else {}, max_notebook_output_bytes=max_notebook_output,
     )
-    result = NotebookResult(path=path, status="ok")
+    result = NotebookResult(path=path, status="ok", timeouts={"cell": cell_timeout, "notebook": notebook_timeout})
     t0 = time.monotonic()
     # Not asyncio.wait_for: nbclient turns a cancelled cell into DeadKernelError, which would
     # hide that it was our notebook deadline that ended the run.
@@ -192,18 +428,21 @@ async def execute_notebook_async(nb, *, policy: SandboxPolicy | None = None, cwd
         result.status, result.reason = "dead-kernel", _death_reason(client)
         _mark_interrupted(client, nb, "dead-kernel")
     except CellTimeoutError as e:
-        result.status, result.reason = "timeout", str(e).splitlines()[0]
+        result.status, result.reason = "timeout", _last_line(str(e)[:500].partition("\n")[0] or "cell timeout")
     except CellExecutionError as e:
-        result.status, result.reason = "error", (str(e).strip().splitlines() or ["cell error"])[-1]
+        result.status, result.reason = "error", _last_line(str(e))
     except RuntimeError as e:  # e.g. "Kernel died before replying to kernel_info"
-        result.status, result.reason = "dead-kernel", f"{e}: {_death_reason(client)}"
+        result.status, result.reason = "dead-kernel", f"{_last_line(str(e))}: {_death_reason(client)}"
+    except Exception as e:  # anything else a hostile kernel provoked: this notebook fails, the batch goes on
+        result.status, result.reason = "error", f"runner: {type(e).__name__}: {_last_line(str(e))}"
+        _mark_interrupted(client, nb, "error")
     finally:
         atexit.unregister(client._cleanup_kernel)  # left registered when the start failed
-        if client.km is not None:
-            try:
-                await client._async_cleanup_kernel()
-            except Exception:  # the kernel may already be gone; cleanup is best effort
-                pass
+        client._close_stream()
+        try:
+            await client._async_cleanup_kernel()
+        except Exception:  # the kernel may already be gone; cleanup is best effort
+            pass
     if notebook_timed_out:
         result.status, result.reason = "timeout", f"notebook exceeded the {notebook_timeout} s timeout"
         _mark_interrupted(client, nb, "timeout")
@@ -215,21 +454,26 @@ async def execute_notebook_async(nb, *, policy: SandboxPolicy | None = None, cwd
         result.status, result.reason = "timeout", "a cell exceeded the cell timeout"
     if result.status == "ok" and result.cells_errored and not allow_errors:
         result.status = "error"
+    client.stamp_not_run(result.status)
+    result.output_bytes = client._notebook_used
+    result.output_truncated = bool(client._cut)
     report = client.kernel_report
     if report is not None:
         result.downgrades = report.get("downgrades", [])
         result.layers = {name: (layer["mechanism"] if layer["state"] == "enforced" else layer["state"])
                          for name, layer in report.get("layers", {}).items()}
+        result.inputs = report.get("layers", {}).get("filesystem", {}).get("inputs", {}).get("exposed", [])
     nb.metadata["sandbox"] = {"kernel": report, "summary": {k: v for k, v in result.to_dict().items() if k != "output_path"}}
     return nb, result
 
 
 def execute_notebook(path_or_nb, *, policy: SandboxPolicy | None = None, **kwargs) -> tuple[Any, NotebookResult]:
     """Execute one notebook in its own sandboxed kernel. Returns (executed notebook, result).
-    ``path_or_nb``: a path (its directory is readable from the kernel) or a NotebookNode."""
+    ``path_or_nb``: a path (read as untrusted input; its directory is readable from the
+    kernel) or a NotebookNode."""
     if isinstance(path_or_nb, (str, os.PathLike)):
         path = Path(path_or_nb)
-        nb = nbformat.read(path, as_version=4)
+        nb = read_notebook(str(path))
         kwargs.setdefault("cwd", str(path.resolve().parent))
         kwargs.setdefault("path", str(path))
     else:
@@ -240,57 +484,107 @@ def execute_notebook(path_or_nb, *, policy: SandboxPolicy | None = None, **kwarg
 # ----------------------------------------------------------------------------- batch
 
 
-def run_one(path: str, *, policy: SandboxPolicy, output_dir: str, **options) -> NotebookResult:
-    nb, result = execute_notebook(path, policy=policy, **options)
-    out = Path(output_dir) / Path(path).name
-    out.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, out)
-    result.output_path = str(out)
+def run_one(path: str, *, policy: SandboxPolicy, results: ResultDir, inputs: dict | None, expose_dir: bool = True,
+            **options) -> NotebookResult:
+    """One notebook of a batch, start to saved result. Never raises: whatever goes wrong is
+    its row's status and reason."""
+    try:
+        nb = read_notebook(path)
+    except UntrustedInput as e:
+        return NotebookResult(path=path, status="invalid", reason=str(e))
+    cwd = os.path.dirname(os.path.abspath(path)) if expose_dir else None
+    try:
+        nb, result = asyncio.run(execute_notebook_async(nb, policy=policy, cwd=cwd, path=path, inputs=inputs, **options))
+    except Exception as e:  # a runner bug must cost one row, not the batch
+        return NotebookResult(path=path, status="error", reason=f"runner: {type(e).__name__}: {_last_line(str(e))}")
+    return save(results, path, result, lambda f: dump_json(nb, f.write))
+
+
+def save(results: ResultDir, path: str, result: NotebookResult, write) -> NotebookResult:
+    try:
+        with results.create(os.path.basename(path)) as f:
+            write(f)
+        result.output_path = os.path.join(results.path, os.path.basename(path))
+    except Exception as e:  # refused (a planted link), disk full...: the row says so
+        result.status, result.reason = "error", f"the executed notebook was not written: {_last_line(str(e))}"
     return result
 
 
 def dask_task(nb_json: str, name: str, policy_json: str, options: dict) -> tuple[str, dict]:
     """Runs on a Dask worker: execute one notebook in a sandboxed kernel there, send back the
     executed notebook and the result. The worker needs sandbox-kernel installed."""
-    nb = nbformat.reads(nb_json, as_version=4)
+    import io
+
+    nb = nbformat.reads(nb_json, as_version=4)  # read and stripped by our client already
     policy = SandboxPolicy.model_validate_json(policy_json)
     nb, result = asyncio.run(execute_notebook_async(nb, policy=policy, path=name, **options))
-    return nbformat.writes(nb), result.to_dict()
+    out = io.StringIO()
+    dump_json(nb, out.write)
+    return out.getvalue(), result.to_dict()
 
 
-def run_batch(paths: list[str], *, policy: SandboxPolicy, output_dir: str, jobs: int = 1,
-              dask_scheduler: str | None = None, on_result=None, **options) -> list[NotebookResult]:
-    """Execute every notebook; results come back in input order. ``on_result`` is called as
-    each one finishes (progress display)."""
+def run_batch(paths: list[str], *, policy: SandboxPolicy, output_dir: str | ResultDir, jobs: int = 1,
+              dask_scheduler: str | None = None, on_result=None, inputs: str = "dir", data: tuple[str, ...] = (),
+              summary: str | None = None, **options) -> list[NotebookResult]:
+    """Execute every notebook; results come back in input order, one per notebook whatever
+    happens to it. ``on_result`` is called as each one finishes (progress display).
+    ``inputs``: "dir" (each notebook sees its directory, minus the other notebooks of the run
+    and the runner's output paths) or "none"; ``data``: extra read-only paths for every one."""
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
+    results_dir = output_dir if isinstance(output_dir, ResultDir) else ResultDir.open(output_dir)
+    everyone = [os.path.realpath(p) for p in paths]
+    runner_paths = [results_dir.path] + ([os.path.abspath(summary)] if summary else [])
     results: dict[int, NotebookResult] = {}
-    if dask_scheduler:
-        from distributed import Client, as_completed as dask_completed
 
-        with Client(dask_scheduler, timeout=30) as client:
-            futures = {}
-            for i, p in enumerate(paths):
-                text = Path(p).read_text()
-                fut = client.submit(dask_task, text, p, policy.model_dump_json(), options, pure=False)
-                futures[fut] = i
-            for fut in dask_completed(futures):
-                i = futures[fut]
+    def done(i: int, result: NotebookResult) -> None:
+        results[i] = result
+        if on_result:
+            on_result(result)
+
+    try:
+        if dask_scheduler:
+            _run_on_dask(paths, policy, results_dir, dask_scheduler, options, done)
+        else:
+            with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+                futures = {}
+                for i, p in enumerate(paths):
+                    listing = {"exclude": [q for j, q in enumerate(everyone) if j != i] + runner_paths, "data": list(data)}
+                    futures[pool.submit(run_one, p, policy=policy, results=results_dir, inputs=listing,
+                                        expose_dir=inputs == "dir", **options)] = i
+                for fut in as_completed(futures):
+                    done(futures[fut], fut.result())
+    finally:
+        if results_dir is not output_dir:
+            results_dir.close()
+    return [results.get(i) or NotebookResult(path=p, status="error", reason="the runner stopped before it ran")
+            for i, p in enumerate(paths)]
+
+
+def _run_on_dask(paths, policy, results_dir: ResultDir, scheduler: str, options: dict, done) -> None:
+    from distributed import Client
+    from distributed import as_completed as dask_completed
+
+    with Client(scheduler, timeout=30) as client:
+        futures = {}
+        for i, p in enumerate(paths):
+            try:
+                nb = read_notebook(p)
+            except UntrustedInput as e:
+                done(i, NotebookResult(path=p, status="invalid", reason=str(e)))
+                continue
+            text = []
+            dump_json(nb, text.append)
+            futures[client.submit(dask_task, "".join(text), p, policy.model_dump_json(), options, pure=False)] = i
+        for fut in dask_completed(futures):
+            i = futures[fut]
+            try:
                 nb_json, data = fut.result()
-                out = Path(output_dir) / Path(paths[i]).name
-                out.parent.mkdir(parents=True, exist_ok=True)
-                out.write_text(nb_json)
-                results[i] = NotebookResult(**{**data, "output_path": str(out)})
-                if on_result:
-                    on_result(results[i])
-    else:
-        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            futures = {pool.submit(run_one, p, policy=policy, output_dir=output_dir, **options): i for i, p in enumerate(paths)}
-            for fut in as_completed(futures):
-                results[futures[fut]] = fut.result()
-                if on_result:
-                    on_result(results[futures[fut]])
-    return [results[i] for i in range(len(paths))]
+                result = NotebookResult(**data)
+            except Exception as e:  # the worker failed: this notebook's row says so
+                done(i, NotebookResult(path=paths[i], status="error", reason=f"dask worker: {_last_line(str(e))}"))
+                continue
+            done(i, save(results_dir, paths[i], result, lambda f: f.write(nb_json)))
 
 
 def batch_exit_code(results: list[NotebookResult]) -> int:
@@ -300,10 +594,11 @@ def batch_exit_code(results: list[NotebookResult]) -> int:
 
 
 def format_table(results: list[NotebookResult]) -> str:
-    rows = [("notebook", "status", "cells run", "errored", "duration", "downgrades")]
+    rows = [("notebook", "status", "cells run", "errored", "duration", "output", "downgrades")]
     for r in results:
         downs = ", ".join(sorted({d["layer"] for d in r.downgrades})) or "-"
-        rows.append((r.path, r.status, str(r.cells_run), str(r.cells_errored), f"{r.duration:.1f}s", downs))
+        output = _human(r.output_bytes) + (" (cut)" if r.output_truncated else "") if r.output_bytes else "-"
+        rows.append((r.path, r.status, str(r.cells_run), str(r.cells_errored), f"{r.duration:.1f}s", output, downs))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -317,3 +612,10 @@ def format_table(results: list[NotebookResult]) -> str:
             seen.add(enforced)
             lines.append(f"sandbox: {enforced}")
     return "\n".join(lines)
+
+
+def _human(n: int) -> str:
+    for unit, factor in (("G", GiB), ("M", MiB), ("K", 1024)):
+        if n >= factor:
+            return f"{n / factor:.1f}{unit}"
+    return f"{n}B"

@@ -209,8 +209,10 @@ class ResourcesPolicy(_Strict):
     max_output_bytes: _size_field(1, 1 * GiB) | None = Field(  # type: ignore[valid-type]
         5 * MiB, description="stdout+stderr bytes kept per run before the run is cut off"
     )
+    # Per run: a cell sandbox's whole run, or (delegated to the executing client) each cell of
+    # a kernel. A secure default needs one: sleeping code must not hold a batch forever.
     wall_seconds: Annotated[float, Field(gt=0, le=7 * 24 * 3600, allow_inf_nan=False)] | None = Field(
-        None, description="wall-clock limit per run, seconds"
+        600.0, description="wall-clock limit per run (per cell in a kernel), seconds"
     )
 
 

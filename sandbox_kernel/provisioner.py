@@ -26,7 +26,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,7 @@ from .cell_reports import CellReports
 from .cells import CellService, make_socket_dir
 from .config import SandboxPolicyConfig, load_jupyter_config
 from .launch import SandboxProcess, lease_for, prepare, start
+from .launch.inputs import list_inputs
 from .launch.process import forward_capped, start_janitor, stop_janitor
 from .launch.session import Session, open_session
 from .launch.signals import signal_command
@@ -188,13 +188,16 @@ class SandboxProvisioner(LocalProvisioner):
         # Only what the caller deliberately added (kernelspec env, session name) is a candidate
         # override; the supervisor's own environment never reaches the sandbox.
         overrides = {k: v for k, v in env.items() if os.environ.get(k) != v}
-        input_dir, input_notes = _input_dir(kwargs.get("cwd"), uid, gid)
+        # What the kernel (and its cells) see of the working dir, listed once per start. An
+        # embedding runner (the batch executor) may exclude paths and add data paths.
+        want = getattr(km, "sandbox_inputs", None) or {}
+        inputs = list_inputs(kwargs.get("cwd"), exclude=want.get("exclude", ()), data=want.get("data", ()), uid=uid, gid=gid)
         # The kernel session's scratch, shared with its cells and kept across restarts.
         share_scratch = caps.session.ok and policy.filesystem.mode != "off"
         spec = RunSpec(
             argv=tuple(cmd), staging_dir="", runtime="python", scope="kernel",
             runtime_paths=(*python_runtime_paths(), self._socket_dir), rw_paths=(run_dir,), env=overrides,
-            input_dir=input_dir, input_entries=_visible_entries(input_dir), notes=input_notes,
+            inputs=inputs.binds, notes=inputs.notes,
             # IPython's state in the sandbox's private /tmp, or under filesystem 'off' (where /tmp
             # is the host's, shared with every other kernel) in the kernel's own dir.
             sandbox_env={"JPY_PARENT_PID": "1", "PYTHONDONTWRITEBYTECODE": "1",
@@ -217,8 +220,7 @@ class SandboxProvisioner(LocalProvisioner):
             self.cell_reports = CellReports()
         self._cells = CellService(
             self._socket_dir, policy, self.effective_sandbox, session=self._session, recorder=self.cell_reports,
-            spec_extras=lambda: {"input_dir": spec.input_dir, "input_entries": _visible_entries(spec.input_dir),
-                                 "scratch_source": spec.scratch_source, "identity": identity},
+            spec_extras=lambda: {"inputs": spec.inputs, "scratch_source": spec.scratch_source, "identity": identity},
         )
         kwargs["cmd"] = plan.argv
         return kwargs
@@ -288,44 +290,6 @@ class SandboxProvisioner(LocalProvisioner):
         info = await super().get_provisioner_info()
         info["sandbox"] = self.effective_sandbox
         return info
-
-
-def _reachable(path: str, uid: int, gid: int) -> bool:
-    """Can (uid, gid), with no supplementary groups, search every directory down to ``path``?
-    bwrap resolves bind sources as the sandbox uid: an unreachable one would fail the start."""
-    if uid == 0:
-        return True
-    parts = os.path.realpath(path).split("/")
-    for i in range(1, len(parts) + 1):
-        st = os.stat("/".join(parts[:i]) or "/")
-        bit = stat.S_IXUSR if st.st_uid == uid else stat.S_IXGRP if st.st_gid == gid else stat.S_IXOTH
-        if not st.st_mode & bit:
-            return False
-    return True
-
-
-def _input_dir(cwd, uid: int, gid: int) -> tuple[str | None, tuple[tuple[str, str], ...]]:
-    """The kernel's working dir on the host, if the kernel's uid can reach it."""
-    if not cwd or not os.path.isdir(cwd):
-        return None, ()
-    cwd = os.path.realpath(cwd)
-    if not _reachable(cwd, uid, gid):
-        return None, (("filesystem", f"the working directory {cwd} is not reachable by uid {uid}: its files are not visible in the sandbox"),)
-    return cwd, ()
-
-
-def _visible_entries(directory) -> tuple[str, ...]:
-    """Names in the kernel's working dir to expose read-only. Dotfiles (.env, .git, keys) stay
-    hidden: a notebook's directory may hold secrets next to the data. Symlinks stay hidden
-    too: bwrap resolves a bind source on the host, so an untrusted repository's
-    ``notes -> /home/alice/.bashrc`` would otherwise show a host file the sandbox must not see."""
-    if not directory or not os.path.isdir(directory):
-        return ()
-    try:
-        with os.scandir(directory) as entries:
-            return tuple(sorted(e.name for e in entries if not e.name.startswith(".") and not e.is_symlink()))
-    except OSError:
-        return ()
 
 
 def _raw_policy(path: str) -> dict:

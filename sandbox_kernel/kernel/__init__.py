@@ -13,6 +13,10 @@ import json
 import os
 
 REPORT_ENV = "SANDBOX_KERNEL_REPORT"
+# ipykernel sends what a cell printed in the last 0.2 s as one stream message, however large,
+# and the batch runner drops a message over its limit (at least 8 MiB) whole. Flushing every
+# MiB keeps a print flood in messages whose part within the output cap can be kept.
+STREAM_FLUSH_BYTES = 1 << 20
 
 
 def kernel_report() -> dict:
@@ -26,8 +30,32 @@ def kernel_report() -> dict:
         return {"version": 1, "scope": "kernel", "state": "unknown", "note": f"unreadable {REPORT_ENV}"}
 
 
+def bound_stream_messages(streams) -> None:
+    """Make each ipykernel output stream flush once a MiB is pending (flush() waits for the
+    send: a fast writer is slowed down instead of building one huge message)."""
+    for stream in streams:
+        if getattr(stream, "_sandbox_bounded", False) or not hasattr(stream, "pub_thread"):
+            continue
+        pending = [0]
+
+        def write(text, _write=stream.write, _stream=stream, _pending=pending):
+            n = _write(text)
+            _pending[0] += len(text)
+            if _pending[0] >= STREAM_FLUSH_BYTES:
+                _pending[0] = 0
+                _stream.flush()
+            return n
+
+        stream.write = write
+        stream._sandbox_bounded = True
+
+
 def load_ipython_extension(ip) -> None:
+    import sys
+
     from .magics import SandboxMagics
+
+    bound_stream_messages((sys.stdout, sys.stderr))
 
     pending: dict = {}  # the cell-scope report of a magic cell, until its execute_reply
     ip.register_magics(SandboxMagics(ip, on_report=lambda report: pending.update(cell=report)))

@@ -40,8 +40,9 @@ class RunSpec:
     runtime_paths: tuple[str, ...] = ()  # read-only even under scratch-only: the interpreter's env
     rw_paths: tuple[str, ...] = ()  # host paths bound read-write (e.g. a kernel's ipc dir)
     cwd: str | None = None  # default: the scratch dir
-    input_dir: str | None = None  # host dir whose entries appear read-only inside scratch
-    input_entries: tuple[str, ...] = ()  # names in input_dir (listed by the caller: plan() does no I/O)
+    # (host path, path under the scratch dir) pairs exposed read-only: listed by the caller
+    # (launch.inputs.list_inputs; plan() does no I/O). A path ending in "/" is a directory.
+    inputs: tuple[tuple[str, str], ...] = ()
     notes: tuple[tuple[str, str], ...] = ()  # (layer, note) facts the caller found, for the report
     # Host path, in a kernel session's mount namespace, of the sized scratch tmpfs the session
     # shares between the kernel and its cells (the launch shell joins that namespace).
@@ -94,7 +95,7 @@ def plan(policy: SandboxPolicy, caps: HostCapabilities, spec: RunSpec) -> Plan:
     fs = plan_filesystem(
         policy.filesystem, caps, staging_dir=spec.staging_dir, scratch_dir=spec.scratch_dir,
         runtime_paths=spec.runtime_paths, rw_paths=spec.rw_paths, cwd=spec.cwd, run_as=priv.run_as,
-        nameserver=net.nameserver, input_dir=spec.input_dir, input_entries=spec.input_entries,
+        nameserver=net.nameserver, inputs=spec.inputs,
         scratch_source=spec.scratch_source,
     )
     res = plan_resources(policy.resources, caps, spec.runtime, in_userns=caps.bwrap.ok, scope=spec.scope)

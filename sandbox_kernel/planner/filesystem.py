@@ -77,12 +77,20 @@ def _staged_files(user: str, uid: int, gid: int, home: str, nameserver: str | No
     }
 
 
-MAX_INPUT_ENTRIES = 1000
+MAX_INPUT_BINDS = 1000
+MAX_REPORTED_INPUTS = 100
 
 
-def _input_entries(names: tuple[str, ...]) -> tuple[str, ...]:
-    ok = [n for n in names if n not in ("", ".", "..") and "/" not in n and "\0" not in n]
-    return tuple(sorted(ok)[:MAX_INPUT_ENTRIES])
+def _input_binds(inputs: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
+    """The caller's (host path, path under scratch) pairs that cannot escape the scratch dir:
+    relative, no '.'/'..' or empty components, no NUL; sorted so parents come first."""
+    ok = []
+    for source, dest in inputs:
+        parts = dest.rstrip("/").split("/")
+        if (source.startswith("/") and "\0" not in source and "\0" not in dest
+                and all(p not in ("", ".", "..") for p in parts)):
+            ok.append((source, dest))
+    return sorted(ok, key=lambda b: b[1])[:MAX_INPUT_BINDS]
 
 
 def plan_filesystem(
@@ -96,8 +104,7 @@ def plan_filesystem(
     cwd: str | None,
     run_as: tuple[str, int, int],
     nameserver: str | None,
-    input_dir: str | None = None,
-    input_entries: tuple[str, ...] = (),
+    inputs: tuple[tuple[str, str], ...] = (),
     scratch_source: str | None = None,
 ) -> FilesystemDecision:
     if not caps.bwrap.ok:
@@ -134,11 +141,11 @@ def plan_filesystem(
         mounts += ["--bind", scratch_source, scratch_dir]
     else:
         mounts += size + ["--tmpfs", scratch_dir, "--chmod", "0700", scratch_dir]
-    # The input dir's entries (a notebook's siblings) appear read-only inside scratch, so
-    # relative reads work while every write lands in scratch and never in the input dir.
-    inputs = _input_entries(input_entries) if input_dir and fs.mode == "scratch-plus-ro" else ()
-    for name in inputs:
-        mounts += ["--ro-bind-try", f"{input_dir}/{name}", f"{scratch_dir}/{name}"]
+    # The inputs (a notebook's siblings, data paths; listed by the caller) appear read-only
+    # inside scratch, so relative reads work while every write lands in scratch.
+    binds = _input_binds(inputs) if fs.mode == "scratch-plus-ro" else []
+    for source, dest in binds:
+        mounts += ["--ro-bind-try", source, f"{scratch_dir}/{dest.rstrip('/')}"]
     for p in rw_paths:
         mounts += ["--bind", p, p]
     # bwrap's own root is a writable tmpfs: once every mount point exists, make it read-only
@@ -157,7 +164,9 @@ def plan_filesystem(
         "scratch": "tmpfs of the kernel session (shared with its cells)" if scratch_source else "private tmpfs",
         "proc": "private (own pid namespace)",
     }
-    if inputs:
-        detail["inputs"] = {"from": input_dir, "entries": len(inputs), "access": "read-only, inside scratch"}
+    if binds:
+        exposed = [dest for _, dest in binds]
+        detail["inputs"] = {"entries": len(exposed), "exposed": exposed[:MAX_REPORTED_INPUTS],
+                            "access": "read-only, inside scratch"}
     notes = [Note("filesystem", f"read-only path {p} not bound: it would replace the sandbox's own / /etc /proc /dev or /tmp (host /etc holds shadow and secrets)") for p in refused]
     return FilesystemDecision(mounts, cwd or scratch_dir, LayerState("enforced", "bwrap", detail), staged=staged, notes=notes)

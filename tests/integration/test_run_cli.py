@@ -125,7 +125,12 @@ def test_concurrent_notebooks_cannot_see_each_other(tmp_path):
 
 
 def test_dask_cluster_runs_notebooks(tmp_path):
-    """A real scheduler and two workers (separate processes, loopback only)."""
+    """A real scheduler and two workers (separate processes, loopback only). The results come
+    back to the runner, which writes them like any other: not through a planted link."""
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "batch_2.ipynb").symlink_to(victim)
     bindir = Path(sys.executable).parent
     sched_file = tmp_path / "scheduler.json"
     procs = [subprocess.Popen([bindir / "dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
@@ -152,9 +157,11 @@ def test_dask_cluster_runs_notebooks(tmp_path):
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.returncode == 1, proc.stdout + proc.stderr
     s = summary(tmp_path / "s.json")
-    for book in books:
+    assert s[str(books[2])]["status"] == "error" and "symbolic link" in s[str(books[2])]["reason"]
+    assert victim.read_text() == "keep"
+    for book in books[:2]:
         assert s[str(book)]["status"] == "ok"
         nb = nbformat.read(tmp_path / "out" / book.name, as_version=4)
         assert all(c.metadata["sandbox"]["enforced"]["filesystem"] for c in nb.cells)

@@ -35,23 +35,32 @@ def _input_binds(p):
     return [(src, dst) for src, dst in triples(list(p.argv), "--ro-bind-try") if src.startswith(INPUT)]
 
 
-def test_input_entries_appear_read_only_inside_scratch_after_the_scratch_tmpfs():
-    p = run_plan(input_dir=INPUT, input_entries=("data.csv", "sub"))
-    assert _input_binds(p) == [(f"{INPUT}/data.csv", "/scratch/data.csv"), (f"{INPUT}/sub", "/scratch/sub")]
+def test_inputs_appear_read_only_inside_scratch_after_the_scratch_tmpfs():
+    p = run_plan(inputs=((f"{INPUT}/sub/x.csv", "sub/x.csv"), (f"{INPUT}/data.csv", "data.csv"), (f"{INPUT}/dir", "dir/")))
+    assert _input_binds(p) == [(f"{INPUT}/data.csv", "/scratch/data.csv"), (f"{INPUT}/dir", "/scratch/dir"),
+                               (f"{INPUT}/sub/x.csv", "/scratch/sub/x.csv")]
     argv = list(p.argv)
     scratch_tmpfs = max(i for i, a in enumerate(argv) if a == "--tmpfs" and argv[i + 1] == "/scratch")
     assert all(argv.index(src) > scratch_tmpfs for src, _ in _input_binds(p))
-    assert p.report.layers["filesystem"].detail["inputs"]["entries"] == 2
+    inputs = p.report.layers["filesystem"].detail["inputs"]
+    assert inputs["entries"] == 3 and inputs["exposed"] == ["data.csv", "dir/", "sub/x.csv"]
 
 
-@pytest.mark.parametrize("bad", ["..", ".", "", "a/b", "x\0y"])
-def test_input_entries_cannot_escape(bad):
-    p = run_plan(input_dir=INPUT, input_entries=(bad, "ok.txt"))
+@pytest.mark.parametrize("bad", ["..", ".", "", "a/../../etc", "/abs", "a//b", "x\0y"])
+def test_inputs_cannot_escape_the_scratch_dir(bad):
+    p = run_plan(inputs=((f"{INPUT}/x", bad), (f"{INPUT}/ok.txt", "ok.txt"), ("relative/src", "rel.txt")))
     assert _input_binds(p) == [(f"{INPUT}/ok.txt", "/scratch/ok.txt")]
 
 
-def test_scratch_only_does_not_expose_the_input_dir():
-    p = run_plan(pol=policy({"filesystem": {"mode": "scratch-only"}}), input_dir=INPUT, input_entries=("data.csv",))
+def test_input_binds_are_bounded():
+    many = tuple((f"{INPUT}/f{i:05d}", f"f{i:05d}") for i in range(1500))
+    p = run_plan(inputs=many)
+    assert len(_input_binds(p)) == 1000
+    assert len(p.report.layers["filesystem"].detail["inputs"]["exposed"]) == 100
+
+
+def test_scratch_only_does_not_expose_the_inputs():
+    p = run_plan(pol=policy({"filesystem": {"mode": "scratch-only"}}), inputs=((f"{INPUT}/data.csv", "data.csv"),))
     assert _input_binds(p) == []
 
 
