@@ -15,8 +15,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from .errors import UntrustedInputError
+
 SOCKET_NAME = "cells.sock"
-SOCKET_ENV = "SANDBOX_KERNEL_CELL_SOCKET"
+SOCKET_ENV = "SANDBOX_KERNEL_CELL_SOCKET"  # the cell socket's path, in the kernel's environment
+REPORT_ENV = "SANDBOX_KERNEL_REPORT"  # the kernel's own report (JSON), in its environment
 
 MAX_HEADER = 64 * 1024  # bytes of header line, newline excluded
 MAX_SOURCE = 8 * 1024 * 1024  # bytes of cell body
@@ -40,7 +43,7 @@ _FIELD_TYPES = {
 }
 
 
-class RequestError(ValueError):
+class RequestError(UntrustedInputError):
     """A malformed request; ``problems`` is a list of [field, message] pairs for the reply."""
 
     def __init__(self, problems: list[list[str]]):

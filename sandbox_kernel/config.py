@@ -44,7 +44,7 @@ class SandboxPolicyConfig(Configurable):
     tighten it."""
 
     policy_file = Unicode(None, allow_none=True,
-                          help="A JSON or TOML policy file (contract 3.1). Traits set here override its values.").tag(config=True)
+                          help="A JSON or TOML policy file (keys: docs/architecture.md, \"Policy keys\"). Traits set here override its values.").tag(config=True)
     enabled = Bool(None, allow_none=True, help="Sandbox kernels at all. Secure default: True.").tag(config=True)
     on_unavailable = Enum(["fail", "degrade"], default_value=None, allow_none=True,
                           help="'fail': refuse to start when any layer cannot be enforced; 'degrade': start and report "

@@ -17,12 +17,13 @@ import sys
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, magics_class
 
+from ..errors import SandboxKernelError
 from ..cell_protocol import OPTION_FIELDS, SOCKET_ENV, encode_request, option_problems
 
 # The policy model (pydantic) is imported on first use, not at kernel start.
 
 
-class SandboxCellError(Exception):
+class SandboxCellError(SandboxKernelError):
     """The cell's sandboxed process failed: non-zero exit, timeout, kill, or a refused option."""
 
     def _render_traceback_(self):  # IPython: show the message, not a Python traceback

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Mapping
 
-from ..capabilities import HostCapabilities
+from ..host import HostCapabilities
 from ..policy import SandboxPolicy
 from ..report import Downgrade, EffectiveSandbox, LayerState, Note, SandboxUnavailable
 from .env import plan_env
@@ -33,7 +33,9 @@ class RunSpec:
     """What is being run, and what it needs from the host."""
 
     argv: tuple[str, ...]
-    staging_dir: str  # host dir (private to the run) where the launch shell writes staged files
+    # Host dir (private to the run) where the launch shell writes staged files: filled in by
+    # launch.prepare(), which makes the dir; left empty by callers.
+    staging_dir: str = ""
     runtime: Runtime = "other"
     scope: Literal["kernel", "cell"] = "cell"
     scratch_dir: str = "/scratch"  # in-sandbox path of the private, sized scratch tmpfs

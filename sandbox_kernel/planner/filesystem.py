@@ -12,11 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..capabilities import HostCapabilities
+from ..host import SYSTEM_DIRS, HostCapabilities
 from ..policy import FilesystemPolicy
 from ..report import Downgrade, LayerState, Note
-
-SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 
 # Host /etc entries a program may legitimately need. Everything else in /etc (shadow, ssh
 # keys, mounted secrets, the host's passwd) stays invisible.

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..capabilities import HostCapabilities
+from ..host import HostCapabilities
 from ..policy import ResourcesPolicy
 from ..report import Downgrade, LayerState, Note
 

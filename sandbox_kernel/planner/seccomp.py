@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..capabilities import HostCapabilities
+from ..host import HostCapabilities
 from ..report import Downgrade, LayerState
 
 DENIED_SYSCALLS = (

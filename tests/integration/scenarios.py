@@ -19,15 +19,22 @@ import sys
 import threading
 import time
 
-from sandbox_kernel.capabilities import python_runtime_paths
-from sandbox_kernel.launch import communicate, prepare, run, start
+from sandbox_kernel.capabilities import detect
+from sandbox_kernel.launch import communicate, prepare, start
+from sandbox_kernel.launch import run as launch_run
 from sandbox_kernel.planner import RunSpec
 from sandbox_kernel.policy import policy_from_dict
 from sandbox_kernel.report import SandboxUnavailable
+from sandbox_kernel.runtime import python_runtime_paths
+
+
+def run(policy, spec, **kw):
+    """One sandboxed run on this host as probed (launch.run with ``detect()``)."""
+    return launch_run(policy, spec, caps=detect(), **kw)
 
 
 def spec(code: str) -> RunSpec:
-    return RunSpec(argv=(sys.executable, "-c", code), staging_dir="", runtime="python",
+    return RunSpec(argv=(sys.executable, "-c", code), runtime="python",
                    runtime_paths=python_runtime_paths())
 
 
@@ -59,7 +66,7 @@ class Background:
     Its stdin stays open until :meth:`finish`, so the sandboxed code can block on it."""
 
     def __init__(self, policy: dict, code: str):
-        self.proc = start(prepare(policy_from_dict(policy), spec(code)), stdin=subprocess.PIPE)
+        self.proc = start(prepare(policy_from_dict(policy), spec(code), detect()), stdin=subprocess.PIPE)
         self.seen = bytearray()
         self.cond = threading.Condition()
         self.result = None
@@ -492,7 +499,7 @@ def identity() -> dict:
 
 def fail_closed(marker: str) -> dict:
     """PATH hides a tool (set by the test): the live probe fails and the run must be refused."""
-    spec = RunSpec(argv=("/bin/sh", "-c", f"echo ran > {marker}"), staging_dir="")
+    spec = RunSpec(argv=("/bin/sh", "-c", f"echo ran > {marker}"))
     try:
         result = run(policy_from_dict({}), spec)
     except SandboxUnavailable as e:

@@ -18,6 +18,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from sandbox_kernel.kernel_sandbox import KernelDirs
 from sandbox_kernel.launch.signals import command_pids
 
 from .kernels import (REPO, execute, leased_uid, path_without, reply_to, run_in_outer_netns, running_kernel,
@@ -103,7 +104,7 @@ def test_kernel_runs_confined(monkeypatch):
     monkeypatch.setenv("SBX_TEST_SECRET", "hunter2")
     srv, port = _listener()
     with running_kernel() as (km_b, _), running_kernel() as (km, kc):
-        other = [km_b.provisioner._run_dir, km_b.connection_file]
+        other = [km_b.provisioner.sandbox.dirs.run_dir, km_b.connection_file]
         assert all(os.path.exists(p) for p in other)  # the other kernel's files exist on the host
         out, reply = execute(kc, PROBE.replace("PORT", str(port)).replace("OTHER", repr(other)))
         res = json.loads(out)
@@ -132,14 +133,14 @@ def test_interrupt_restart_and_shutdown_leave_nothing():
         reply = reply_to(kc, msg_id, timeout=20)
         assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"
         assert execute(kc, "print(6 * 7)")[0].strip() == "42"
-        first = [km.provisioner.pid, *command_pids(km.provisioner._sandbox)]
-        run_dir = km.provisioner._run_dir
+        first = [km.provisioner.pid, *command_pids(km.provisioner.sandbox.process)]
+        run_dir = km.provisioner.sandbox.dirs.run_dir
         km.restart_kernel(now=True)
         kc.wait_for_ready(timeout=60)
         assert _wait_gone(first) == []
-        assert km.provisioner._run_dir == run_dir and os.path.isdir(run_dir)  # survives restart
+        assert km.provisioner.sandbox.dirs.run_dir == run_dir and os.path.isdir(run_dir)  # survives restart
         assert execute(kc, "print('again')")[0].strip() == "again"
-        second = [km.provisioner.pid, *command_pids(km.provisioner._sandbox)]
+        second = [km.provisioner.pid, *command_pids(km.provisioner.sandbox.process)]
     assert _wait_gone(second) == []
     assert not os.path.exists(run_dir)
 
@@ -151,8 +152,8 @@ from sandbox_kernel.launch.signals import command_pids
 km = KernelManager(kernel_name="python3-sandboxed")
 km.start_kernel()
 kc = km.client(); kc.start_channels(); kc.wait_for_ready(timeout=60)
-print(json.dumps({"pids": [km.provisioner.pid, *command_pids(km.provisioner._sandbox)],
-                  "run_dir": km.provisioner._run_dir}), flush=True)
+print(json.dumps({"pids": [km.provisioner.pid, *command_pids(km.provisioner.sandbox.process)],
+                  "run_dir": km.provisioner.sandbox.dirs.run_dir}), flush=True)
 time.sleep(600)
 """
 
@@ -397,7 +398,7 @@ def test_supervisor_never_follows_links_the_kernel_plants(tmp_path):
     victim.write_text("host file")
     os.chmod(victim, 0o600)
     with running_kernel() as (km, kc):
-        socket_dir = km.provisioner._socket_dir
+        socket_dir = km.provisioner.sandbox.dirs.socket_dir
         out, _ = execute(kc, f"""
             import os
             def plant(path):
@@ -407,7 +408,7 @@ def test_supervisor_never_follows_links_the_kernel_plants(tmp_path):
                 except OSError as e:
                     return e.strerror
             print('run dir', plant({km.connection_file!r} + '.new'))
-            print('own dir', plant({km.provisioner._kernel_dir!r} + '/link'))
+            print('own dir', plant({km.provisioner.sandbox.dirs.kernel_dir!r} + '/link'))
             try:
                 open(os.path.join({socket_dir!r}, 'planted'), 'w')
                 print('wrote into the socket dir')
@@ -428,6 +429,8 @@ def test_supervisor_never_follows_links_the_kernel_plants(tmp_path):
     ({"netwrok": {"mode": "deny"}}, "kernel_provisioner.config.netwrok"),
     ({"network": {"mode": "unrestricted"}}, "network.mode"),
     ({"resources": {"memory_bytes": "4G"}}, "resources.memory_bytes"),
+    # Read with the one policy-file reader: a PolicyError naming the key, not a raw OSError.
+    ({"kernel_policy_file": "/nonexistent/policy.toml"}, "kernel_provisioner.config.kernel_policy_file"),
 ])
 def test_kernelspec_config_can_only_tighten_and_typos_fail(jupyter_dirs, config, field):
     from jupyter_client.manager import KernelManager
@@ -440,7 +443,7 @@ def test_kernelspec_config_can_only_tighten_and_typos_fail(jupyter_dirs, config,
     with pytest.raises(PolicyError) as err:
         km.start_kernel()
     assert field in err.value.fields
-    assert km.provisioner is None or km.provisioner._run_dir is None  # nothing left behind
+    assert km.provisioner is None or km.provisioner.sandbox.dirs is None  # nothing left behind
 
 
 def test_kernelspec_config_tightens(jupyter_dirs):
@@ -502,3 +505,35 @@ def test_session_scratch_is_capped_at_scratch_bytes(jupyter_dirs):
     assert out.split() == ["ENOSPC", "ENOSPC"]
     assert cell_out.strip() == "ENOSPC"
     assert detail["scratch_bytes"] == 8 * 2**20 and "shared" in detail["scratch"]
+
+
+def test_doctor_plans_the_kernel_that_starts(jupyter_dirs, tmp_path):
+    """``doctor --json`` for the default kernelspec reports the very sandbox a started kernel
+    gets: the same layers, mechanisms, binds, environment keys and notes. Only what is made per
+    kernel differs: the names of its run and cell-socket dirs, and its leased uid."""
+    _, config = jupyter_dirs
+    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(config)}
+    proc = subprocess.run([sys.executable, "-m", "sandbox_kernel.cli", "doctor", "--json"], capture_output=True,
+                          text=True, env=env, cwd=tmp_path, timeout=120)
+    planned = json.loads(proc.stdout)["report"]
+    with running_kernel() as (km, _):
+        started = km.provisioner.effective_sandbox
+        dirs = km.provisioner.sandbox.dirs
+        per_kernel = {dirs.run_dir: "<run dir>", dirs.socket_dir: "<socket dir>"}
+    placeholder = KernelDirs.placeholder()
+    per_doctor = {placeholder.run_dir: "<run dir>", placeholder.socket_dir: "<socket dir>"}
+    assert started["scope"] == planned["scope"] == "kernel"
+    assert normalised(started, per_kernel) == normalised(planned, per_doctor)
+
+
+def normalised(report: dict, names: dict[str, str]) -> dict:
+    """The report with per-kernel dir names replaced and the leased uid left out."""
+    text = json.dumps(report, sort_keys=True)
+    for path, name in names.items():
+        text = text.replace(path, name)
+    out = json.loads(text)
+    privilege = out["layers"]["privilege"]
+    for key in ("uid", "gid"):
+        if privilege.get("uid_per_kernel"):
+            privilege[key] = "<leased>"
+    return out

@@ -35,7 +35,7 @@ import subprocess
 import tempfile
 import time
 
-from sandbox_kernel.capabilities import CGROUP_PARENT
+from sandbox_kernel.host import CGROUP_PARENT
 
 PRODUCT_TEMP_GLOB = "sandbox-kernel-*"
 PR_SET_CHILD_SUBREAPER = 36

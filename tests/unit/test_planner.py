@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import pytest
 
-from sandbox_kernel.capabilities import Capability, HostCapabilities
+from sandbox_kernel.host import Capability, HostCapabilities
 from sandbox_kernel.planner import FD_PLACEHOLDER, RunSpec, plan
 from sandbox_kernel.planner.env import BASE_PATH
 from sandbox_kernel.planner.filesystem import CURATED_ETC, MINIMAL_ETC, STAGED_ETC
