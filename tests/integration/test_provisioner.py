@@ -326,6 +326,7 @@ def test_jupyter_server_rest_and_websocket(tmp_path):
             elif msg["msg_type"] == "execute_reply":
                 reply = msg
         ws.close()
+        assert len(text.split()) == 2, (text, reply)
         uid, net = text.split()
         assert int(uid) != 0
         assert net == "ConnectionRefusedError"  # the server itself is unreachable from the kernel
