@@ -4,8 +4,8 @@ Cell sandboxes are started from *outside* the kernel, by the supervisor that sta
 kernel, never nested inside it: the kernel's seccomp filter forbids user namespaces and mounts
 (the kernel-exploit surface nested sandboxes would need), and a nested bwrap could not mount a
 fresh /proc anyway. The kernel reaches the supervisor through one narrow channel: a Unix socket
-in a supervisor-owned directory bound read-only into the kernel's sandbox. Over it the kernel can only ask "run this body as sh/node/python with
-these options"; the supervisor tightens *its own* record of the kernel's policy with the
+in a supervisor-owned directory bound read-only into the kernel's sandbox. Over it the kernel
+can only ask "run this body as sh/node/python with these options"; the supervisor tightens *its own* record of the kernel's policy with the
 options (the kernel cannot claim a looser policy), plans the cell with the same ``plan()``,
 runs it with the same launch shell and streams the output back.
 

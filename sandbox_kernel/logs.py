@@ -40,7 +40,13 @@ def route_to(target) -> None:
         if id(target) in _routed:
             return
         _routed.add(id(target))
-        logging.getLogger(PACKAGE).addHandler(_Forward(target))
+        package = logging.getLogger(PACKAGE)
+        package.addHandler(_Forward(target))
+        # Records below the package's level are never made: follow the target's (e.g. the
+        # server's --log-level), unless someone set a lower one for the package.
+        level = target.getEffectiveLevel()
+        if package.level == logging.NOTSET or package.level > level:
+            package.setLevel(level)
 
 
 def layers_summary(report) -> str:

@@ -150,9 +150,11 @@ class SandboxMagics(Magics):
         self.on_report(report)
         outcome = report["outcome"]
         if outcome["timed_out"]:
-            raise SandboxCellError(f"%%{magic}: timed out after {report['requested']['resources']['wall_seconds']} s; its processes were killed")
+            limit = report["requested"]["resources"]["wall_seconds"]
+            raise SandboxCellError(f"%%{magic}: timed out after {limit} s; its processes were killed")
         if outcome["output_truncated"]:
-            raise SandboxCellError(f"%%{magic}: output exceeded {report['requested']['resources']['max_output_bytes']} bytes; the cell was stopped")
+            limit = report["requested"]["resources"]["max_output_bytes"]
+            raise SandboxCellError(f"%%{magic}: output exceeded {limit} bytes; the cell was stopped")
         if outcome["killed_reason"] == "oom":
             raise SandboxCellError(f"%%{magic}: killed by the memory cap")
         if outcome["exit_code"] != 0:

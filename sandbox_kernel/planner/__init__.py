@@ -77,7 +77,8 @@ class Plan:
 
 def _disabled_plan(policy: SandboxPolicy, caps: HostCapabilities, spec: RunSpec) -> Plan:
     layers = {name: LayerState("not-requested", None) for name in ("filesystem", "network", "resources", "privilege", "env", "seccomp")}
-    report = EffectiveSandbox(spec.scope, policy.to_dict(), layers, notes=[Note("policy", "sandbox disabled by policy (enabled: false)")], platform=caps.platform)
+    report = EffectiveSandbox(spec.scope, policy.to_dict(), layers, notes=[Note("policy", "sandbox disabled by policy (enabled: false)")],
+                              platform=caps.platform)
     # No confinement, but still no supervisor secrets: locale and PATH from the host only.
     host = {k: v for k, v in spec.host_env.items() if k == "PATH" or k.startswith("LC_") or k in ("LANG", "TZ")}
     env = {**host, **spec.env, **spec.sandbox_env}

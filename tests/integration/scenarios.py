@@ -12,7 +12,6 @@ scenario: it measures the effect from inside and prints its own JSON line.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -26,6 +25,13 @@ from sandbox_kernel.planner import RunSpec
 from sandbox_kernel.policy import policy_from_dict
 from sandbox_kernel.report import SandboxUnavailable
 from sandbox_kernel.runtime import python_runtime_paths
+
+if __package__:  # imported by a test module
+    from .probes import WRITE_PROBE
+    from .procs import processes_with
+else:  # run as a supervisor process: python scenarios.py NAME ARGS
+    from probes import WRITE_PROBE
+    from procs import processes_with
 
 
 def run(policy, spec, **kw):
@@ -98,13 +104,7 @@ class Background:
 
 FILESYSTEM_CODE = r"""
 import errno, json, os, sys
-def write(path):
-    try:
-        with open(path, "w") as f:
-            f.write("x")
-        return "ok"
-    except OSError as e:
-        return errno.errorcode[e.errno]
+""" + WRITE_PROBE + r"""
 res = {"cwd": os.getcwd(), "home": os.environ.get("HOME")}
 res["writes"] = {p: write(p) for p in (
     "/etc/sbx-probe", "/usr/sbx-probe", "/sbx-probe", "/dev/sbx-probe", os.path.join(sys.prefix, "sbx-probe"),
@@ -400,19 +400,6 @@ if os.fork() == 0:
 print("grandchild started", flush=True)
 time.sleep(600)
 """
-
-
-def processes_with(token: str) -> list[str]:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if token in cmdline and pid != str(os.getpid()):
-            found.append(f"{pid}: {cmdline}")
-    return found
 
 
 def timeout(via: str, token: str) -> dict:

@@ -23,43 +23,12 @@ from sandbox_kernel.launch.signals import command_pids
 
 from .kernels import (REPO, execute, leased_uid, path_without, reply_to, run_in_outer_netns, running_kernel,
                       write_kernelspec, write_operator_config)
+from .probes import WRITE_PROBE
+from .procs import alive, wait_gone
 
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(autouse=True)
-def jupyter_dirs(tmp_path, monkeypatch):
-    """A private Jupyter data dir holding the python3-sandboxed kernelspec, and an empty
-    config dir (the operator policy is the secure default unless a test writes one)."""
-    data, config = tmp_path / "data", tmp_path / "config"
-    write_kernelspec(data)
-    config.mkdir()
-    monkeypatch.setenv("JUPYTER_PATH", str(data))
-    monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(config))
-    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
-    return data, config
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("jupyter_dirs")]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def _wait_gone(pids, timeout=10.0) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        left = [p for p in pids if _alive(p)]
-        if not left:
-            return []
-        time.sleep(0.05)
-    return [p for p in pids if _alive(p)]
 
 
 def _listener():
@@ -72,17 +41,11 @@ def _listener():
 
 PROBE = r"""
 import errno, json, os, socket
+""" + WRITE_PROBE + r"""
 res = {"uid": os.getuid()}
 status = open("/proc/self/status").read()
 res["capeff"] = status.split("CapEff:")[1].split()[0]
 res["nnp"] = status.split("NoNewPrivs:")[1].split()[0]
-def write(p):
-    try:
-        with open(p, "w") as f:
-            f.write("x")
-        return "ok"
-    except OSError as e:
-        return errno.errorcode[e.errno]
 res["write_usr"] = write("/usr/lib/sbx-probe")
 res["write_etc"] = write("/etc/sbx-probe")
 res["write_scratch"] = write(os.path.join(os.getcwd(), "probe.txt"))
@@ -137,11 +100,11 @@ def test_interrupt_restart_and_shutdown_leave_nothing():
         run_dir = km.provisioner.sandbox.dirs.run_dir
         km.restart_kernel(now=True)
         kc.wait_for_ready(timeout=60)
-        assert _wait_gone(first) == []
+        assert wait_gone(first) == []
         assert km.provisioner.sandbox.dirs.run_dir == run_dir and os.path.isdir(run_dir)  # survives restart
         assert execute(kc, "print('again')")[0].strip() == "again"
         second = [km.provisioner.pid, *command_pids(km.provisioner.sandbox.process)]
-    assert _wait_gone(second) == []
+    assert wait_gone(second) == []
     assert not os.path.exists(run_dir)
 
 
@@ -163,12 +126,12 @@ def test_supervisor_crash_leaves_no_kernel():
     try:
         info = json.loads(proc.stdout.readline())
         pids = info["pids"]
-        assert len(pids) == 2 and all(_alive(p) for p in pids) and os.path.isdir(info["run_dir"])
+        assert len(pids) == 2 and all(alive(p) for p in pids) and os.path.isdir(info["run_dir"])
         proc.kill()
         proc.wait()
     finally:
         proc.kill()
-    assert _wait_gone(pids) == []
+    assert wait_gone(pids) == []
     deadline = time.monotonic() + 10  # the run dir holds the connection file's HMAC key
     while os.path.exists(info["run_dir"]) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -248,7 +211,8 @@ for name, port in (("allowed", {allowed}), ("other", {other})):
 print(json.dumps(res))
 '''
 out = []
-kc.execute_interactive(code, timeout=30, output_hook=lambda m: out.append(m["content"].get("text", "")) if m["msg_type"] == "stream" else None)
+kc.execute_interactive(code, timeout=30,
+                       output_hook=lambda m: out.append(m["content"].get("text", "")) if m["msg_type"] == "stream" else None)
 report = km.provisioner.effective_sandbox["layers"]["network"]
 kc.stop_channels(); km.shutdown_kernel(now=True)
 print(json.dumps({"kernel": json.loads("".join(out)), "network": report}))
@@ -313,11 +277,13 @@ def test_jupyter_server_rest_and_websocket(tmp_path):
                 continue
         assert iopub_live, "iopub never answered a kernel_info request"
         ws.settimeout(60)
-        code = f"import os, socket\nprint(os.getuid())\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=5); print('reached')\nexcept OSError as e:\n    print(type(e).__name__)"
+        code = (f"import os, socket\nprint(os.getuid())\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=5); "
+                "print('reached')\nexcept OSError as e:\n    print(type(e).__name__)")
         msg_id = send("execute_request", {"code": code, "silent": False, "store_history": False,
                                           "user_expressions": {}, "allow_stdin": False})
-        text, reply = "", None
-        while reply is None:
+        # The reply (shell) may overtake the output (iopub): read until iopub says idle too.
+        text, reply, idle = "", None, False
+        while reply is None or not idle:
             msg = json.loads(ws.recv())
             if msg.get("parent_header", {}).get("msg_id") != msg_id:
                 continue
@@ -325,8 +291,10 @@ def test_jupyter_server_rest_and_websocket(tmp_path):
                 text += msg["content"]["text"]
             elif msg["msg_type"] == "execute_reply":
                 reply = msg
+            elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                idle = True
         ws.close()
-        assert len(text.split()) == 2, (text, reply)
+        assert len(text.split()) == 2, (text, reply["content"])
         uid, net = text.split()
         assert int(uid) != 0
         assert net == "ConnectionRefusedError"  # the server itself is unreachable from the kernel
@@ -338,6 +306,11 @@ def test_jupyter_server_rest_and_websocket(tmp_path):
             server.wait(timeout=15)
         except subprocess.TimeoutExpired:
             server.kill()
+            server.wait()
+    # The provisioner's log lines are in the server's log: what started, with which mechanisms.
+    log = server.stderr.read().decode(errors="replace")
+    assert "sandboxed kernel started" in log and "filesystem=bwrap" in log, log[-3000:]
+    assert "sandboxed kernel pid" in log and "ended" in log, log[-3000:]
 
 
 def _probe_notebook(path: Path) -> None:
