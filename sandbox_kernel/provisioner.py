@@ -131,7 +131,7 @@ class SandboxProvisioner(LocalProvisioner):
                                         inputs=getattr(km, "sandbox_inputs", None))
         except BaseException as e:
             # Refused (SandboxUnavailable, PolicyError) or broken: leave nothing behind.
-            self.log.warning("sandbox-kernel: kernel %s not started: %s", self.kernel_id, e)
+            log.warning("kernel %s not started: %s: %s", self.kernel_id, type(e).__name__, e)
             if fresh:
                 self.sandbox.close()
             raise
