@@ -30,6 +30,7 @@ demo: setup
 SHARED_MOUNTS := unshare --mount --propagation private -- /bin/sh -c 'mount --make-rshared / && exec "$$@"' sh
 
 test: setup
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest
 	@echo "== integration suite on shared mount propagation (a private rshared copy of the mount table)"
 	$(SHARED_MOUNTS) $(VENV)/bin/python -m pytest tests/integration

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+
+# Silent unless the application listens (see ``logs``): no "No handlers" output from a library.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
 __version__ = "0.1.0"
 __all__ = ["SandboxPolicy", "PolicyError", "SandboxUnavailable", "EffectiveSandbox", "secure_default",
-           "tighten", "load_policy_file", "policy_from_dict", "__version__"]
+           "tighten", "load_policy_file", "read_policy_data", "policy_from_dict", "SandboxKernelError",
+           "LaunchError", "RuntimeMissing", "__version__"]
 
 _LAZY = {
-    "SandboxPolicy": "policy", "PolicyError": "policy", "secure_default": "policy", "tighten": "policy",
-    "load_policy_file": "policy", "policy_from_dict": "policy",
-    "SandboxUnavailable": "report", "EffectiveSandbox": "report",
+    "SandboxPolicy": "policy", "secure_default": "policy", "tighten": "policy",
+    "load_policy_file": "policy", "read_policy_data": "policy", "policy_from_dict": "policy",
+    "EffectiveSandbox": "report",
+    "PolicyError": "errors", "SandboxUnavailable": "errors", "SandboxKernelError": "errors",
+    "LaunchError": "errors", "RuntimeMissing": "errors",
 }
 
 

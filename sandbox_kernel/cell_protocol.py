@@ -15,8 +15,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from .errors import UntrustedInputError
+
 SOCKET_NAME = "cells.sock"
-SOCKET_ENV = "SANDBOX_KERNEL_CELL_SOCKET"
+SOCKET_ENV = "SANDBOX_KERNEL_CELL_SOCKET"  # the cell socket's path, in the kernel's environment
+REPORT_ENV = "SANDBOX_KERNEL_REPORT"  # the kernel's own report (JSON), in its environment
 
 MAX_HEADER = 64 * 1024  # bytes of header line, newline excluded
 MAX_SOURCE = 8 * 1024 * 1024  # bytes of cell body
@@ -24,23 +27,59 @@ MAX_ALLOW = 64  # --allow entries in one cell's options
 MAX_MSG_ID = 128  # characters of the execute request's msg_id
 KINDS = ("sh", "node", "python")
 
-# Cell options -> policy fields, so an error names what the author typed.
-OPTION_FIELDS = {
-    "--network": "network.mode", "--allow": "network.allow", "--memory": "resources.memory_bytes",
-    "--cpu": "resources.cpu_seconds", "--timeout": "resources.wall_seconds",
-    "--max-output": "resources.max_output_bytes", "--processes": "resources.max_processes",
-    "--fs": "filesystem.mode",
-}
-FIELD_OPTIONS = {v: k for k, v in OPTION_FIELDS.items()}
-# The JSON type each option field must have; the policy model then checks the value itself.
-_FIELD_TYPES = {
-    "network.mode": "a string", "network.allow": "a list of strings", "resources.memory_bytes": "an integer",
-    "resources.cpu_seconds": "an integer", "resources.wall_seconds": "a number",
-    "resources.max_output_bytes": "an integer", "resources.max_processes": "an integer", "filesystem.mode": "a string",
-}
 
 
-class RequestError(ValueError):
+@dataclass(frozen=True)
+class CellOption:
+    """One option of ``%%sh``/``%%node``/``%%sandbox``: the policy field it tightens and how
+    its text is read. ``kind``: "choice" (one of ``choices``), "int", "number", "size"
+    (bytes, or "512M"), "allow" (repeatable network.allow entry; sets network.mode allowlist)."""
+
+    flag: str
+    field: str
+    kind: str
+    metavar: str
+    help: str
+    choices: tuple[str, ...] = ()
+
+    @property
+    def json_type(self) -> str:
+        """What the option's value must be in a request header (the policy model then checks
+        the value itself)."""
+        return {"choice": "a string", "int": "an integer", "number": "a number", "size": "an integer",
+                "allow": "a list of strings"}[self.kind]
+
+    @property
+    def usage(self) -> str:
+        return f"{self.flag} {'|'.join(self.choices) or self.metavar}"
+
+
+# The cell options, declared once: the magics' parser, their help, the option -> policy field
+# mapping and the request schema below are all made from this table.
+CELL_OPTIONS = (
+    CellOption("--network", "network.mode", "choice", "MODE", "no network at all", choices=("deny",)),
+    CellOption("--allow", "network.allow", "allow", "CIDR[:PORT]",
+               "allow only these destinations (repeatable; each must already be allowed)"),
+    CellOption("--memory", "resources.memory_bytes", "size", "SIZE", "memory cap of the cell's sandbox"),
+    CellOption("--cpu", "resources.cpu_seconds", "int", "S", "CPU seconds per process"),
+    CellOption("--timeout", "resources.wall_seconds", "number", "S", "wall-clock seconds for the whole cell"),
+    CellOption("--max-output", "resources.max_output_bytes", "size", "SIZE", "output kept before the cell is stopped"),
+    CellOption("--processes", "resources.max_processes", "int", "N", "processes and threads at once"),
+    CellOption("--fs", "filesystem.mode", "choice", "MODE", "see nothing of the host but system dirs",
+               choices=("scratch-only",)),
+)
+# Cell options <-> policy fields, so an error names what the author typed.
+OPTION_FIELDS = {o.flag: o.field for o in CELL_OPTIONS}
+FIELD_OPTIONS = {o.field: o.flag for o in CELL_OPTIONS}
+_FIELD_TYPES = {o.field: o.json_type for o in CELL_OPTIONS}
+
+
+def options_usage() -> str:
+    """``--network deny, --allow CIDR[:PORT], ...``: the options, for help texts."""
+    return ", ".join(o.usage for o in CELL_OPTIONS)
+
+
+class RequestError(UntrustedInputError):
     """A malformed request; ``problems`` is a list of [field, message] pairs for the reply."""
 
     def __init__(self, problems: list[list[str]]):

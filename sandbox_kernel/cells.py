@@ -4,8 +4,8 @@ Cell sandboxes are started from *outside* the kernel, by the supervisor that sta
 kernel, never nested inside it: the kernel's seccomp filter forbids user namespaces and mounts
 (the kernel-exploit surface nested sandboxes would need), and a nested bwrap could not mount a
 fresh /proc anyway. The kernel reaches the supervisor through one narrow channel: a Unix socket
-in a supervisor-owned directory bound read-only into the kernel's sandbox. Over it the kernel can only ask "run this body as sh/node/python with
-these options"; the supervisor tightens *its own* record of the kernel's policy with the
+in a supervisor-owned directory bound read-only into the kernel's sandbox. Over it the kernel
+can only ask "run this body as sh/node/python with these options"; the supervisor tightens *its own* record of the kernel's policy with the
 options (the kernel cannot claim a looser policy), plans the cell with the same ``plan()``,
 runs it with the same launch shell and streams the output back.
 
@@ -32,45 +32,32 @@ import logging
 import os
 import queue
 import select
-import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from dataclasses import replace
 from typing import Callable
 
-from .capabilities import python_runtime_paths
 from .cell_protocol import MAX_HEADER, SOCKET_NAME, CellRequest, RequestError, decode_header, option_problems
+from .errors import LaunchError, PolicyError, RuntimeMissing, SandboxKernelError, SandboxUnavailable
+from .host import HostCapabilities
 from .launch import prepare, start
 from .launch.process import SandboxProcess, communicate
+from .logs import layers_summary
 from .planner import RunSpec
-from .policy import PolicyError, SandboxPolicy, tighten
-from .report import SandboxUnavailable
+from .policy import SandboxPolicy, tighten
+from .runtime import CELL_RUNTIMES, cell_argv, python_runtime_paths
 
 READ_TIMEOUT = 10.0  # seconds for a whole request to arrive, once the worker takes it up
 SEND_TIMEOUT = 10.0  # seconds one reply may wait for the kernel to read it; then the run is cancelled
 CLOSE_WAIT = 15.0  # seconds close() waits for each thread (a running cell's teardown, a spawn)
 RECV_CHUNK = 65536
 MAX_LOGGED_ERRORS = 10  # internal errors logged per service: a kernel must not flood the log
-RUNTIMES = {"sh": "shell", "node": "node", "python": "python"}
 WARM_KINDS = ("sh",)  # kinds with a sandbox started ahead of time (cheap to keep idle)
 
 log = logging.getLogger(__name__)
-
-
-def cell_argv(kind: str) -> tuple[str, ...]:
-    """The interpreter reads the cell body from stdin: no argv length limit, nothing spliced."""
-    if kind == "sh":
-        return ("/bin/sh", "-s")
-    if kind == "node":
-        node = shutil.which("node")
-        if node is None:
-            raise FileNotFoundError("node is not installed on this host (apt-get install nodejs)")
-        return (os.path.realpath(node), "-")
-    return (sys.executable, "-")
 
 
 def make_socket_dir(group: int) -> str:
@@ -87,10 +74,11 @@ def make_socket_dir(group: int) -> str:
 class CellService:
     """One per kernel: a Unix-socket server in ``socket_dir``, one request at a time."""
 
-    def __init__(self, socket_dir: str, kernel_policy: SandboxPolicy, kernel_report: dict,
+    def __init__(self, socket_dir: str, kernel_policy: SandboxPolicy, caps: HostCapabilities, kernel_report: dict,
                  spec_extras: Callable[[], dict] | None = None, session=None, recorder=None):
         self.path = os.path.join(socket_dir, SOCKET_NAME)
         self.kernel_policy = kernel_policy
+        self.caps = caps  # the host as probed for the kernel: cells are planned against the same
         self.kernel_report = kernel_report
         self.spec_extras = spec_extras or (lambda: {})
         self.session = session  # the kernel's session: cells share its scratch
@@ -196,10 +184,10 @@ class CellService:
             self._slot.release()
         send(final)
 
-    def _log_internal_error(self) -> None:
+    def _log_internal_error(self, what: str = "serving a request") -> None:
         if self._errors_logged < MAX_LOGGED_ERRORS:
             self._errors_logged += 1
-            log.exception("cell service: internal error while serving a request")
+            log.exception("cell service: internal error while %s", what)
 
     def _answer(self, conn: socket.socket, send: _Sender) -> dict:
         """Read, check and run one request; return the final reply."""
@@ -218,10 +206,12 @@ class CellService:
             try:
                 proc = self._spawn(request.kind, policy)
             except SandboxUnavailable as e:
+                log.info("%%%%%s cell refused: %s", request.kind, e)
                 return {"t": "error", "problems": [[d.layer, d.reason] for d in e.downgrades], "refused": True}
-            except FileNotFoundError as e:
+            except RuntimeMissing as e:
                 return {"t": "error", "problems": [[f"%%{request.kind}", str(e)]]}
-            except Exception as e:  # egress, cgroup or session set-up failed: nothing ran
+            except (LaunchError, OSError) as e:  # egress, cgroup or session set-up failed: nothing ran
+                log.warning("%%%%%s cell: its sandbox could not be set up: %s", request.kind, e)
                 return {"t": "error", "problems": [["cell", f"the cell's sandbox could not be set up: {e}"]]}
         # The kernel cancels by hanging up (it does on interrupt); a kernel that stops reading
         # the output, or a kernel restart or shutdown (close()), cancels too.
@@ -233,6 +223,8 @@ class CellService:
         if request.kind in WARM_KINDS:
             self._warm_requests.put(request.kind)
         report = result.report
+        log.debug("%%%%%s cell done: exit %s, killed %s, %.2f s", request.kind, result.exit_code, result.killed_reason,
+                  result.durations.get("run", 0.0))
         report["kernel"] = self.kernel_report
         if self.recorder is not None:
             self.recorder.record(request.msg_id, report)
@@ -240,19 +232,24 @@ class CellService:
 
     def _spawn(self, kind: str, policy: SandboxPolicy) -> SandboxProcess:
         """Plan and start a cell sandbox; it waits for the cell body on stdin."""
-        spec = RunSpec(argv=cell_argv(kind), staging_dir="", runtime=RUNTIMES[kind], scope="cell",
+        spec = RunSpec(argv=cell_argv(kind), runtime=CELL_RUNTIMES[kind], scope="cell",
                        runtime_paths=python_runtime_paths() if kind == "python" else (),
                        sandbox_env={"PYTHONDONTWRITEBYTECODE": "1"} if kind == "python" else {},
                        host_env=dict(os.environ))
         spec = replace(spec, **self.spec_extras())
-        plan = prepare(policy, spec)  # SandboxUnavailable before anything starts
+        plan = prepare(policy, spec, self.caps)  # SandboxUnavailable before anything starts
+        log.debug("%%%%%s cell planned: %s", kind, layers_summary(plan.report))
         return start(plan, stdin=subprocess.PIPE, session=self.session if spec.scratch_source else None)
 
     def _prewarm_loop(self) -> None:
         while (kind := self._warm_requests.get()) is not None:
             try:
                 proc = self._spawn(kind, self.kernel_policy)
-            except Exception:  # the cell will take the cold path and report the problem
+            except (SandboxKernelError, OSError) as e:  # the cell will take the cold path and report it
+                log.debug("no warm %%%%%s sandbox: %s", kind, e)
+                continue
+            except Exception:  # a bug: logged (bounded); the loop must outlive it
+                self._log_internal_error(f"starting a warm %%{kind} sandbox")
                 continue
             with self._warm_lock:
                 old, keep = self._warm.pop(kind, None), not self._closed.is_set()

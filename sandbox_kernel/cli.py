@@ -1,4 +1,9 @@
-"""The ``sandbox-kernel`` command (contract 3.4)."""
+"""The ``sandbox-kernel`` command: ``doctor``, ``run``, ``install``, ``policy show|validate``.
+
+Exit codes and output are a contract (``docs/architecture.md``, "The command line"): 0 ok,
+1 a notebook failed, 2 bad usage or a bad policy (``field: problem`` lines on stderr), 3 the
+policy cannot be enforced on this host.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNENFORCEABLE = 0, 1, 2, 3
 def _readiness(caps, policy):
     """Every layer's state, mechanism and downgrade for a kernel under ``policy``, planned in
     report-only mode (never refusing)."""
-    from .kernelspec import plan_kernel
+    from .kernel_sandbox import plan_kernel
 
     report = plan_kernel(policy.model_copy(update={"on_unavailable": "degrade"}), caps).report
     # Report the policy that was asked about, not the report-only copy planned above.
@@ -30,7 +35,7 @@ def doctor_data(caps, policy, policy_source: str) -> dict:
 
     report = _readiness(caps, policy)
     unavailable = {name: {"error": cap.error, "hint": cap.hint}
-                   for name, cap in caps.items().items() if not cap.ok}
+                   for name, cap in caps.probes().items() if not cap.ok}
     return {"enforceable": not report.downgrades, "policy": policy_source,
             "report": report.to_dict(), "unavailable": unavailable, **caps.to_dict(),
             "host_shape": [f.to_dict() for f in host_shape.detect(caps)]}
@@ -64,7 +69,7 @@ def cmd_doctor(args) -> int:
         for n in report.notes:
             print(f"  {n.layer}: {n.note}")
     print("\nprobes:")
-    for name, cap in caps.items().items():
+    for name, cap in caps.probes().items():
         mark = "ok  " if cap.ok else "FAIL"
         print(f"  {mark} {name:<16} {cap.evidence if cap.ok else cap.error}")
         if not cap.ok and cap.hint:
@@ -97,7 +102,8 @@ def cmd_policy_validate(args) -> int:
 def cmd_run(args) -> int:
     from .config import operator_policy
     from .executor import DEFAULT_NOTEBOOK_SECONDS, batch_exit_code, default_notebook_output, format_table, run_batch
-    from .kernelspec import plan_kernel
+    from .capabilities import detect
+    from .kernel_sandbox import plan_kernel
     from .launch.results import ResultDir, UnsafeResultPath
     from .policy import parse_size
     from .report import SandboxUnavailable
@@ -139,7 +145,7 @@ def cmd_run(args) -> int:
             return EXIT_USAGE
     try:
         if not args.dask_scheduler:
-            plan_kernel(policy)  # refuse before any kernel starts
+            plan_kernel(policy, detect())  # refuse before any kernel starts
     except SandboxUnavailable as e:
         print(str(e), file=sys.stderr)
         return EXIT_UNENFORCEABLE
@@ -160,7 +166,7 @@ def cmd_run(args) -> int:
             summary_dir.close()
         print(f"--output-dir: {e}", file=sys.stderr)
         return EXIT_USAGE
-    progress = _progress(len(args.notebooks))
+    progress = _Progress(len(args.notebooks))
     try:
         results = run_batch(
             args.notebooks, policy=policy, output_dir=output_dir, jobs=args.jobs, dask_scheduler=args.dask_scheduler,
@@ -212,7 +218,7 @@ def _available_memory() -> int | None:
     return None
 
 
-class _progress:
+class _Progress:
     """A progress bar on a terminal, plain lines otherwise."""
 
     def __init__(self, total: int):

@@ -44,7 +44,8 @@ class SandboxPolicyConfig(Configurable):
     tighten it."""
 
     policy_file = Unicode(None, allow_none=True,
-                          help="A JSON or TOML policy file (contract 3.1). Traits set here override its values.").tag(config=True)
+                          help="A JSON or TOML policy file (keys: docs/architecture.md, 'Policy keys'). "
+                               "Traits set here override its values.").tag(config=True)
     enabled = Bool(None, allow_none=True, help="Sandbox kernels at all. Secure default: True.").tag(config=True)
     on_unavailable = Enum(["fail", "degrade"], default_value=None, allow_none=True,
                           help="'fail': refuse to start when any layer cannot be enforced; 'degrade': start and report "
@@ -56,7 +57,8 @@ class SandboxPolicyConfig(Configurable):
     max_file_size_bytes = _SIZE("256M", "Largest file a process may write")
     max_output_bytes = _SIZE("5M", "Output bytes kept per run or cell before it is cut off")
     wall_seconds = Union([Float(), Unicode()], default_value=None, allow_none=True,
-                         help="Wall-clock limit per run (per cell in a kernel), seconds, or 'unlimited'. Secure default: 600.").tag(config=True)
+                         help="Wall-clock limit per run (per cell in a kernel), seconds, or 'unlimited'. "
+                              "Secure default: 600.").tag(config=True)
     filesystem_mode = Enum(["off", "scratch-only", "scratch-plus-ro"], default_value=None, allow_none=True,
                            help="What the sandbox sees. Secure default: 'scratch-plus-ro'.").tag(config=True)
     read_only_paths = List(Unicode(), default_value=None, allow_none=True,

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import logging
 import math
 import os
 import time
@@ -45,8 +46,10 @@ from .intake import SandboxKernelClient, UntrustedInput, read_notebook
 from .kernelspec import KERNEL_NAME, kernelspec
 from .launch.channel_guard import ChannelGuard
 from .launch.results import ResultDir, dump_json
+from .errors import LaunchError, SandboxUnavailable
 from .policy import GiB, MiB, SandboxPolicy, secure_default
-from .report import SandboxUnavailable
+
+log = logging.getLogger(__name__)
 
 DEFAULT_NOTEBOOK_SECONDS = 3600.0
 # The largest single message the runner accepts from a kernel, whatever the caps: it is
@@ -108,7 +111,7 @@ class SandboxKernelManager(AsyncKernelManager):
 
     async def _async_post_start_kernel(self, **kw):
         if self.transport != "ipc":
-            raise RuntimeError("the sandboxed kernel must use the ipc transport (its guard relays Unix sockets)")
+            raise LaunchError("the sandboxed kernel must use the ipc transport (its guard relays Unix sockets)")
         if self._guard is not None:  # a restart: new ports, a new guard
             self._guard.close()
         channels = ("shell", "iopub", "stdin", "control", "hb")
@@ -426,6 +429,7 @@ async def execute_notebook_async(nb, *, policy: SandboxPolicy | None = None, cwd
         result.downgrades = [d.to_dict() for d in e.downgrades]
     except DeadKernelError:
         result.status, result.reason = "dead-kernel", _death_reason(client)
+        log.info("%s: the kernel died: %s", path, result.reason)
         _mark_interrupted(client, nb, "dead-kernel")
     except CellTimeoutError as e:
         result.status, result.reason = "timeout", _last_line(str(e)[:500].partition("\n")[0] or "cell timeout")
@@ -433,7 +437,9 @@ async def execute_notebook_async(nb, *, policy: SandboxPolicy | None = None, cwd
         result.status, result.reason = "error", _last_line(str(e))
     except RuntimeError as e:  # e.g. "Kernel died before replying to kernel_info"
         result.status, result.reason = "dead-kernel", f"{_last_line(str(e))}: {_death_reason(client)}"
+        log.info("%s: the kernel died: %s", path, result.reason)
     except Exception as e:  # anything else a hostile kernel provoked: this notebook fails, the batch goes on
+        log.exception("%s: the runner failed", path)
         result.status, result.reason = "error", f"runner: {type(e).__name__}: {_last_line(str(e))}"
         _mark_interrupted(client, nb, "error")
     finally:
@@ -441,8 +447,8 @@ async def execute_notebook_async(nb, *, policy: SandboxPolicy | None = None, cwd
         client._close_stream()
         try:
             await client._async_cleanup_kernel()
-        except Exception:  # the kernel may already be gone; cleanup is best effort
-            pass
+        except Exception as e:  # the kernel may already be gone; cleanup is best effort
+            log.debug("%s: kernel cleanup: %s: %s", path, type(e).__name__, e)
     if notebook_timed_out:
         result.status, result.reason = "timeout", f"notebook exceeded the {notebook_timeout} s timeout"
         _mark_interrupted(client, nb, "timeout")
@@ -496,6 +502,7 @@ def run_one(path: str, *, policy: SandboxPolicy, results: ResultDir, inputs: dic
     try:
         nb, result = asyncio.run(execute_notebook_async(nb, policy=policy, cwd=cwd, path=path, inputs=inputs, **options))
     except Exception as e:  # a runner bug must cost one row, not the batch
+        log.exception("%s: the runner failed", path)
         return NotebookResult(path=path, status="error", reason=f"runner: {type(e).__name__}: {_last_line(str(e))}")
     return save(results, path, result, lambda f: dump_json(nb, f.write))
 

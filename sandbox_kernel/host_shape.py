@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 
-from .capabilities import HostCapabilities
+from .host import HostCapabilities
 
 CONTROLLERS = ("memory", "pids")
 USERNS_SYSCTLS = {  # name -> /proc/sys path

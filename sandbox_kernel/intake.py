@@ -26,6 +26,8 @@ from jupyter_client.channels import AsyncZMQSocketChannel
 from traitlets import Any as AnyTrait
 from traitlets import Type, default
 
+from .errors import UntrustedInputError
+
 __all__ = ["UntrustedInput", "json_cost", "loads_bounded", "read_notebook", "SandboxKernelClient", "BoundedChannel"]
 
 MAX_DEPTH = 100
@@ -34,7 +36,7 @@ HEADER_LIMIT = 64 * 1024  # header, parent header and message metadata of one me
 STATUS_LIMIT = 4096
 
 
-class UntrustedInput(ValueError):
+class UntrustedInput(UntrustedInputError):
     """Untrusted JSON that is malformed or would cost too much to hold; says why."""
 
 

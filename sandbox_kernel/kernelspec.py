@@ -7,7 +7,7 @@ import os
 import sys
 import tempfile
 
-from .policy import load_policy_file
+from .policy import load_policy_file, read_policy_data
 
 KERNEL_NAME = "python3-sandboxed"
 PROVISIONER_NAME = "sandbox-provisioner"
@@ -17,9 +17,7 @@ def kernelspec(python: str = sys.executable, policy_file: str | None = None) -> 
     config: dict = {}
     if policy_file:
         load_policy_file(policy_file)  # validate now: a bad file must fail at install, not at start
-        from .provisioner import _raw_policy
-
-        config = _raw_policy(policy_file)
+        config = read_policy_data(policy_file)
     return {
         "argv": [python, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": "Python 3 (sandboxed)",
@@ -46,13 +44,3 @@ def install(name: str = KERNEL_NAME, user: bool = False, sys_prefix: bool = Fals
             tmp, kernel_name=name, user=user, prefix=sys.prefix if sys_prefix else None, replace=True
         )
 
-
-def plan_kernel(policy, caps=None):
-    """Plan (never start) a sandboxed ipykernel under ``policy``: what ``doctor`` reports and
-    what ``run`` checks before any kernel starts. Raises SandboxUnavailable under ``fail``."""
-    from .capabilities import detect, python_runtime_paths
-    from .planner import RunSpec, plan
-
-    spec = RunSpec(argv=(sys.executable, "-m", "ipykernel_launcher"), staging_dir="/nonexistent",
-                   runtime="python", scope="kernel", runtime_paths=python_runtime_paths())
-    return plan(policy, caps or detect(), spec)

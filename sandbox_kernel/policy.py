@@ -1,6 +1,6 @@
 """The sandbox policy: validated, secure by default, and only ever tightened by overrides.
 
-Contract 3.1 of the architecture notes. Every model forbids unknown keys, every number has
+The policy keys are listed in ``docs/architecture.md`` ("Policy keys"). Every model forbids unknown keys, every number has
 bounds, sizes accept ``"512M"``-style strings, and ``network.allow`` entries are parsed with
 :mod:`ipaddress` (they end up in an nftables ruleset, so nothing unparsed may pass).
 """
@@ -20,6 +20,8 @@ from typing import Annotated, Any, Literal, Mapping
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from .errors import PolicyError
+
 POLICY_VERSION = 1
 
 KiB, MiB, GiB, TiB = 1024, 1024**2, 1024**3, 1024**4
@@ -37,21 +39,6 @@ METADATA_NETWORKS: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = t
         "fc00::/7",  # IPv6 unique-local, includes AWS IMDS fd00:ec2::254
     )
 )
-
-
-class PolicyError(ValueError):
-    """A policy is invalid, or an override would loosen it. ``problems`` is a list of
-    ``(field, message)`` pairs; ``str()`` renders them as ``field: message`` lines."""
-
-    def __init__(self, problems: list[tuple[str, str]] | str, message: str | None = None):
-        if isinstance(problems, str):
-            problems = [(problems, message or "invalid")]
-        self.problems = problems
-        super().__init__("\n".join(f"{f}: {m}" for f, m in problems))
-
-    @property
-    def fields(self) -> list[str]:
-        return [f for f, _ in self.problems]
 
 
 # --------------------------------------------------------------------------- sizes
@@ -402,8 +389,12 @@ def _check_consistency(policy: SandboxPolicy) -> None:
         raise PolicyError("privilege.gid", "a gid needs a uid: set privilege.uid as well")
 
 
-def load_policy_file(path: str | os.PathLike, base: SandboxPolicy | None = None) -> SandboxPolicy:
-    """Read a JSON (``.json``) or TOML (anything else, typically ``.toml``) policy file."""
+def read_policy_data(path: str | os.PathLike) -> Any:
+    """The keys of a JSON (``.json``, any case) or TOML (anything else, typically ``.toml``)
+    policy file, unvalidated and unmerged: a base for :func:`policy_from_dict`, or an override
+    for :func:`tighten`. The one reader of policy files: every failure is a
+    :class:`PolicyError` on ``<file>`` that says whether the file is missing, unreadable or
+    unparsable."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -420,7 +411,12 @@ def load_policy_file(path: str | os.PathLike, base: SandboxPolicy | None = None)
         raise PolicyError("<file>", f"{p}: not valid JSON: {e.msg} (line {e.lineno})") from None
     except tomllib.TOMLDecodeError as e:
         raise PolicyError("<file>", f"{p}: not valid TOML: {e}") from None
-    return policy_from_dict(data, base)
+    return data  # not a table/object: policy_from_dict names it
+
+
+def load_policy_file(path: str | os.PathLike, base: SandboxPolicy | None = None) -> SandboxPolicy:
+    """Read and validate a policy file (see :func:`read_policy_data`) over ``base``."""
+    return policy_from_dict(read_policy_data(path), base)
 
 
 # --------------------------------------------------------------------------- tighten

@@ -1,4 +1,5 @@
-"""The effective-sandbox report (contract 3.2): what was asked for, what is really in force.
+"""The effective-sandbox report (docs/architecture.md, "The report"): what was asked for, what is
+really in force.
 
 ``enforced.X`` is true only when layer X was requested and every control in it is enforced on
 this run; anything requested but missing is a *downgrade* (fatal under ``on_unavailable:
@@ -10,6 +11,10 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from .errors import SandboxUnavailable
+
+__all__ = ["LAYERS", "LayerState", "Downgrade", "Note", "EffectiveSandbox", "SandboxUnavailable"]
 
 LAYERS = ("filesystem", "network", "resources", "privilege", "env", "seccomp")
 LayerStateName = Literal["enforced", "degraded", "not-requested"]
@@ -76,14 +81,3 @@ class EffectiveSandbox:
         import json
 
         return json.dumps(self.to_dict(), sort_keys=True)
-
-
-class SandboxUnavailable(RuntimeError):
-    """The policy cannot be enforced on this host and ``on_unavailable`` is ``fail``.
-    Raised before anything untrusted starts; lists every downgrade."""
-
-    def __init__(self, downgrades: list[Downgrade], report: EffectiveSandbox | None = None):
-        self.downgrades = list(downgrades)
-        self.report = report
-        lines = "; ".join(f"{d.layer}: {d.reason}" for d in self.downgrades)
-        super().__init__(f"sandbox unavailable: {lines}")

@@ -22,14 +22,17 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from .errors import UntrustedInputError
+
 COMPACT = "compact"
 FULL = "full"
 REMOVED = "~removed"
-# The keys of a kernel-scope report (contract 3.2); a full-form cell holds them at its top level.
+# The keys of a kernel-scope report (docs/architecture.md, "The report"); a full-form cell holds
+# them at its top level.
 KERNEL_KEYS = ("version", "scope", "platform", "requested", "enforced", "layers", "downgrades", "notes")
 
 
-class SavedFormError(ValueError):
+class SavedFormError(UntrustedInputError):
     """A compact notebook refers to a kernel report it does not hold."""
 
 

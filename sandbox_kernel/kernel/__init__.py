@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 
-REPORT_ENV = "SANDBOX_KERNEL_REPORT"
+from ..cell_protocol import REPORT_ENV
 # ipykernel sends what a cell printed in the last 0.2 s as one stream message, however large,
 # and the batch runner drops a message over its limit (at least 8 MiB) whole. Flushing every
 # MiB keeps a print flood in messages whose part within the output cap can be kept.

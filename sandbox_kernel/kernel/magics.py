@@ -17,12 +17,13 @@ import sys
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, magics_class
 
-from ..cell_protocol import OPTION_FIELDS, SOCKET_ENV, encode_request, option_problems
+from ..cell_protocol import CELL_OPTIONS, SOCKET_ENV, encode_request, option_problems, options_usage
+from ..errors import SandboxKernelError
 
 # The policy model (pydantic) is imported on first use, not at kernel start.
 
 
-class SandboxCellError(Exception):
+class SandboxCellError(SandboxKernelError):
     """The cell's sandboxed process failed: non-zero exit, timeout, kill, or a refused option."""
 
     def _render_traceback_(self):  # IPython: show the message, not a Python traceback
@@ -34,16 +35,18 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}\n{self.format_usage()}")
 
 
+_ARG_TYPES = {"int": int, "number": float}
+
+
 def _parser(magic: str) -> _Parser:
     p = _Parser(prog=f"%%{magic}", add_help=False)
-    p.add_argument("--network", choices=["deny"])
-    p.add_argument("--allow", action="append", metavar="CIDR[:PORT]")
-    p.add_argument("--memory", metavar="SIZE")
-    p.add_argument("--cpu", type=int, metavar="S")
-    p.add_argument("--timeout", type=float, metavar="S")
-    p.add_argument("--max-output", metavar="SIZE")
-    p.add_argument("--processes", type=int, metavar="N")
-    p.add_argument("--fs", choices=["scratch-only"])
+    for option in CELL_OPTIONS:
+        if option.kind == "choice":
+            p.add_argument(option.flag, choices=option.choices, help=option.help)
+        elif option.kind == "allow":
+            p.add_argument(option.flag, action="append", metavar=option.metavar, help=option.help)
+        else:
+            p.add_argument(option.flag, type=_ARG_TYPES.get(option.kind, str), metavar=option.metavar, help=option.help)
     return p
 
 
@@ -51,8 +54,8 @@ def options_to_override(magic: str, line: str) -> dict:
     """Cell options as a partial policy (what ``tighten`` takes). UsageError on bad syntax."""
     from ..policy import parse_allow_entry, parse_size
 
-    args = _parser(magic).parse_args(shlex.split(line))
-    if args.network and args.allow:
+    args = vars(_parser(magic).parse_args(shlex.split(line)))
+    if args["network"] and args["allow"]:
         raise UsageError(f"%%{magic}: --network deny and --allow exclude each other")
     override: dict = {}
 
@@ -61,21 +64,18 @@ def options_to_override(magic: str, line: str) -> dict:
         override.setdefault(section, {})[key] = value
 
     try:
-        if args.network:
-            put("network.mode", "deny")
-        if args.allow:
-            put("network.mode", "allowlist")
-            put("network.allow", [str(parse_allow_entry(a)) for a in args.allow])
-        for option, value in (("--memory", args.memory), ("--max-output", args.max_output)):
-            if value is not None:
-                put(OPTION_FIELDS[option], parse_size(value))
+        for option in CELL_OPTIONS:
+            value = args[option.flag[2:].replace("-", "_")]
+            if value is None:
+                continue
+            if option.kind == "allow":
+                put("network.mode", "allowlist")
+                value = [str(parse_allow_entry(a)) for a in value]
+            elif option.kind == "size":
+                value = parse_size(value)
+            put(option.field, value)
     except ValueError as e:
         raise UsageError(f"%%{magic}: {e}") from None
-    for option, value in (("--cpu", args.cpu), ("--timeout", args.timeout), ("--processes", args.processes)):
-        if value is not None:
-            put(OPTION_FIELDS[option], value)
-    if args.fs:
-        put("filesystem.mode", args.fs)
     return override
 
 
@@ -94,10 +94,10 @@ class SandboxMagics(Magics):
 
     @cell_magic
     def sh(self, line, cell):
-        """Run the cell as a shell script in its own sandbox. Options: --network deny,
-        --allow CIDR[:PORT], --memory SIZE, --cpu S, --timeout S, --max-output SIZE,
-        --processes N, --fs scratch-only (each may only tighten the kernel's policy)."""
         self._run("sh", line, cell)
+
+    sh.__doc__ = (f"Run the cell as a shell script in its own sandbox. Options: {options_usage()} "
+                  "(each may only tighten the kernel's policy).")
 
     @cell_magic
     def node(self, line, cell):
@@ -150,9 +150,11 @@ class SandboxMagics(Magics):
         self.on_report(report)
         outcome = report["outcome"]
         if outcome["timed_out"]:
-            raise SandboxCellError(f"%%{magic}: timed out after {report['requested']['resources']['wall_seconds']} s; its processes were killed")
+            limit = report["requested"]["resources"]["wall_seconds"]
+            raise SandboxCellError(f"%%{magic}: timed out after {limit} s; its processes were killed")
         if outcome["output_truncated"]:
-            raise SandboxCellError(f"%%{magic}: output exceeded {report['requested']['resources']['max_output_bytes']} bytes; the cell was stopped")
+            limit = report["requested"]["resources"]["max_output_bytes"]
+            raise SandboxCellError(f"%%{magic}: output exceeded {limit} bytes; the cell was stopped")
         if outcome["killed_reason"] == "oom":
             raise SandboxCellError(f"%%{magic}: killed by the memory cap")
         if outcome["exit_code"] != 0:

@@ -1,20 +1,31 @@
-"""The launch shell: everything that touches the OS to carry out a Plan."""
+"""The launch shell: everything that touches the OS to carry out a Plan.
+
+It never probes the host: whoever starts a run passes the host's capabilities (from
+``capabilities.detect()``), so the launch shell sits between the planner below it and the
+probes and entry points above it.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import subprocess
 from dataclasses import replace
 
-from ..capabilities import HostCapabilities, detect, host_addresses
-from ..planner import Plan, RunSpec, plan as make_plan
+from ..errors import SandboxUnavailable, UidLeaseError
+from ..host import HostCapabilities, host_addresses
+from ..planner import Plan, RunSpec
+from ..planner import plan as make_plan
 from ..planner.privilege import leases_uid
 from ..policy import SandboxPolicy
-from ..report import Downgrade, SandboxUnavailable
+from ..report import Downgrade
 from .process import RunResult, SandboxProcess, communicate, make_staging_dir, start, truncation_marker
-from .uids import UidLease, UidLeaseError, lease_uid
+from .uids import UidLease, lease_uid
 
 __all__ = ["prepare", "lease_for", "run", "start", "communicate", "RunResult", "SandboxProcess", "truncation_marker"]
+
+log = logging.getLogger(__name__)
 
 
 def lease_for(policy: SandboxPolicy, caps: HostCapabilities) -> UidLease | None:
@@ -25,15 +36,16 @@ def lease_for(policy: SandboxPolicy, caps: HostCapabilities) -> UidLease | None:
     try:
         return lease_uid(*policy.privilege.uid_range)
     except (UidLeaseError, OSError) as e:
+        log.warning("no uid could be leased from %s: %s", policy.privilege.uid_range, e)
         raise SandboxUnavailable([Downgrade("privilege", f"no uid of its own for the sandbox: {e}")]) from None
 
 
-def prepare(policy: SandboxPolicy, spec: RunSpec, caps: HostCapabilities | None = None) -> Plan:
+def prepare(policy: SandboxPolicy, spec: RunSpec, caps: HostCapabilities) -> Plan:
     """Plan a run with a fresh private staging dir and, unless ``spec.identity`` names one, a
     leased uid of its own (released when the run closes). If planning refuses
     (SandboxUnavailable), both are given back before the error propagates."""
     # The host's addresses as they are now (DHCP, VPNs): the egress ruleset refuses them.
-    caps = replace(caps or detect(), host_addresses=host_addresses())
+    caps = replace(caps, host_addresses=host_addresses())
     lease = lease_for(policy, caps) if spec.identity is None else None
     staging = None
     try:
@@ -49,13 +61,11 @@ def prepare(policy: SandboxPolicy, spec: RunSpec, caps: HostCapabilities | None 
         raise
 
 
-def run(policy: SandboxPolicy, spec: RunSpec, *, caps: HostCapabilities | None = None,
+def run(policy: SandboxPolicy, spec: RunSpec, *, caps: HostCapabilities,
         timeout: float | None = None, on_output=None, capture_limit: int | None = None,
         stdin_data: bytes | None = None, interrupted=None) -> RunResult:
     """Plan, launch and wait for one sandboxed run; output is streamed to ``on_output`` and
     at most ``capture_limit`` bytes are kept in the result."""
-    import subprocess
-
     plan = prepare(policy, spec, caps)
     proc = start(plan, stdin=subprocess.PIPE if stdin_data is not None else subprocess.DEVNULL)
     return communicate(proc, timeout=timeout, on_output=on_output, retain=capture_limit,

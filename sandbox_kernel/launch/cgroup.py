@@ -13,11 +13,10 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from ..errors import CgroupError
 from ..planner.resources import CgroupPlan
 
-
-class CgroupError(RuntimeError):
-    pass
+__all__ = ["CgroupError", "RunCgroups", "create"]
 
 
 @dataclass

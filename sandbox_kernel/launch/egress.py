@@ -15,12 +15,9 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 
+from ..errors import EgressError, HolderError
 from ..planner.network import EgressPlan
-from .holder import READY_TIMEOUT, HolderError, close_streams, start_holder
-
-
-class EgressError(RuntimeError):
-    """Egress plumbing could not be brought up; nothing untrusted was started."""
+from .holder import READY_TIMEOUT, close_streams, start_holder
 
 
 def contain_mounts(egress: EgressPlan, argv: list[str]) -> list[str]:

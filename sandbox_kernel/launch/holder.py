@@ -12,9 +12,9 @@ from __future__ import annotations
 import select
 import subprocess
 
+from ..errors import HolderError
 
-class HolderError(RuntimeError):
-    pass
+__all__ = ["HolderError", "start_holder", "close_streams", "read_line", "READY_TIMEOUT"]
 
 
 READY_TIMEOUT = 5.0

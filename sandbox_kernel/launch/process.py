@@ -8,6 +8,7 @@ supervisor dies without getting there, the run's janitor process does the removi
 
 from __future__ import annotations
 
+import logging
 import os
 import selectors
 import shutil
@@ -19,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ..errors import LaunchError
+from ..logs import layers_summary
 from ..planner import FD_PLACEHOLDER, Plan
 from ..planner.privilege import UNLEASED
 from . import cgroup as cgroups_mod
@@ -28,6 +31,8 @@ from .seccomp_bpf import filter_fd
 TERM_GRACE = 0.5  # seconds between SIGTERM to the sandbox's processes and SIGKILL
 READ_CHUNK = 65536
 DEFAULT_RETAIN = 16 * 1024 * 1024  # bytes kept in memory when the policy sets no output cap
+
+log = logging.getLogger(__name__)
 
 
 # Cleans up after a supervisor that died without close() (SIGKILL, OOM kill, crash): it blocks
@@ -218,6 +223,9 @@ class SandboxProcess:
             if self.plan.uid_lease is not None:
                 self.plan.uid_lease.release()  # after everything of the run is gone
             self.timings["teardown"] = time.monotonic() - t0
+            if self.popen is not None:
+                log.debug("%s sandbox pid %d closed: exit %s%s", self.plan.report.scope, self.popen.pid,
+                          self.popen.returncode, f", killed ({self.killed_reason})" if self.killed_reason else "")
 
 
 def _bwrap_args_via_fd(argv: list[str]) -> tuple[list[str], int | None]:
@@ -246,7 +254,7 @@ def start(plan: Plan, *, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stder
     t0 = time.monotonic()
     try:
         if plan.sandboxed and plan.run_as[1] == UNLEASED:
-            raise RuntimeError("this plan was made without a uid lease (a dry run): use launch.prepare() to start one")
+            raise LaunchError("this plan was made without a uid lease (a dry run): use launch.prepare() to start one")
         stage(plan)
         argv = list(plan.argv)
         fds = list(pass_fds)
@@ -277,8 +285,12 @@ def start(plan: Plan, *, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stder
             pass_fds=tuple(fds), start_new_session=True,
         )
         proc.timings["setup"] = time.monotonic() - t0
+        log.debug("started %s sandbox, pid %d, as uid %d in %.0f ms: %s", plan.report.scope, proc.popen.pid,
+                  plan.run_as[1], proc.timings["setup"] * 1000, layers_summary(plan.report))
         return proc
-    except BaseException:
+    except BaseException as e:
+        if isinstance(e, Exception):
+            log.warning("could not start a %s sandbox: %s: %s", plan.report.scope, type(e).__name__, e)
         proc.close()
         raise
 

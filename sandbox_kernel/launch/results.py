@@ -19,10 +19,12 @@ import stat
 from contextlib import contextmanager
 from typing import IO, Any, Iterator
 
+from ..errors import UntrustedInputError
+
 __all__ = ["ResultDir", "UnsafeResultPath", "dump_json"]
 
 
-class UnsafeResultPath(Exception):
+class UnsafeResultPath(UntrustedInputError):
     """A result path the runner refuses to write through (a link, another owner, not a file)."""
 
 

@@ -15,11 +15,10 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
-from .holder import HolderError, close_streams, start_holder
+from ..errors import HolderError, SessionError
+from .holder import close_streams, start_holder
 
-
-class SessionError(RuntimeError):
-    pass
+__all__ = ["SessionError", "Session", "open_session"]
 
 
 @dataclass

@@ -26,15 +26,13 @@ import stat
 import time
 from dataclasses import dataclass, field
 
+from ..errors import UidLeaseError
+
 LEASE_DIR = "/run/sandbox-kernel/uids"
 TEMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
 MAX_TEMP_ENTRIES = 20000  # bound on the temp-dir scan
 RESERVED_UIDS = (65534, 65535)  # nobody, and (uint16) -1
 KILL_SETTLE = 2.0
-
-
-class UidLeaseError(RuntimeError):
-    """No uid could be leased (range exhausted or lease dir unusable); nothing was started."""
 
 
 @dataclass

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Mapping
 
-from ..capabilities import HostCapabilities
+from ..host import HostCapabilities
 from ..policy import SandboxPolicy
 from ..report import Downgrade, EffectiveSandbox, LayerState, Note, SandboxUnavailable
 from .env import plan_env
@@ -33,7 +33,9 @@ class RunSpec:
     """What is being run, and what it needs from the host."""
 
     argv: tuple[str, ...]
-    staging_dir: str  # host dir (private to the run) where the launch shell writes staged files
+    # Host dir (private to the run) where the launch shell writes staged files: filled in by
+    # launch.prepare(), which makes the dir; left empty by callers.
+    staging_dir: str = ""
     runtime: Runtime = "other"
     scope: Literal["kernel", "cell"] = "cell"
     scratch_dir: str = "/scratch"  # in-sandbox path of the private, sized scratch tmpfs
@@ -75,7 +77,8 @@ class Plan:
 
 def _disabled_plan(policy: SandboxPolicy, caps: HostCapabilities, spec: RunSpec) -> Plan:
     layers = {name: LayerState("not-requested", None) for name in ("filesystem", "network", "resources", "privilege", "env", "seccomp")}
-    report = EffectiveSandbox(spec.scope, policy.to_dict(), layers, notes=[Note("policy", "sandbox disabled by policy (enabled: false)")], platform=caps.platform)
+    report = EffectiveSandbox(spec.scope, policy.to_dict(), layers, notes=[Note("policy", "sandbox disabled by policy (enabled: false)")],
+                              platform=caps.platform)
     # No confinement, but still no supervisor secrets: locale and PATH from the host only.
     host = {k: v for k, v in spec.host_env.items() if k == "PATH" or k.startswith("LC_") or k in ("LANG", "TZ")}
     env = {**host, **spec.env, **spec.sandbox_env}

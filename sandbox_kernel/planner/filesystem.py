@@ -12,11 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..capabilities import HostCapabilities
+from ..host import SYSTEM_DIRS, HostCapabilities
 from ..policy import FilesystemPolicy
 from ..report import Downgrade, LayerState, Note
-
-SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 
 # Host /etc entries a program may legitimately need. Everything else in /etc (shadow, ssh
 # keys, mounted secrets, the host's passwd) stays invisible.
@@ -72,7 +70,8 @@ def _staged_files(user: str, uid: int, gid: int, home: str, nameserver: str | No
         "group": "root:x:0:\n" + (f"{user}:x:{gid}:\n" if gid != 0 else "") + "nogroup:x:65534:\n",
         "hosts": "127.0.0.1 localhost sandbox\n::1 localhost ip6-localhost ip6-loopback\n",
         "hostname": "sandbox\n",
-        "nsswitch.conf": "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\nservices: files\nprotocols: files\n",
+        "nsswitch.conf": ("passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\nservices: files\n"
+                          "protocols: files\n"),
         "resolv.conf": f"nameserver {nameserver}\n" if nameserver else "# name resolution is not available in this sandbox\n",
     }
 
@@ -168,5 +167,6 @@ def plan_filesystem(
         exposed = [dest for _, dest in binds]
         detail["inputs"] = {"entries": len(exposed), "exposed": exposed[:MAX_REPORTED_INPUTS],
                             "access": "read-only, inside scratch"}
-    notes = [Note("filesystem", f"read-only path {p} not bound: it would replace the sandbox's own / /etc /proc /dev or /tmp (host /etc holds shadow and secrets)") for p in refused]
+    notes = [Note("filesystem", f"read-only path {p} not bound: it would replace the sandbox's own / /etc /proc /dev or /tmp "
+                                "(host /etc holds shadow and secrets)") for p in refused]
     return FilesystemDecision(mounts, cwd or scratch_dir, LayerState("enforced", "bwrap", detail), staged=staged, notes=notes)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from ..capabilities import HostCapabilities
+from ..host import HostCapabilities
 from ..policy import METADATA_NETWORKS, AllowRule, NetworkPolicy
 from ..report import Downgrade, LayerState, Note
 

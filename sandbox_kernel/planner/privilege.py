@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..capabilities import HostCapabilities
+from ..host import HostCapabilities
 from ..policy import PrivilegePolicy
 from ..report import Downgrade, LayerState, Note
 
@@ -49,7 +49,8 @@ def plan_privilege(priv: PrivilegePolicy, caps: HostCapabilities,
                                    "(with filesystem 'off' they can read each other's files); one supervisor per "
                                    "tenant, or a root supervisor, separates tenants by uid")]
         if priv.mode == "drop-to-uid" and priv.uid not in (None, caps.euid):
-            notes.append(Note("privilege", f"privilege.uid {priv.uid} ignored: a non-root supervisor cannot switch uid; the sandbox runs as uid {caps.euid}"))
+            notes.append(Note("privilege", f"privilege.uid {priv.uid} ignored: a non-root supervisor cannot switch uid; "
+                                           f"the sandbox runs as uid {caps.euid}"))
         return PrivilegeDecision(
             [], (caps.user_name, caps.euid, caps.egid),
             LayerState("enforced", "non-root supervisor", {"uid": caps.euid, "gid": caps.egid, "uid_per_kernel": False,
@@ -60,7 +61,8 @@ def plan_privilege(priv: PrivilegePolicy, caps: HostCapabilities,
     if priv.mode == "inherit":
         return PrivilegeDecision(
             [], ("root", 0, 0), LayerState("degraded", None),
-            downgrades=[Downgrade("privilege", "privilege.mode 'inherit' under a root supervisor leaves the sandbox running as host root; use 'drop-to-uid' or run the supervisor as a non-root user")],
+            downgrades=[Downgrade("privilege", "privilege.mode 'inherit' under a root supervisor leaves the sandbox running as host "
+                                               "root; use 'drop-to-uid' or run the supervisor as a non-root user")],
         )
     notes: list[Note] = []
     first, last = priv.uid_range
@@ -76,12 +78,14 @@ def plan_privilege(priv: PrivilegePolicy, caps: HostCapabilities,
     else:
         return PrivilegeDecision(
             [], ("root", 0, 0), LayerState("degraded", None),
-            downgrades=[Downgrade("privilege", f"one uid per kernel needs uid leases, which are unavailable: {caps.uid_range.error}; the sandbox would run as host root")],
+            downgrades=[Downgrade("privilege", f"one uid per kernel needs uid leases, which are unavailable: {caps.uid_range.error}; "
+                                               "the sandbox would run as host root")],
         )
     if not caps.setpriv.ok:
         return PrivilegeDecision(
             [], ("root", 0, 0), LayerState("degraded", None),
-            downgrades=[Downgrade("privilege", f"switching to an unprivileged uid needs setpriv, which is unavailable: {caps.setpriv.error}; the sandbox would run as host root")],
+            downgrades=[Downgrade("privilege", "switching to an unprivileged uid needs setpriv, which is unavailable: "
+                                               f"{caps.setpriv.error}; the sandbox would run as host root")],
         )
     prefix = [caps.tool("setpriv"), f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
               "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"]

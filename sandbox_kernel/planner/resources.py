@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..capabilities import HostCapabilities
+from ..host import HostCapabilities
 from ..policy import ResourcesPolicy
 from ..report import Downgrade, LayerState, Note
 
@@ -82,7 +82,8 @@ def plan_resources(res: ResourcesPolicy, caps: HostCapabilities, runtime: str, i
         if mechanisms:
             control("max_processes", res.max_processes, "+".join(mechanisms))
             if not pids_cg:
-                notes.append(Note("resources", "max_processes: no pids cgroup here; RLIMIT_NPROC in the sandbox's own user namespace is the only cap"))
+                notes.append(Note("resources", "max_processes: no pids cgroup here; RLIMIT_NPROC in the sandbox's own user namespace "
+                                               "is the only cap"))
         else:
             why = f"no pids cgroup ({caps.cgroup_pids.error})" + (
                 f", and RLIMIT_NPROC needs prlimit, which is unavailable: {caps.prlimit.error}" if in_userns
@@ -99,7 +100,8 @@ def plan_resources(res: ResourcesPolicy, caps: HostCapabilities, runtime: str, i
             # glibc reserves 64 MiB of address space per thread arena: a dozen threads (an
             # ipykernel) would spend the cap on reservations alone.
             sandbox_env["MALLOC_ARENA_MAX"] = "2"
-            notes.append(Note("resources", "memory_bytes: no memory cgroup here; RLIMIT_AS caps each process's address space, not the sandbox total"))
+            notes.append(Note("resources", "memory_bytes: no memory cgroup here; RLIMIT_AS caps each process's address space, "
+                                           "not the sandbox total"))
         else:
             why = f"no memory cgroup ({caps.cgroup_memory.error})"
             if runtime not in RLIMIT_AS_TOLERANT:
@@ -115,7 +117,8 @@ def plan_resources(res: ResourcesPolicy, caps: HostCapabilities, runtime: str, i
             limit = getattr(res, name)
             if limit is not None:
                 controls[name] = {"limit": limit, "mechanism": "per-cell, by the executing client", "state": "delegated"}
-                notes.append(Note("resources", f"{name} applies per cell and only where a sandbox-kernel client executes (plain clients do not cap it)"))
+                notes.append(Note("resources", f"{name} applies per cell and only where a sandbox-kernel client executes "
+                                               "(plain clients do not cap it)"))
         if res.max_output_bytes is not None:
             notes.append(Note("resources", "the kernel process's own stdout/stderr go to the supervisor's log, cut at max_output_bytes"))
     else:

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..capabilities import HostCapabilities
+from ..host import HostCapabilities
 from ..report import Downgrade, LayerState
 
 DENIED_SYSCALLS = (
@@ -72,9 +72,11 @@ class SeccompDecision:
 
 def plan_seccomp(caps: HostCapabilities) -> SeccompDecision:
     if not caps.bwrap.ok:
-        return SeccompDecision(None, LayerState("degraded", None), [Downgrade("seccomp", f"the filter is loaded by bwrap, which is unavailable: {caps.bwrap.error}")])
+        reason = f"the filter is loaded by bwrap, which is unavailable: {caps.bwrap.error}"
+        return SeccompDecision(None, LayerState("degraded", None), [Downgrade("seccomp", reason)])
     if not caps.seccomp.ok:
-        return SeccompDecision(None, LayerState("degraded", None), [Downgrade("seccomp", f"no seccomp filter can be built here: {caps.seccomp.error}")])
+        reason = f"no seccomp filter can be built here: {caps.seccomp.error}"
+        return SeccompDecision(None, LayerState("degraded", None), [Downgrade("seccomp", reason)])
     known = caps.seccomp.detail.get("known_syscalls")
     detail = {
         "action": "EPERM",

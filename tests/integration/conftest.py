@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from .kernels import write_kernelspec
 from .supervisors import run_scenario, supervisor_uid
 from .traces import Traces, become_subreaper
 
@@ -69,3 +70,17 @@ def workdir(supervisor, private_tmpdir):
 def scenario(supervisor):
     """``scenario(name, **args)``: run ``scenarios.NAME`` under this test's supervisor."""
     return lambda name, **kw: run_scenario(supervisor, name, **kw)
+
+
+@pytest.fixture
+def jupyter_dirs(tmp_path, monkeypatch):
+    """A private Jupyter data dir holding the python3-sandboxed kernelspec, and an empty
+    config dir (the operator policy is the secure default unless a test writes one).
+    Returns (data dir, config dir)."""
+    data, config = tmp_path / "data", tmp_path / "config"
+    write_kernelspec(data)
+    config.mkdir()
+    monkeypatch.setenv("JUPYTER_PATH", str(data))
+    monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(config))
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
+    return data, config

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -102,21 +103,28 @@ def run_in_outer_netns(script: str, *, env: dict | None = None, timeout: float =
     return json.loads(lines[-1])
 
 
+SYSTEM_BIN_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+
+
 def path_without(tmp_dir: Path, *hidden: str) -> str:
-    """A PATH made of symlinks to every tool on the current PATH (plus sbin) except ``hidden``:
-    what a host without those tools looks like to the capability probe."""
+    """A PATH made of one dir, ``tmp_dir``, of symlinks to every executable on the current
+    PATH and in the system bin dirs except ``hidden``: this host as it would look to the
+    capability probe without those tools."""
     tmp_dir.mkdir(parents=True, exist_ok=True)
-    dirs = os.environ.get("PATH", "").split(":") + ["/usr/sbin", "/sbin"]
-    for d in dirs:
+    for d in [*os.environ.get("PATH", "").split(os.pathsep), *SYSTEM_BIN_DIRS]:
         if not os.path.isdir(d):
             continue
         for name in os.listdir(d):
-            link = tmp_dir / name
-            if name in hidden or link.exists():
+            target, link = os.path.join(d, name), tmp_dir / name
+            if name in hidden or link.exists() or link.is_symlink():
                 continue
-            target = os.path.join(d, name)
             if os.path.isfile(target) and os.access(target, os.X_OK):
                 link.symlink_to(target)
+    for tool in hidden:
+        assert shutil.which(tool, path=str(tmp_dir)) is None
+        assert shutil.which(tool) is not None, f"{tool} is not installed on this host (make setup installs it)"
+    for tool in {"sh", "unshare", "setpriv", "prlimit"} - set(hidden):
+        assert shutil.which(tool, path=str(tmp_dir)), tool
     return str(tmp_dir)
 
 

@@ -17,7 +17,7 @@ import time
 import uuid
 from contextlib import contextmanager
 
-from sandbox_kernel.capabilities import CGROUP_PARENT
+from sandbox_kernel.host import CGROUP_PARENT
 
 MEMORY_HIERARCHY = "/sys/fs/cgroup/memory"
 

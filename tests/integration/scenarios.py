@@ -12,22 +12,35 @@ scenario: it measures the effect from inside and prints its own JSON line.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
 import threading
 import time
 
-from sandbox_kernel.capabilities import python_runtime_paths
-from sandbox_kernel.launch import communicate, prepare, run, start
+from sandbox_kernel.capabilities import detect
+from sandbox_kernel.launch import communicate, prepare, start
+from sandbox_kernel.launch import run as launch_run
 from sandbox_kernel.planner import RunSpec
 from sandbox_kernel.policy import policy_from_dict
 from sandbox_kernel.report import SandboxUnavailable
+from sandbox_kernel.runtime import python_runtime_paths
+
+if __package__:  # imported by a test module
+    from .probes import WRITE_PROBE
+    from .procs import processes_with
+else:  # run as a supervisor process: python scenarios.py NAME ARGS
+    from probes import WRITE_PROBE
+    from procs import processes_with
+
+
+def run(policy, spec, **kw):
+    """One sandboxed run on this host as probed (launch.run with ``detect()``)."""
+    return launch_run(policy, spec, caps=detect(), **kw)
 
 
 def spec(code: str) -> RunSpec:
-    return RunSpec(argv=(sys.executable, "-c", code), staging_dir="", runtime="python",
+    return RunSpec(argv=(sys.executable, "-c", code), runtime="python",
                    runtime_paths=python_runtime_paths())
 
 
@@ -59,7 +72,7 @@ class Background:
     Its stdin stays open until :meth:`finish`, so the sandboxed code can block on it."""
 
     def __init__(self, policy: dict, code: str):
-        self.proc = start(prepare(policy_from_dict(policy), spec(code)), stdin=subprocess.PIPE)
+        self.proc = start(prepare(policy_from_dict(policy), spec(code), detect()), stdin=subprocess.PIPE)
         self.seen = bytearray()
         self.cond = threading.Condition()
         self.result = None
@@ -91,13 +104,7 @@ class Background:
 
 FILESYSTEM_CODE = r"""
 import errno, json, os, sys
-def write(path):
-    try:
-        with open(path, "w") as f:
-            f.write("x")
-        return "ok"
-    except OSError as e:
-        return errno.errorcode[e.errno]
+""" + WRITE_PROBE + r"""
 res = {"cwd": os.getcwd(), "home": os.environ.get("HOME")}
 res["writes"] = {p: write(p) for p in (
     "/etc/sbx-probe", "/usr/sbx-probe", "/sbx-probe", "/dev/sbx-probe", os.path.join(sys.prefix, "sbx-probe"),
@@ -395,19 +402,6 @@ time.sleep(600)
 """
 
 
-def processes_with(token: str) -> list[str]:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if token in cmdline and pid != str(os.getpid()):
-            found.append(f"{pid}: {cmdline}")
-    return found
-
-
 def timeout(via: str, token: str) -> dict:
     code = TIMEOUT_CODE.replace("TOKEN", token)
     if via == "policy":
@@ -492,7 +486,7 @@ def identity() -> dict:
 
 def fail_closed(marker: str) -> dict:
     """PATH hides a tool (set by the test): the live probe fails and the run must be refused."""
-    spec = RunSpec(argv=("/bin/sh", "-c", f"echo ran > {marker}"), staging_dir="")
+    spec = RunSpec(argv=("/bin/sh", "-c", f"echo ran > {marker}"))
     try:
         result = run(policy_from_dict({}), spec)
     except SandboxUnavailable as e:

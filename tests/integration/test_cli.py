@@ -1,28 +1,27 @@
-"""The ``sandbox-kernel`` command (contract 3.4) run as a real subprocess: ``doctor`` on this
+"""The ``sandbox-kernel`` command (docs/architecture.md, "The command line") run as a real subprocess: ``doctor`` on this
 host (and on this host with a tool hidden from PATH), ``policy show|validate``, exit codes."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from sandbox_kernel.cli import EXIT_OK, EXIT_UNENFORCEABLE, EXIT_USAGE
 from sandbox_kernel.policy import policy_from_dict, secure_default
+from sandbox_kernel.report import LAYERS
+
+from .kernels import path_without
 
 pytestmark = pytest.mark.integration
 
-EXIT_OK, EXIT_USAGE, EXIT_UNENFORCEABLE = 0, 2, 3
-LAYERS = ("filesystem", "network", "resources", "privilege", "env", "seccomp")
 # Probes the secure default depends on (landlock is probed but not used by the planner).
 REQUIRED_CAPABILITIES = ("bwrap", "setpriv", "prlimit", "seccomp", "egress", "cgroup_memory", "cgroup_pids",
                          "uid_range", "interpreter")
-# Where a Debian host keeps its tools, besides whatever PATH says.
-SYSTEM_BIN_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 ALLOWLIST_POLICY = '[network]\nmode = "allowlist"\nallow = ["192.0.2.0/24:443"]\n'
 
 
@@ -52,27 +51,6 @@ def doctor_json(cli, *args: str, path: str | None = None) -> tuple[int, dict]:
     proc = cli("doctor", "--json", *args, path=path)
     assert proc.returncode in (EXIT_OK, EXIT_UNENFORCEABLE), proc.stderr
     return proc.returncode, json.loads(proc.stdout)
-
-
-def path_without(tmp_path: Path, hidden: str) -> str:
-    """A directory of symlinks to every executable on PATH and in the system bin dirs, except
-    ``hidden``: this host as it would look without that tool."""
-    shim = tmp_path / f"path-without-{hidden}"
-    shim.mkdir()
-    for d in [*os.environ.get("PATH", "").split(os.pathsep), *SYSTEM_BIN_DIRS]:
-        if not os.path.isdir(d):
-            continue
-        for name in os.listdir(d):
-            target, link = os.path.join(d, name), shim / name
-            if name == hidden or link.exists() or link.is_symlink():
-                continue
-            if os.path.isfile(target) and os.access(target, os.X_OK):
-                link.symlink_to(target)
-    assert shutil.which(hidden, path=str(shim)) is None
-    assert shutil.which(hidden) is not None, f"{hidden} is not installed on this host (make setup installs it)"
-    for tool in ("sh", "unshare", "setpriv", "prlimit"):
-        assert shutil.which(tool, path=str(shim)), tool
-    return str(shim)
 
 
 @pytest.fixture
@@ -131,7 +109,7 @@ def test_doctor_allowlist_policy_enforced_with_every_tool(cli, allowlist_policy)
 
 
 def test_doctor_without_bwrap(cli, tmp_path):
-    rc, out = doctor_json(cli, path=path_without(tmp_path, "bwrap"))
+    rc, out = doctor_json(cli, path=path_without(tmp_path / "path-without-bwrap", "bwrap"))
     assert rc == EXIT_UNENFORCEABLE
     assert out["enforceable"] is False
     assert out["tools"]["bwrap"] is None
@@ -151,7 +129,7 @@ def test_doctor_without_bwrap(cli, tmp_path):
 
 
 def test_doctor_text_without_bwrap_shows_the_hint(cli, tmp_path):
-    proc = cli("doctor", path=path_without(tmp_path, "bwrap"))
+    proc = cli("doctor", path=path_without(tmp_path / "path-without-bwrap", "bwrap"))
     assert proc.returncode == EXIT_UNENFORCEABLE
     assert "hint: apt-get install bubblewrap" in proc.stdout
     assert "downgrade: filesystem confinement needs bwrap" in proc.stdout
@@ -160,7 +138,7 @@ def test_doctor_text_without_bwrap_shows_the_hint(cli, tmp_path):
 
 @pytest.mark.parametrize("tool,package", [("slirp4netns", "slirp4netns"), ("nft", "nftables")])
 def test_doctor_allowlist_without_egress_tool(cli, tmp_path, allowlist_policy, tool, package):
-    rc, out = doctor_json(cli, "--policy", str(allowlist_policy), path=path_without(tmp_path, tool))
+    rc, out = doctor_json(cli, "--policy", str(allowlist_policy), path=path_without(tmp_path / f"path-without-{tool}", tool))
     assert rc == EXIT_UNENFORCEABLE
     assert out["enforceable"] is False
     assert out["tools"][tool] is None
@@ -185,7 +163,7 @@ def test_doctor_allowlist_without_egress_tool(cli, tmp_path, allowlist_policy, t
 @pytest.mark.parametrize("tool", ["slirp4netns", "nft"])
 def test_secure_default_does_not_need_egress_tools(cli, tmp_path, tool):
     # network deny is a bare network namespace: no nft, no slirp4netns
-    rc, out = doctor_json(cli, path=path_without(tmp_path, tool))
+    rc, out = doctor_json(cli, path=path_without(tmp_path / f"path-without-{tool}", tool))
     assert out["capabilities"]["egress"]["ok"] is False
     assert rc == EXIT_OK, out["report"]["downgrades"]
     assert out["report"]["enforced"] == {layer: True for layer in LAYERS}

@@ -15,7 +15,8 @@ from dataclasses import replace
 
 import pytest
 
-from sandbox_kernel.capabilities import CGROUP_PARENT
+from sandbox_kernel.capabilities import detect
+from sandbox_kernel.host import CGROUP_PARENT
 from sandbox_kernel.host_shape import parse_mountinfo
 from sandbox_kernel.launch import prepare, start
 from sandbox_kernel.launch.cgroup import CgroupError, create
@@ -105,8 +106,8 @@ def test_cgroup_v2_run_cgroup_is_created_joined_killed_and_removed():
     base = v2_hierarchy()
     parent = os.path.join(base, CGROUP_PARENT)
     os.makedirs(parent, exist_ok=True)  # the product's parent, kept like the probes' v1 ones
-    spec = RunSpec(argv=("/bin/sh", "-c", "sleep 60 & sleep 60 & echo started; wait"), staging_dir="", runtime="shell")
-    plan = prepare(secure_default(), spec)
+    spec = RunSpec(argv=("/bin/sh", "-c", "sleep 60 & sleep 60 & echo started; wait"), runtime="shell")
+    plan = prepare(secure_default(), spec, detect())
     plan = replace(plan, cgroup=CgroupPlan(version=2, memory_bytes=None, pids_max=None, memory_root=None, pids_root=parent))
     proc = start(plan)
     try:

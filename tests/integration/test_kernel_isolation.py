@@ -83,8 +83,8 @@ def test_two_kernels_cannot_reach_each_other_under_filesystem_off(jupyter_off):
         for uid in (a_priv["uid"], b_priv["uid"]):
             assert DEFAULT_UID_RANGE[0] <= uid <= DEFAULT_UID_RANGE[1]
         info = km_b.get_connection_info()
-        b_pids = [b.pid, *command_pids(b._sandbox)]
-        target = {"conn": km_b.connection_file, "run_dir": b._run_dir, "socket_dir": b._socket_dir,
+        b_pids = [b.pid, *command_pids(b.sandbox.process)]
+        target = {"conn": km_b.connection_file, "run_dir": b.sandbox.dirs.run_dir, "socket_dir": b.sandbox.dirs.socket_dir,
                   "shell": f"{info['ip']}-{info['shell_port']}", "pids": b_pids}
         code = f"TARGET = {target!r}\n" + ATTACK.replace("OWN_CONN", repr(km_a.connection_file))
         out, _ = execute(kc_a, code)
@@ -107,7 +107,7 @@ def test_two_kernels_cannot_reach_each_other_under_filesystem_off(jupyter_off):
         assert execute(kc_b, "print('b alive')")[0].strip() == "b alive"
         # B's cells run as B's uid, not A's.
         assert execute(kc_b, "%%sh\nid -u")[0].strip() == str(b_priv["uid"])
-        b_uid, b_lease = b_priv["uid"], b._lease.path
+        b_uid, b_lease = b_priv["uid"], b.sandbox.lease.path
         assert os.path.exists(b_lease)
     # Released after cleanup: no process of B's uid, no lease file.
     assert not processes_of({b_uid}) and not os.path.exists(b_lease)
@@ -123,10 +123,10 @@ def test_run_dir_hands_the_kernel_only_what_it_must_open(jupyter_off):
             st = os.lstat(path)
             return st.st_uid, st.st_gid, st.st_mode & 0o777  # jupyter_client adds a sticky bit
 
-        assert owner_mode(prov._run_dir) == (0, gid, 0o710)
+        assert owner_mode(prov.sandbox.dirs.run_dir) == (0, gid, 0o710)
         assert owner_mode(km.connection_file) == (0, gid, 0o640)
-        assert owner_mode(prov._kernel_dir) == (uid, gid, 0o700)
-        assert owner_mode(prov._socket_dir) == (0, gid, 0o710)
+        assert owner_mode(prov.sandbox.dirs.kernel_dir) == (uid, gid, 0o700)
+        assert owner_mode(prov.sandbox.dirs.socket_dir) == (0, gid, 0o710)
 
 
 # --------------------------------------------------------------------------- leases

@@ -95,12 +95,13 @@ def test_supervisor_environment_does_not_leak(identity):
 def test_wrapper_argv_is_not_visible_inside():
     """bwrap's pid 1 keeps its argv: without --args, /proc/1/cmdline would show every bind
     (staging dir, venv, read-only paths) to the sandboxed code."""
+    from sandbox_kernel.capabilities import detect
     from sandbox_kernel.launch import run
     from sandbox_kernel.planner import RunSpec
     from sandbox_kernel.policy import secure_default
 
-    result = run(secure_default(), RunSpec(argv=("/bin/sh", "-c", "tr '\\0' ' ' < /proc/1/cmdline"),
-                                           staging_dir="", runtime="shell"))
+    result = run(secure_default(), RunSpec(argv=("/bin/sh", "-c", "tr '\\0' ' ' < /proc/1/cmdline"), runtime="shell"),
+                 caps=detect())
     cmdline = result.stdout.decode()
     assert result.exit_code == 0 and "--args" in cmdline
     assert "--ro-bind" not in cmdline and "sandbox-kernel-run-" not in cmdline

@@ -17,17 +17,9 @@ from sandbox_kernel import cells
 from sandbox_kernel.kernelspec import KERNEL_NAME
 
 from .kernels import execute, reply_to, run_in_outer_netns, running_kernel, write_kernelspec
+from .procs import cmdline, processes_with
 
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(autouse=True)
-def jupyter_dirs(tmp_path, monkeypatch):
-    write_kernelspec(tmp_path / "data")
-    (tmp_path / "config").mkdir()
-    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "data"))
-    monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(tmp_path / "config"))
-    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("jupyter_dirs")]
 
 
 @pytest.fixture
@@ -63,7 +55,8 @@ def test_each_magic_runs_in_its_own_sandbox(kernel):
 
 def test_sh_write_outside_scratch_fails(kernel):
     _, kc = kernel
-    out, status, report = cell(kc, "%%sh\necho x > /usr/evil && echo WROTE\necho y > /etc/evil && echo WROTE\necho ok > $HOME/f && cat $HOME/f")
+    out, status, report = cell(kc, "%%sh\necho x > /usr/evil && echo WROTE\necho y > /etc/evil && echo WROTE\n"
+                                   "echo ok > $HOME/f && cat $HOME/f")
     assert "WROTE" not in out and "Read-only file system" in out and out.strip().endswith("ok")
     assert status == "ok" and report["layers"]["filesystem"]["state"] == "enforced"
 
@@ -85,7 +78,7 @@ def test_timeout_kills_the_cell_tree(kernel):
     elapsed = time.monotonic() - t0
     assert status == "error" and "timed out" in out and report["outcome"]["timed_out"] is True
     assert elapsed < 10  # 1 s timeout plus kill grace, far from the 30 s sleep
-    assert _Vanishing(token).wait(1.0), _processes_with(token)
+    assert _Vanishing(token).wait(1.0), processes_with(token)
 
 
 def _token() -> str:
@@ -94,18 +87,9 @@ def _token() -> str:
     return f"cell-{uuid.uuid4().hex[:12]}"
 
 
-def _processes_with(token: str) -> list[str]:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        cmdline = _cmdline(pid)
-        if token.encode() in cmdline and int(pid) != os.getpid():
-            found.append(pid + ": " + cmdline.replace(b"\0", b" ").decode(errors="replace"))
-    return found
-
-
 def _wait_for_process(token: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
-    while not _processes_with(token):
+    while not processes_with(token):
         assert time.monotonic() < deadline, f"no process with {token} started"
         time.sleep(0.02)
 
@@ -119,7 +103,7 @@ class _Vanishing:
         threading.Thread(target=self._watch, args=(token,), daemon=True).start()
 
     def _watch(self, token: str) -> None:
-        while _processes_with(token):
+        while processes_with(token):
             time.sleep(0.02)
         self.at = time.monotonic()
         self._done.set()
@@ -131,26 +115,18 @@ class _Vanishing:
 def _kill_all_with(token: str) -> None:
     """SIGKILL the processes carrying ``token`` and the cell shells (``sh -s``) running them,
     which would otherwise start new ones."""
-    for line in _processes_with(token):
+    for line in processes_with(token):
         pid = line.split(":")[0]
         try:
             with open(f"/proc/{pid}/stat") as f:
                 ppid = f.read().rsplit(")", 1)[1].split()[1]
         except OSError:
             continue
-        for victim in (ppid, pid) if _cmdline(ppid) == b"/bin/sh\0-s\0" else (pid,):
+        for victim in (ppid, pid) if cmdline(ppid) == b"/bin/sh\0-s\0" else (pid,):
             try:
                 os.kill(int(victim), 9)
             except ProcessLookupError:
                 pass
-
-
-def _cmdline(pid: str) -> bytes:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
 
 
 def test_output_flood_capped_with_marker(kernel):
@@ -184,7 +160,7 @@ def test_interrupt_kills_cell_and_kernel_answers(kernel):
     assert reply["content"]["status"] == "error"
     assert time.monotonic() - t0 < 5
     assert cell(kc, "print('still here')")[0].strip() == "still here"
-    assert _Vanishing(token).wait(1.0), _processes_with(token)
+    assert _Vanishing(token).wait(1.0), processes_with(token)
 
 
 def _wait_for_output(kc, needle: str, timeout: float = 60) -> None:
@@ -234,7 +210,7 @@ def test_runaway_cell_dies_at_deadline_interrupt_restart_and_shutdown(jupyter_di
             assert outcome["timed_out"] is True
             # The run's clock (from the first byte fed) stops once its tree is dead.
             latency = outcome["durations"]["run"] - 3
-            assert gone.wait(1), f"the cell still runs after its reply: {_processes_with(token)}"
+            assert gone.wait(1), f"the cell still runs after its reply: {processes_with(token)}"
         else:
             if stop == "interrupt":
                 km.interrupt_kernel()
@@ -243,7 +219,7 @@ def test_runaway_cell_dies_at_deadline_interrupt_restart_and_shutdown(jupyter_di
                 km.restart_kernel(now=True)
             else:
                 km.shutdown_kernel(now=True)
-            assert gone.wait(5), f"{stop}: the cell still runs: {_processes_with(token)}"
+            assert gone.wait(5), f"{stop}: the cell still runs: {processes_with(token)}"
             latency = gone.at - stopped
         print(f"{stop}: the cell's processes were gone {latency:.2f} s after the {stop}")
         assert latency < 1.0
@@ -276,7 +252,8 @@ def loop():
 threading.Thread(target=loop, daemon=True).start()
 cfg = pathlib.Path(os.environ["JUPYTER_CONFIG_DIR"]) / "jupyter_sandbox_kernel_config.py"
 cfg.write_text(f"c.SandboxPolicyConfig.network_mode = 'allowlist'\nc.SandboxPolicyConfig.network_allow = ['10.0.2.2:{port}']\n")
-probe = f"import socket\ntry:\n    print(socket.create_connection(('10.0.2.2', {port}), timeout=5).recv(2).decode())\nexcept OSError as e:\n    print(type(e).__name__)"
+probe = (f"import socket\ntry:\n    print(socket.create_connection(('10.0.2.2', {port}), timeout=5).recv(2).decode())\n"
+         "except OSError as e:\n    print(type(e).__name__)")
 res = {}
 with running_kernel() as (km, kc):
     res["kernel"] = execute(kc, probe)[0].strip()
@@ -589,7 +566,7 @@ print("sent")
         # The supervisor's reply blocks on the kernel that does not read: after SEND_TIMEOUT it
         # gives up on the connection and kills the cell.
         gone = _Vanishing(token)
-        assert gone.wait(1.0 + 10), f"the cell still runs: {_processes_with(token)}"
+        assert gone.wait(1.0 + 10), f"the cell still runs: {processes_with(token)}"
         cell(kc, "stalled.close()")
         assert cell(kc, "%%sh\necho still serving")[0].strip() == "still serving"
     finally:
@@ -598,7 +575,7 @@ print("sent")
 
 def test_option_less_sh_cells_run_in_the_sandbox_started_ahead(kernel):
     km, kc = kernel
-    service = km.provisioner._cells
+    service = km.provisioner.sandbox.cells
 
     def warm():
         deadline = time.monotonic() + 30

@@ -18,47 +18,17 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from sandbox_kernel.kernel_sandbox import KernelDirs
 from sandbox_kernel.launch.signals import command_pids
 
 from .kernels import (REPO, execute, leased_uid, path_without, reply_to, run_in_outer_netns, running_kernel,
                       write_kernelspec, write_operator_config)
+from .probes import WRITE_PROBE
+from .procs import alive, wait_gone
 
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(autouse=True)
-def jupyter_dirs(tmp_path, monkeypatch):
-    """A private Jupyter data dir holding the python3-sandboxed kernelspec, and an empty
-    config dir (the operator policy is the secure default unless a test writes one)."""
-    data, config = tmp_path / "data", tmp_path / "config"
-    write_kernelspec(data)
-    config.mkdir()
-    monkeypatch.setenv("JUPYTER_PATH", str(data))
-    monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(config))
-    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
-    return data, config
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("jupyter_dirs")]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def _wait_gone(pids, timeout=10.0) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        left = [p for p in pids if _alive(p)]
-        if not left:
-            return []
-        time.sleep(0.05)
-    return [p for p in pids if _alive(p)]
 
 
 def _listener():
@@ -71,17 +41,11 @@ def _listener():
 
 PROBE = r"""
 import errno, json, os, socket
+""" + WRITE_PROBE + r"""
 res = {"uid": os.getuid()}
 status = open("/proc/self/status").read()
 res["capeff"] = status.split("CapEff:")[1].split()[0]
 res["nnp"] = status.split("NoNewPrivs:")[1].split()[0]
-def write(p):
-    try:
-        with open(p, "w") as f:
-            f.write("x")
-        return "ok"
-    except OSError as e:
-        return errno.errorcode[e.errno]
 res["write_usr"] = write("/usr/lib/sbx-probe")
 res["write_etc"] = write("/etc/sbx-probe")
 res["write_scratch"] = write(os.path.join(os.getcwd(), "probe.txt"))
@@ -103,7 +67,7 @@ def test_kernel_runs_confined(monkeypatch):
     monkeypatch.setenv("SBX_TEST_SECRET", "hunter2")
     srv, port = _listener()
     with running_kernel() as (km_b, _), running_kernel() as (km, kc):
-        other = [km_b.provisioner._run_dir, km_b.connection_file]
+        other = [km_b.provisioner.sandbox.dirs.run_dir, km_b.connection_file]
         assert all(os.path.exists(p) for p in other)  # the other kernel's files exist on the host
         out, reply = execute(kc, PROBE.replace("PORT", str(port)).replace("OTHER", repr(other)))
         res = json.loads(out)
@@ -132,15 +96,15 @@ def test_interrupt_restart_and_shutdown_leave_nothing():
         reply = reply_to(kc, msg_id, timeout=20)
         assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"
         assert execute(kc, "print(6 * 7)")[0].strip() == "42"
-        first = [km.provisioner.pid, *command_pids(km.provisioner._sandbox)]
-        run_dir = km.provisioner._run_dir
+        first = [km.provisioner.pid, *command_pids(km.provisioner.sandbox.process)]
+        run_dir = km.provisioner.sandbox.dirs.run_dir
         km.restart_kernel(now=True)
         kc.wait_for_ready(timeout=60)
-        assert _wait_gone(first) == []
-        assert km.provisioner._run_dir == run_dir and os.path.isdir(run_dir)  # survives restart
+        assert wait_gone(first) == []
+        assert km.provisioner.sandbox.dirs.run_dir == run_dir and os.path.isdir(run_dir)  # survives restart
         assert execute(kc, "print('again')")[0].strip() == "again"
-        second = [km.provisioner.pid, *command_pids(km.provisioner._sandbox)]
-    assert _wait_gone(second) == []
+        second = [km.provisioner.pid, *command_pids(km.provisioner.sandbox.process)]
+    assert wait_gone(second) == []
     assert not os.path.exists(run_dir)
 
 
@@ -151,8 +115,8 @@ from sandbox_kernel.launch.signals import command_pids
 km = KernelManager(kernel_name="python3-sandboxed")
 km.start_kernel()
 kc = km.client(); kc.start_channels(); kc.wait_for_ready(timeout=60)
-print(json.dumps({"pids": [km.provisioner.pid, *command_pids(km.provisioner._sandbox)],
-                  "run_dir": km.provisioner._run_dir}), flush=True)
+print(json.dumps({"pids": [km.provisioner.pid, *command_pids(km.provisioner.sandbox.process)],
+                  "run_dir": km.provisioner.sandbox.dirs.run_dir}), flush=True)
 time.sleep(600)
 """
 
@@ -162,12 +126,12 @@ def test_supervisor_crash_leaves_no_kernel():
     try:
         info = json.loads(proc.stdout.readline())
         pids = info["pids"]
-        assert len(pids) == 2 and all(_alive(p) for p in pids) and os.path.isdir(info["run_dir"])
+        assert len(pids) == 2 and all(alive(p) for p in pids) and os.path.isdir(info["run_dir"])
         proc.kill()
         proc.wait()
     finally:
         proc.kill()
-    assert _wait_gone(pids) == []
+    assert wait_gone(pids) == []
     deadline = time.monotonic() + 10  # the run dir holds the connection file's HMAC key
     while os.path.exists(info["run_dir"]) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -247,7 +211,8 @@ for name, port in (("allowed", {allowed}), ("other", {other})):
 print(json.dumps(res))
 '''
 out = []
-kc.execute_interactive(code, timeout=30, output_hook=lambda m: out.append(m["content"].get("text", "")) if m["msg_type"] == "stream" else None)
+kc.execute_interactive(code, timeout=30,
+                       output_hook=lambda m: out.append(m["content"].get("text", "")) if m["msg_type"] == "stream" else None)
 report = km.provisioner.effective_sandbox["layers"]["network"]
 kc.stop_channels(); km.shutdown_kernel(now=True)
 print(json.dumps({"kernel": json.loads("".join(out)), "network": report}))
@@ -312,11 +277,13 @@ def test_jupyter_server_rest_and_websocket(tmp_path):
                 continue
         assert iopub_live, "iopub never answered a kernel_info request"
         ws.settimeout(60)
-        code = f"import os, socket\nprint(os.getuid())\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=5); print('reached')\nexcept OSError as e:\n    print(type(e).__name__)"
+        code = (f"import os, socket\nprint(os.getuid())\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=5); "
+                "print('reached')\nexcept OSError as e:\n    print(type(e).__name__)")
         msg_id = send("execute_request", {"code": code, "silent": False, "store_history": False,
                                           "user_expressions": {}, "allow_stdin": False})
-        text, reply = "", None
-        while reply is None:
+        # The reply (shell) may overtake the output (iopub): read until iopub says idle too.
+        text, reply, idle = "", None, False
+        while reply is None or not idle:
             msg = json.loads(ws.recv())
             if msg.get("parent_header", {}).get("msg_id") != msg_id:
                 continue
@@ -324,7 +291,10 @@ def test_jupyter_server_rest_and_websocket(tmp_path):
                 text += msg["content"]["text"]
             elif msg["msg_type"] == "execute_reply":
                 reply = msg
+            elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                idle = True
         ws.close()
+        assert len(text.split()) == 2, (text, reply["content"])
         uid, net = text.split()
         assert int(uid) != 0
         assert net == "ConnectionRefusedError"  # the server itself is unreachable from the kernel
@@ -336,6 +306,11 @@ def test_jupyter_server_rest_and_websocket(tmp_path):
             server.wait(timeout=15)
         except subprocess.TimeoutExpired:
             server.kill()
+            server.wait()
+    # The provisioner's log lines are in the server's log: what started, with which mechanisms.
+    log = server.stderr.read().decode(errors="replace")
+    assert "sandboxed kernel started" in log and "filesystem=bwrap" in log, log[-3000:]
+    assert "sandboxed kernel pid" in log and "ended" in log, log[-3000:]
 
 
 def _probe_notebook(path: Path) -> None:
@@ -397,7 +372,7 @@ def test_supervisor_never_follows_links_the_kernel_plants(tmp_path):
     victim.write_text("host file")
     os.chmod(victim, 0o600)
     with running_kernel() as (km, kc):
-        socket_dir = km.provisioner._socket_dir
+        socket_dir = km.provisioner.sandbox.dirs.socket_dir
         out, _ = execute(kc, f"""
             import os
             def plant(path):
@@ -407,7 +382,7 @@ def test_supervisor_never_follows_links_the_kernel_plants(tmp_path):
                 except OSError as e:
                     return e.strerror
             print('run dir', plant({km.connection_file!r} + '.new'))
-            print('own dir', plant({km.provisioner._kernel_dir!r} + '/link'))
+            print('own dir', plant({km.provisioner.sandbox.dirs.kernel_dir!r} + '/link'))
             try:
                 open(os.path.join({socket_dir!r}, 'planted'), 'w')
                 print('wrote into the socket dir')
@@ -428,6 +403,8 @@ def test_supervisor_never_follows_links_the_kernel_plants(tmp_path):
     ({"netwrok": {"mode": "deny"}}, "kernel_provisioner.config.netwrok"),
     ({"network": {"mode": "unrestricted"}}, "network.mode"),
     ({"resources": {"memory_bytes": "4G"}}, "resources.memory_bytes"),
+    # Read with the one policy-file reader: a PolicyError naming the key, not a raw OSError.
+    ({"kernel_policy_file": "/nonexistent/policy.toml"}, "kernel_provisioner.config.kernel_policy_file"),
 ])
 def test_kernelspec_config_can_only_tighten_and_typos_fail(jupyter_dirs, config, field):
     from jupyter_client.manager import KernelManager
@@ -440,7 +417,7 @@ def test_kernelspec_config_can_only_tighten_and_typos_fail(jupyter_dirs, config,
     with pytest.raises(PolicyError) as err:
         km.start_kernel()
     assert field in err.value.fields
-    assert km.provisioner is None or km.provisioner._run_dir is None  # nothing left behind
+    assert km.provisioner is None or km.provisioner.sandbox.dirs is None  # nothing left behind
 
 
 def test_kernelspec_config_tightens(jupyter_dirs):
@@ -502,3 +479,35 @@ def test_session_scratch_is_capped_at_scratch_bytes(jupyter_dirs):
     assert out.split() == ["ENOSPC", "ENOSPC"]
     assert cell_out.strip() == "ENOSPC"
     assert detail["scratch_bytes"] == 8 * 2**20 and "shared" in detail["scratch"]
+
+
+def test_doctor_plans_the_kernel_that_starts(jupyter_dirs, tmp_path):
+    """``doctor --json`` for the default kernelspec reports the very sandbox a started kernel
+    gets: the same layers, mechanisms, binds, environment keys and notes. Only what is made per
+    kernel differs: the names of its run and cell-socket dirs, and its leased uid."""
+    _, config = jupyter_dirs
+    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(config)}
+    proc = subprocess.run([sys.executable, "-m", "sandbox_kernel.cli", "doctor", "--json"], capture_output=True,
+                          text=True, env=env, cwd=tmp_path, timeout=120)
+    planned = json.loads(proc.stdout)["report"]
+    with running_kernel() as (km, _):
+        started = km.provisioner.effective_sandbox
+        dirs = km.provisioner.sandbox.dirs
+        per_kernel = {dirs.run_dir: "<run dir>", dirs.socket_dir: "<socket dir>"}
+    placeholder = KernelDirs.placeholder()
+    per_doctor = {placeholder.run_dir: "<run dir>", placeholder.socket_dir: "<socket dir>"}
+    assert started["scope"] == planned["scope"] == "kernel"
+    assert normalised(started, per_kernel) == normalised(planned, per_doctor)
+
+
+def normalised(report: dict, names: dict[str, str]) -> dict:
+    """The report with per-kernel dir names replaced and the leased uid left out."""
+    text = json.dumps(report, sort_keys=True)
+    for path, name in names.items():
+        text = text.replace(path, name)
+    out = json.loads(text)
+    privilege = out["layers"]["privilege"]
+    for key in ("uid", "gid"):
+        if privilege.get("uid_per_kernel"):
+            privilege[key] = "<leased>"
+    return out

@@ -194,7 +194,8 @@ def test_symlinks_in_the_notebook_dir_do_not_expose_host_files(tmp_path):
     (repo / "data.txt").write_text("fine")
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(
-        "import os\nprint(sorted(os.listdir('.')))\ntry:\n    print(open('leak').read())\nexcept OSError as e:\n    print('blocked', e.strerror)")]
+        "import os\nprint(sorted(os.listdir('.')))\ntry:\n    print(open('leak').read())\n"
+        "except OSError as e:\n    print('blocked', e.strerror)")]
     nbformat.write(nb, repo / "nb.ipynb")
     proc = run_cli("run", repo / "nb.ipynb", "--output-dir", tmp_path / "out")
     assert proc.returncode == 0, proc.stdout + proc.stderr

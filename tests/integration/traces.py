@@ -35,7 +35,9 @@ import subprocess
 import tempfile
 import time
 
-from sandbox_kernel.capabilities import CGROUP_PARENT
+from sandbox_kernel.host import CGROUP_PARENT
+
+from .procs import describe, process_table
 
 PRODUCT_TEMP_GLOB = "sandbox-kernel-*"
 PR_SET_CHILD_SUBREAPER = 36
@@ -47,34 +49,10 @@ def become_subreaper() -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
 
 
-def _process_table() -> dict[int, tuple[int, str]]:
-    """pid -> (ppid, state) for every process in /proc."""
-    table = {}
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        state, ppid = stat[stat.rindex(")") + 2:].split()[:2]
-        table[int(entry)] = (int(ppid), state)
-    return table
-
-
-def _describe(pid: int) -> str:
-    try:
-        uid = os.stat(f"/proc/{pid}").st_uid
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return f"pid {pid} (gone)"
-    return f"pid {pid} uid {uid}: {cmdline[:200]}"
-
-
 def live_descendants(root: int) -> list[int]:
     """Descendants of ``root`` still running. Zombies re-parented to ``root`` (already dead)
     are reaped on the way."""
-    table = _process_table()
+    table = process_table()
     children: dict[int, list[int]] = {}
     for pid, (ppid, _) in table.items():
         children.setdefault(ppid, []).append(pid)
@@ -177,7 +155,7 @@ class Traces:
 
     def _now(self) -> list[str]:
         problems = changes(self.host, host_state())
-        problems += [f"process left: {_describe(p)}" for p in live_descendants(os.getpid())]
+        problems += [f"process left: {describe(p)}" for p in live_descendants(os.getpid())]
         problems += [f"temp dir left: {d}" for d in sorted(product_temp_dirs() - self.temp_dirs)]
         problems += [f"cgroup left: {c}" for c in sorted(product_cgroups() - self.cgroups) if _empty_cgroup(c)]
         return problems

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from sandbox_kernel.capabilities import Capability
+from sandbox_kernel.host import Capability
 from sandbox_kernel.host_shape import cgroups, container, parse_mountinfo, propagation, user_namespaces
 
 from .test_planner import host

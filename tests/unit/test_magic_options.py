@@ -60,3 +60,27 @@ def test_allowed_subset_tightens():
     base = policy_from_dict({"network": {"mode": "allowlist", "allow": ["10.0.0.0/8:443"]}})
     result = tighten(base, options_to_override("sh", "--allow 10.1.2.3:443 --memory 64M"))
     assert result.network.allow == ["10.1.2.3:443"] and result.resources.memory_bytes == 64 * 2**20
+
+
+def test_each_cell_option_is_declared_once_and_documented_from_the_table():
+    """The parser, the field mapping, the header schema and the help all come from
+    CELL_OPTIONS; the README's list must name the same options."""
+    from pathlib import Path
+
+    from sandbox_kernel.cell_protocol import CELL_OPTIONS, FIELD_OPTIONS, OPTION_FIELDS, decode_header, encode_request
+    from sandbox_kernel.kernel.magics import SandboxMagics, _parser
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    flags = {a.option_strings[0] for a in _parser("sh")._actions}
+    assert flags == set(OPTION_FIELDS) == {o.flag for o in CELL_OPTIONS}
+    assert set(FIELD_OPTIONS) == {o.field for o in CELL_OPTIONS}
+    for option in CELL_OPTIONS:
+        assert option.usage in SandboxMagics.sh.__doc__
+        assert f"`{option.usage}`" in readme, f"README, Cell magics: {option.usage} is not listed"
+    samples = {"choice": None, "int": "3", "number": "2.5", "size": "1M", "allow": "10.0.0.1"}
+    for option in CELL_OPTIONS:
+        value = option.choices[0] if option.kind == "choice" else samples[option.kind]
+        override = options_to_override("sh", f"{option.flag} {value}")
+        section, key = option.field.split(".")
+        assert key in override[section]
+        assert decode_header(encode_request("sh", b"", override).split(b"\n")[0]).options == override

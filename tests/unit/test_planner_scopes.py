@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from .test_planner import policy, run_plan, triples
+from .hosts import (policy, run_plan, triples)
 
 INPUT = "/data/project"
 

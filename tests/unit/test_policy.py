@@ -1,4 +1,4 @@
-"""The policy model (contract 3.1): strict validation, sizes, allow entries, versions,
+"""The policy model (docs/architecture.md, "Policy keys"): strict validation, sizes, allow entries, versions,
 merging over the secure default, tighten(), and file round trips."""
 
 from __future__ import annotations
@@ -41,6 +41,16 @@ def assert_policy_error(data, field: str, *, base: SandboxPolicy | None = None) 
     assert err.fields == [field], err.problems
     assert str(err).startswith(f"{field}: ")
     return err
+
+
+def assert_file_error(tmp_path, name: str, content: str, fields: set[str]) -> PolicyError:
+    """A policy file ``name`` holding ``content`` must be refused on load, naming ``fields``."""
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(PolicyError) as info:
+        load_policy_file(path)
+    assert set(info.value.fields) == fields, info.value.problems
+    return info.value
 
 
 # --------------------------------------------------------------------------- the secure default
@@ -842,27 +852,16 @@ def test_toml_file_with_sizes_and_comments(tmp_path):
 
 
 def test_unlimited_only_where_a_cap_may_be_lifted(tmp_path):
-    path = tmp_path / "policy.toml"
-    path.write_text('[privilege]\nuid = "unlimited"\n')
-    with pytest.raises(PolicyError) as info:
-        load_policy_file(path)
-    assert info.value.fields == ["privilege.uid"]
+    assert_file_error(tmp_path, "policy.toml", '[privilege]\nuid = "unlimited"\n', {"privilege.uid"})
 
 
 def test_file_errors_name_the_field(tmp_path):
-    path = tmp_path / "policy.json"
-    path.write_text(json.dumps({"resources": {"memory_bytes": "lots", "bogus": 1}}))
-    with pytest.raises(PolicyError) as info:
-        load_policy_file(path)
-    assert set(info.value.fields) == {"resources.memory_bytes", "resources.bogus"}
+    content = json.dumps({"resources": {"memory_bytes": "lots", "bogus": 1}})
+    assert_file_error(tmp_path, "policy.json", content, {"resources.memory_bytes", "resources.bogus"})
 
 
 def test_file_version_2_rejected(tmp_path):
-    path = tmp_path / "policy.toml"
-    path.write_text("version = 2\n")
-    with pytest.raises(PolicyError) as info:
-        load_policy_file(path)
-    assert info.value.fields == ["version"]
+    assert_file_error(tmp_path, "policy.toml", "version = 2\n", {"version"})
 
 
 @pytest.mark.parametrize(
