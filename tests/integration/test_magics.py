@@ -137,6 +137,15 @@ def test_output_flood_capped_with_marker(kernel):
     assert len(out) < 2 * 1024 * 1024
 
 
+def test_cell_cap_inside_a_character_keeps_it_whole(kernel):
+    """1 + 511 * 2 bytes fit in 1K; the cap falls in the middle of the next 'é'."""
+    _, kc = kernel
+    out, status, report = cell(kc, "%%sh --max-output 1K\nprintf a; yes é | head -n 2000 | tr -d '\\n'")
+    assert status == "error" and report["outcome"]["output_truncated"] is True
+    assert "\ufffd" not in out
+    assert out.startswith("a" + "é" * 511 + "\n[sandbox-kernel: output truncated at 1024 bytes"), out[:40]
+
+
 def test_loosening_option_errors_and_does_not_run(kernel, tmp_path):
     _, kc = kernel
     out, status, _ = cell(kc, "%%sh --memory 4G\ntouch /scratch/ran-marker")
