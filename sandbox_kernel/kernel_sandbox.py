@@ -240,7 +240,9 @@ class KernelSandbox:
                                         unshare=caps.tool("unshare"), nsenter=caps.tool("nsenter"))
         if self.cells is not None:
             self.cells.close()
-        cell_fields = {"inputs": spec.inputs, "scratch_source": spec.scratch_source, "identity": identity}
+        # The kernel's overrides (the operator's kernelspec env) reach its cells the same way.
+        cell_fields = {"inputs": spec.inputs, "scratch_source": spec.scratch_source, "identity": identity,
+                       "env": dict(spec.env)}
         self.cells = CellService(dirs.socket_dir, policy, caps, self.report, session=self.session,
                                  recorder=self.cell_reports, spec_extras=lambda: cell_fields)
         return kernel_plan

@@ -146,6 +146,27 @@ def test_cell_cap_inside_a_character_keeps_it_whole(kernel):
     assert out.startswith("a" + "é" * 511 + "\n[sandbox-kernel: output truncated at 1024 bytes"), out[:40]
 
 
+def test_env_option_reaches_the_cell_and_denied_names_are_refused(jupyter_dirs):
+    """The kernelspec's env (the operator's) reaches cells through the same denylist as the
+    kernel's; --env adds to it, and a denied name refuses the cell before anything runs."""
+    spec_dir = write_kernelspec(jupyter_dirs[0], name="sandbox-env")
+    spec = json.loads((spec_dir / "kernel.json").read_text())
+    spec["env"] = {"OPERATOR_SETTING": "from-kernelspec", "LD_AUDIT": "/tmp/not-loaded.so"}
+    (spec_dir / "kernel.json").write_text(json.dumps(spec))
+    with running_kernel("sandbox-env") as (_, kc):
+        out, status, report = cell(kc, '%%sh --env GREETING="hello world" --env OPERATOR_SETTING=mine\n'
+                                       'echo "[$GREETING] [$OPERATOR_SETTING] [${LD_AUDIT-unset}]"')
+        assert status == "ok" and "[hello world] [mine] [unset]" in out, out
+        env_layer = report["layers"]["env"]
+        assert "GREETING" in env_layer["keys"] and "LD_AUDIT" in env_layer["dropped_keys"]
+        out, status, _ = cell(kc, '%%sh\necho "[$OPERATOR_SETTING]"')
+        assert status == "ok" and "[from-kernelspec]" in out, out
+        out, status, _ = cell(kc, "%%sh --env LD_PRELOAD=/tmp/x.so --env OK=1\ntouch /scratch/env-ran")
+        assert status == "error" and "--env" in out and "LD_PRELOAD" in out, out
+        out, _, _ = cell(kc, "%%sh\nls /scratch/env-ran 2>&1 || echo absent")
+        assert "absent" in out
+
+
 def test_loosening_option_errors_and_does_not_run(kernel, tmp_path):
     _, kc = kernel
     out, status, _ = cell(kc, "%%sh --memory 4G\ntouch /scratch/ran-marker")
