@@ -49,7 +49,7 @@ from .logs import layers_summary
 from .planner import RunSpec
 from .planner.env import is_denied
 from .policy import SandboxPolicy, tighten
-from .runtime import CELL_RUNTIMES, cell_argv, python_runtime_paths
+from .runtime import CELL_RUNTIMES, cell_argv, cell_runtime_paths
 
 READ_TIMEOUT = 10.0  # seconds for a whole request to arrive, once the worker takes it up
 SEND_TIMEOUT = 10.0  # seconds one reply may wait for the kernel to read it; then the run is cancelled
@@ -240,8 +240,8 @@ class CellService:
         """Plan and start a cell sandbox; it waits for the cell body on stdin. ``env``: the
         cell's ``--env``, over the kernel's own overrides; both pass the planner's denylist."""
         extras = self.spec_extras()
-        spec = RunSpec(argv=cell_argv(kind), runtime=CELL_RUNTIMES[kind], scope="cell",
-                       runtime_paths=python_runtime_paths() if kind == "python" else (),
+        argv = cell_argv(kind)
+        spec = RunSpec(argv=argv, runtime=CELL_RUNTIMES[kind], scope="cell", runtime_paths=cell_runtime_paths(kind, argv),
                        sandbox_env={"PYTHONDONTWRITEBYTECODE": "1"} if kind == "python" else {},
                        host_env=dict(os.environ))
         spec = replace(spec, **{**extras, "env": {**extras.get("env", {}), **(env or {})}})

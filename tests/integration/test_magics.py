@@ -167,6 +167,41 @@ def test_env_option_reaches_the_cell_and_denied_names_are_refused(jupyter_dirs):
         assert "absent" in out
 
 
+@pytest.fixture
+def node_prefix():
+    """A node installed outside /usr, as nvm or /opt would: the real binary in <prefix>/bin
+    (a hard link, or a copy across file systems). World-traversable, as such prefixes are."""
+    import shutil
+    import tempfile
+
+    prefix = tempfile.mkdtemp(prefix="sbx-node-prefix-")
+    try:
+        os.chmod(prefix, 0o755)
+        os.mkdir(os.path.join(prefix, "bin"), 0o755)
+        node = os.path.join(prefix, "bin", "node")
+        try:
+            os.link(os.path.realpath(shutil.which("node")), node)
+        except OSError:
+            shutil.copy2(os.path.realpath(shutil.which("node")), node)
+        yield prefix
+    finally:
+        shutil.rmtree(prefix)
+
+
+def test_node_from_a_prefix_outside_usr_runs(jupyter_dirs, node_prefix, monkeypatch):
+    monkeypatch.setenv("PATH", f"{node_prefix}/bin:{os.environ['PATH']}")
+    with running_kernel() as (_, kc):
+        out, status, report = cell(kc, "%%node\nconsole.log('argv0', process.execPath)")
+        assert status == "ok", out
+        assert f"argv0 {node_prefix}/bin/node" in out
+        # Only that directory was added, read-only: the cell cannot write next to the binary.
+        out, status, _ = cell(kc, "%%node\nconst fs = require('fs');\n"
+                                  f"try {{ fs.writeFileSync('{node_prefix}/bin/planted', 'x'); console.log('wrote'); }}\n"
+                                  "catch (e) { console.log('refused', e.code); }")
+        assert "refused EROFS" in out, out
+    assert not os.path.exists(os.path.join(node_prefix, "bin", "planted"))
+
+
 def test_loosening_option_errors_and_does_not_run(kernel, tmp_path):
     _, kc = kernel
     out, status, _ = cell(kc, "%%sh --memory 4G\ntouch /scratch/ran-marker")
