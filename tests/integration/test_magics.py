@@ -16,7 +16,7 @@ from jupyter_client.manager import KernelManager
 from sandbox_kernel import cells
 from sandbox_kernel.kernelspec import KERNEL_NAME
 
-from .kernels import execute, reply_to, run_in_outer_netns, running_kernel, write_kernelspec
+from .kernels import execute, reply_to, run_in_outer_netns, running_kernel, write_kernelspec, write_operator_config
 from .procs import cmdline, processes_with
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("jupyter_dirs")]
@@ -200,6 +200,39 @@ def test_node_from_a_prefix_outside_usr_runs(jupyter_dirs, node_prefix, monkeypa
                                   "catch (e) { console.log('refused', e.code); }")
         assert "refused EROFS" in out, out
     assert not os.path.exists(os.path.join(node_prefix, "bin", "planted"))
+
+
+def test_node_cells_require_packages_from_the_operator_node_modules(jupyter_dirs):
+    import shutil
+    import tempfile
+
+    base = tempfile.mkdtemp(prefix="sbx-node-modules-")
+    try:
+        root = os.path.join(base, "node_modules")
+        os.makedirs(os.path.join(root, "tinypkg"))
+        with open(os.path.join(root, "tinypkg", "package.json"), "w") as f:
+            json.dump({"name": "tinypkg", "version": "1.0.0", "main": "index.js"}, f)
+        with open(os.path.join(root, "tinypkg", "index.js"), "w") as f:
+            f.write("exports.hello = () => 'hello from tinypkg';\n")
+        for d, _, files in os.walk(base):  # world-readable, as an operator's package dir is
+            os.chmod(d, 0o755)
+            for name in files:
+                os.chmod(os.path.join(d, name), 0o644)
+        write_operator_config(jupyter_dirs[1], node_modules=root)
+        with running_kernel() as (_, kc):
+            out, status, report = cell(kc, "%%node\nconsole.log(require('tinypkg').hello(), process.env.NODE_PATH);\n"
+                                           "const fs = require('fs');\n"
+                                           f"try {{ fs.writeFileSync('{root}/tinypkg/index.js', 'x'); console.log('wrote'); }}\n"
+                                           "catch (e) { console.log('refused', e.code); }")
+            assert status == "ok", out
+            assert f"hello from tinypkg {root}" in out and "refused EROFS" in out, out
+            assert "NODE_PATH" in report["layers"]["env"]["keys"]
+            out, status, _ = cell(kc, f"%%sh --env NODE_PATH={base}\necho ran")
+            assert status == "error" and "NODE_PATH" in out and "ran" not in out
+            out, _, _ = cell(kc, "%%sh\necho \"[${NODE_PATH-unset}]\"")
+            assert "[unset]" in out  # only node runs get it
+    finally:
+        shutil.rmtree(base)
 
 
 def test_loosening_option_errors_and_does_not_run(kernel, tmp_path):
