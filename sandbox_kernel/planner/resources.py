@@ -5,7 +5,9 @@
   sandbox's fresh user namespace (applied outside it, the limit would count every process of
   the uid, so one run's fork bomb would stop another run of the same uid from forking).
 - memory: a memory cgroup (v1 or v2) where available, else RLIMIT_AS for runtimes that
-  tolerate it (not Node/V8, which reserves huge address ranges), else a downgrade.
+  tolerate it (not Node/V8, which reserves huge address ranges), else for Node V8's heap limit
+  (``--max-old-space-size`` in NODE_OPTIONS: the JavaScript heap only, not buffers, native
+  memory or other processes, so it is reported as a downgrade), else a downgrade.
 - output and wall clock: enforced by the supervisor while it streams the run.
 """
 
@@ -18,6 +20,8 @@ from ..policy import ResourcesPolicy
 from ..report import Downgrade, LayerState, Note
 
 RLIMIT_AS_TOLERANT = ("python", "shell")
+MiB = 1 << 20
+V8_MIN_HEAP_MIB = 16
 # Headroom in the pids cgroup for bwrap's own two processes (monitor and pid 1).
 PIDS_OVERHEAD = 2
 
@@ -51,8 +55,9 @@ def plan_resources(res: ResourcesPolicy, caps: HostCapabilities, runtime: str, i
     rlimit_flags: list[str] = []
     sandbox_env: dict[str, str] = {}
 
-    def control(name: str, limit, mechanism: str | None, reason: str | None = None):
-        controls[name] = {"limit": limit, "mechanism": mechanism, "state": "enforced" if mechanism else "degraded"}
+    def control(name: str, limit, mechanism: str | None, reason: str | None = None, partial: bool = False):
+        controls[name] = {"limit": limit, "mechanism": mechanism,
+                          "state": "enforced" if mechanism and not partial else "degraded"}
         if reason:
             downgrades.append(Downgrade("resources", f"{name}: {reason}"))
 
@@ -102,6 +107,13 @@ def plan_resources(res: ResourcesPolicy, caps: HostCapabilities, runtime: str, i
             sandbox_env["MALLOC_ARENA_MAX"] = "2"
             notes.append(Note("resources", "memory_bytes: no memory cgroup here; RLIMIT_AS caps each process's address space, "
                                            "not the sandbox total"))
+        elif runtime == "node":
+            heap_mib = max(V8_MIN_HEAP_MIB, res.memory_bytes // MiB)
+            sandbox_env["NODE_OPTIONS"] = f"--max-old-space-size={heap_mib}"
+            control("memory_bytes", res.memory_bytes, "v8-heap-limit",
+                    f"no memory cgroup ({caps.cgroup_memory.error}); only node's JavaScript heap is capped "
+                    f"(--max-old-space-size={heap_mib}), not its buffers, native memory or other processes",
+                    partial=True)
         else:
             why = f"no memory cgroup ({caps.cgroup_memory.error})"
             if runtime not in RLIMIT_AS_TOLERANT:
