@@ -35,6 +35,7 @@ from dataclasses import dataclass, replace
 
 from .cell_protocol import REPORT_ENV, SOCKET_ENV, SOCKET_NAME
 from .cell_reports import CellReports
+from .errors import SandboxKernelError
 from .cells import CellService, make_socket_dir
 from .host import HostCapabilities
 from .launch import lease_for, prepare, start
@@ -161,7 +162,11 @@ def announce_host(policy: SandboxPolicy, caps: HostCapabilities) -> None:
     operator's ``policy`` on this host, and a banner when that policy is degraded here."""
     if not _announced.acquire(blocking=False):
         return
-    report = plan_kernel(policy.model_copy(update={"on_unavailable": "degrade"}), caps).report
+    try:
+        report = plan_kernel(policy.model_copy(update={"on_unavailable": "degrade"}), caps).report
+    except SandboxKernelError as e:  # the kernel's own start reports it; a summary must not stop it
+        log.warning("sandbox-kernel on this host: no summary (%s: %s)", type(e).__name__, e)
+        return
     log.info("sandbox-kernel on this host: %s", layers_summary(report))
     if report.downgrades:
         gaps = "; ".join(f"{d.layer}: {d.reason}" for d in report.downgrades)
