@@ -60,7 +60,7 @@ class SandboxEngine(Engine):
     @classmethod
     def nb_language(cls, nb, language=None):
         # papermill picks the parameter translator from this: the kernel is Python whatever the
-        # notebook claims, and another language's quoting could turn a value into code.
+        # notebook claims, and another language's quoting would change the values it reads.
         return "python"
 
     @classmethod

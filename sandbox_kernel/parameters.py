@@ -9,8 +9,8 @@ has).
 
 What differs, because the notebook is untrusted:
 - the cell is always written in Python: the notebook's metadata (kernelspec, language) does
-  not choose papermill's translator, so it cannot pick one whose quoting turns a value into
-  code for the Python kernel that really runs it;
+  not choose papermill's translator, so it cannot pick one whose quoting makes the Python
+  kernel that really runs the cell read another value (MATLAB's ``""``) or fail;
 - names must be Python identifiers (papermill would write any string before `` = ``);
 - ``metadata.papermill`` is ours: whatever the input carried there is replaced;
 - ``-f`` reads a local file only, within a size bound (papermill would also fetch URLs).
