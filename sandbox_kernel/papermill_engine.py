@@ -52,6 +52,18 @@ def _local(path) -> str | None:
     return os.path.abspath(path)
 
 
+def _run(coro):
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    # papermill's API called from a running loop (a Jupyter notebook): a loop of our own, elsewhere.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
 class SandboxEngine(Engine):
     @classmethod
     def nb_kernel_name(cls, nb, name=None):
@@ -76,7 +88,7 @@ class SandboxEngine(Engine):
         cwd = os.path.dirname(source) if source and os.path.isfile(source) else os.getcwd()
         listing = {"exclude": [output] if output else [], "data": list(data)}
         nb = strip_ours(nb_man.nb)  # a forged report from the input never reaches the output
-        nb, result = asyncio.run(execute_notebook_async(
+        nb, result = _run(execute_notebook_async(
             nb, policy=policy, cwd=cwd, path=str(input_path or "<notebook>"), inputs=listing, cell_timeout=execution_timeout,
             notebook_timeout=notebook_timeout or DEFAULT_NOTEBOOK_SECONDS, max_notebook_output=max_notebook_output))
         nb_man.nb = nb

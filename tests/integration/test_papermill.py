@@ -120,6 +120,23 @@ def test_engine_sandbox_caps_output_takes_the_policy_from_the_environment_and_re
     assert nb.metadata["sandbox"]["kernel"]["requested"]["resources"]["max_output_bytes"] == 65536
 
 
+def test_engine_from_papermills_python_api_in_a_running_loop_with_a_policy_keyword(tmp_path):
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[resources]\nmax_output_bytes = "64K"\n')
+    src, out = tmp_path / "in.ipynb", tmp_path / "out.ipynb"
+    write_notebook(src, SHOW)
+    script = ("import asyncio, papermill\n"
+              "async def main():\n"  # as from a Jupyter notebook: papermill called with a loop running
+              f"    papermill.execute_notebook({str(src)!r}, {str(out)!r}, engine_name='sandbox', parameters={{'x': 5}},\n"
+              f"                               sandbox_policy={str(policy)!r}, progress_bar=False)\n"
+              "asyncio.run(main())\n")
+    proc = run([sys.executable, "-c", script])
+    assert proc.returncode == 0, proc.stderr
+    nb = nbformat.read(out, as_version=4)
+    assert "params 5 False 'a' [] None" in texts(nb)[2] and leased_uid(texts(nb)[2])
+    assert nb.metadata["sandbox"]["kernel"]["requested"]["resources"]["max_output_bytes"] == 65536
+
+
 @pytest.mark.usefixtures("jupyter_dirs")
 def test_plain_papermill_runs_the_sandboxed_kernelspec_with_parameters(tmp_path):
     src, out = tmp_path / "in.ipynb", tmp_path / "out.ipynb"
