@@ -120,6 +120,19 @@ def test_engine_sandbox_caps_output_takes_the_policy_from_the_environment_and_re
     assert nb.metadata["sandbox"]["kernel"]["requested"]["resources"]["max_output_bytes"] == 65536
 
 
+def test_engine_refuses_an_unenforceable_policy_before_any_cell_runs(tmp_path):
+    # slirp4netns has no IPv6 here, so an IPv6 allow entry cannot be honoured: fail-closed.
+    policy = tmp_path / "policy.json"
+    policy.write_text('{"network": {"mode": "allowlist", "allow": ["[2001:db8::1]:443"]}}')
+    src, out = tmp_path / "in.ipynb", tmp_path / "out.ipynb"
+    write_notebook(src, SHOW)
+    proc = run(PAPERMILL, "--engine", "sandbox", src, out, "-p", "x", "5", env={**os.environ, "SANDBOX_KERNEL_POLICY": str(policy)})
+    assert proc.returncode == 1 and "SandboxUnavailable: sandbox unavailable: network" in proc.stderr
+    nb = nbformat.read(out, as_version=4)
+    assert all(not c.outputs for c in nb.cells if c.cell_type == "code")
+    assert all(c.metadata["sandbox"]["cell_outcome"]["status"] == "not-run" for c in nb.cells if c.cell_type == "code")
+
+
 def test_engine_from_papermills_python_api_in_a_running_loop_with_a_policy_keyword(tmp_path):
     policy = tmp_path / "policy.toml"
     policy.write_text('[resources]\nmax_output_bytes = "64K"\n')
