@@ -232,7 +232,7 @@ def plan_network(net: NetworkPolicy, caps: HostCapabilities) -> NetworkDecision:
         notes.append(Note("network", f"an answered address stays reachable for {NAME_SET_TIMEOUT} s after its last answer "
                                      "(the set's timeout; the resolver does not pass the record's TTL)"))
     egress = EgressPlan(
-        ruleset=build_ruleset(effective_rules, net.block_metadata, default_accept, exact_only, name_ports),
+        ruleset=build_ruleset(effective_rules, net.block_metadata, default_accept, exact_only, name_ports, NAME_SET_TIMEOUT),
         rootless=caps.euid != 0,
         slirp_flags=flags,
         dns=dns,
