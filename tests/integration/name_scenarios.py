@@ -26,6 +26,7 @@ RECORDS = {
     "sub.allowed.test": "203.0.113.80",  # below an exact entry: must not be answered
     "x.wild.test": "203.0.113.82",  # below a "*." entry: answered
     "blocked.test": "203.0.113.81",  # unlisted
+    "other.test": "203.0.113.83",
     "meta.test": METADATA_TEST_ADDRESS,  # allowed, but resolves to a metadata address
     "lan.test": HOST_TEST_ADDRESS,  # allowed, but resolves to the host's own address
 }
