@@ -153,3 +153,97 @@ def names(allow: list[str] | None = None, set_timeout: int | None = None) -> dic
         return result
     finally:
         upstream.stop()
+
+
+# --------------------------------------------------------------------------- pip through names
+
+def _wheel(name: str, version: str) -> bytes:
+    """A minimal valid pure-Python wheel of ``name`` (``import name`` prints nothing)."""
+    import base64
+    import hashlib
+    import io
+    import zipfile
+    dist = f"{name}-{version}.dist-info"
+    files = {f"{name}/__init__.py": b"",
+             f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+             f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = "".join(f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},{len(data)}\n"
+                     for path, data in files.items()) + f"{dist}/RECORD,,\n"
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for path, data in {**files, f"{dist}/RECORD": record.encode()}.items():
+            z.writestr(path, data)
+    return buf.getvalue()
+
+
+class PackageIndex:
+    """A PEP 503 simple index on (address, 0) serving one wheel, split like PyPI: the index
+    pages name the files host (``files_host``) for the download."""
+
+    def __init__(self, address: str, files_host: str):
+        import hashlib
+        import http.server
+        import threading
+        self.wheel_name = "demo_pkg-0.1-py3-none-any.whl"
+        wheel = _wheel("demo_pkg", "0.1")
+        digest = hashlib.sha256(wheel).hexdigest()
+        self.requests: list[str] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                outer.requests.append(f"{self.headers.get('Host', '').split(':')[0]}{self.path}")
+                if self.path.rstrip("/") == "/simple/demo-pkg":
+                    url = f"http://{files_host}:{outer.port}/packages/{outer.wheel_name}#sha256={digest}"
+                    body, kind = f'<html><body><a href="{url}">{outer.wheel_name}</a></body></html>'.encode(), "text/html"
+                elif self.path == f"/packages/{outer.wheel_name}":
+                    body, kind = wheel, "application/octet-stream"
+                else:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer((address, 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+PIP_CODE = r"""
+import json, os, subprocess, sys
+dest = os.path.join(os.environ.get("TMPDIR", "/tmp"), "dl")
+pip = subprocess.run([sys.executable, "-m", "pip", "download", "--isolated", "--no-deps", "--no-cache-dir",
+                      "--disable-pip-version-check", "--retries", "0", "--timeout", "10",
+                      "--index-url", INDEX, "--trusted-host", "index.test", "--trusted-host", "files.test",
+                      "-d", dest, "demo-pkg"], capture_output=True, text=True)
+print(json.dumps({"rc": pip.returncode, "stderr": pip.stderr[-1500:], "files": sorted(os.listdir(dest)) if os.path.isdir(dest) else []}))
+"""
+
+
+def pip_download(allow: list[str]) -> dict:
+    """``pip download`` of a package from a test index through a host-name allowlist (the
+    PyPI preset's shape: an index host and a files host). ``PORT`` in ``allow`` stands for the
+    index's port."""
+    upstream = UpstreamResolver(RESOLVER_TEST_ADDRESS, {**RECORDS, "index.test": "203.0.113.84", "files.test": "203.0.113.85"})
+    index = PackageIndex(SERVICES_TEST_ADDRESS, "files.test")
+    try:
+        code = PIP_CODE.replace("INDEX", repr(f"http://index.test:{index.port}/simple/"))
+        policy = {"network": {"mode": "allowlist", "allow": [a.replace("PORT", str(index.port)) for a in allow]}}
+        run_result = sandboxed(policy, code)
+        result = outcome(run_result)
+        result["requests"] = index.requests
+        result["network_layer"] = run_result.report["layers"]["network"]
+        return result
+    finally:
+        index.stop()
+        upstream.stop()

@@ -73,3 +73,19 @@ def test_the_set_forgets_an_address_after_its_timeout(names_run):
     assert refused(inside["forgotten"]["then"]), inside["forgotten"]
     assert inside["requery"]["addresses"] == ["203.0.113.80"]
     assert inside["after_requery"]["result"] == "connected"
+
+
+def test_pip_download_through_a_name_allowlist(scenario):
+    """The PyPI preset's shape (an index host and a files host, names only) against a test
+    index: pip fetches the index page and the wheel by name."""
+    res = scenario("pip_download", allow=["index.test:PORT", "files.test:PORT"], outer_netns=True)
+    assert res["exit_code"] == 0, res["stderr_tail"]
+    assert res["inside"]["rc"] == 0 and res["inside"]["files"] == ["demo_pkg-0.1-py3-none-any.whl"], res["inside"]
+    assert res["requests"] == ["index.test/simple/demo-pkg/", "files.test/packages/demo_pkg-0.1-py3-none-any.whl"]
+
+
+def test_pip_download_fails_without_the_files_host(scenario):
+    """Control: with only the index host allowed, the download (on another name) fails."""
+    res = scenario("pip_download", allow=["index.test:PORT"], outer_netns=True)
+    assert res["inside"]["rc"] != 0 and res["inside"]["files"] == []
+    assert res["requests"] == ["index.test/simple/demo-pkg/"]

@@ -117,3 +117,15 @@ def test_names_without_a_resolver_refuse_under_fail():
     from sandbox_kernel.report import SandboxUnavailable
     with pytest.raises(SandboxUnavailable):
         run_plan(host("no-resolver"), policy({"network": {"mode": "allowlist", "allow": ["pypi.org:443"]}}, on_unavailable="fail"))
+
+
+def test_the_pypi_preset_is_a_names_only_allowlist():
+    from pathlib import Path
+
+    from sandbox_kernel.policy import load_policy_file
+    pol = load_policy_file(Path(__file__).resolve().parents[2] / "policies" / "pypi.toml")
+    assert pol.network.mode == "allowlist" and pol.network.rules() == []
+    assert [str(n) for n in pol.network.names()] == ["pypi.org:443", "files.pythonhosted.org:443"]
+    p = run_plan(host(), pol)
+    assert layer(p, "network")["names"] == ["pypi.org:443", "files.pythonhosted.org:443"]
+    assert "--server=/pypi.org/10.0.2.3" in p.egress.resolver.argv
