@@ -255,7 +255,7 @@ def plan_network(net: NetworkPolicy, caps: HostCapabilities) -> NetworkDecision:
         detail["names"] = [str(n) for n in names]
         detail["resolver"] = {"program": "dnsmasq", "address": RESOLVER_ADDRESS, "answers": "allowed names only, NXDOMAIN otherwise",
                               "ipv6": "AAAA filtered (egress is IPv4-only)", "set_timeout_seconds": NAME_SET_TIMEOUT}
-        detail["dns"] = "filtered"
+        detail["dns"] = True  # through the filtering resolver (see "resolver")
     return NetworkDecision(
         "--share-net", LayerState("degraded" if downgrades else "enforced", mechanism, detail), egress=egress,
         nameserver=RESOLVER_ADDRESS if names else str(SLIRP_DNS) if dns else None, downgrades=downgrades, notes=notes,

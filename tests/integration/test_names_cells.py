@@ -5,11 +5,18 @@ inside the test's outer network namespace with the test upstream resolver and se
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
-from .kernels import run_in_outer_netns
+from .kernels import REPO, run_in_outer_netns, write_kernelspec
+from .supervisors import in_outer_netns, supervisor_uid
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("jupyter_dirs")]
 
@@ -48,8 +55,7 @@ print(json.dumps(res))
 """
 
 
-def test_a_sh_cell_narrows_but_cannot_widen_the_names():
-    res = run_in_outer_netns(CELLS, env={k: os.environ[k] for k in ("JUPYTER_PATH", "JUPYTER_CONFIG_DIR")})
+def check_narrowing(res: dict) -> None:
     assert res["kernel_layer"]["state"] == "enforced" and len(res["kernel_layer"]["names"]) == 2
     assert "allowed.test hello" in res["kernel"] and "other.test hello" in res["kernel"]
     assert "allowed.test hello" in res["narrowed"]
@@ -57,3 +63,31 @@ def test_a_sh_cell_narrows_but_cannot_widen_the_names():
     assert res["narrowed_names"] == [n for n in res["kernel_layer"]["names"] if n.startswith("allowed.test:")]
     widened = res["widened"]
     assert widened["status"] == "error" and "RAN" not in widened["out"] and "blocked.test" in widened["out"]
+
+
+def test_a_sh_cell_narrows_but_cannot_widen_the_names():
+    check_narrowing(run_in_outer_netns(CELLS, env={k: os.environ[k] for k in ("JUPYTER_PATH", "JUPYTER_CONFIG_DIR")}))
+
+
+def test_a_sh_cell_narrows_names_under_a_non_root_supervisor():
+    """The rootless path: the kernel's session owns the user namespace the egress namespace
+    and its resolver live in."""
+    tmp_path = Path(tempfile.mkdtemp())  # in the 1777 TMPDIR: the supervisor account can reach it
+    os.chmod(tmp_path, 0o755)
+    uid = supervisor_uid()
+    data, config, runtime = tmp_path / "data", tmp_path / "config", tmp_path / "rt"
+    write_kernelspec(data)
+    for d in (data, data / "kernels", data / "kernels" / "python3-sandboxed"):
+        os.chmod(d, 0o755)
+    for d in (config, runtime):
+        d.mkdir()
+        os.chown(d, uid, uid)
+    env = {**os.environ, "JUPYTER_PATH": str(data), "JUPYTER_CONFIG_DIR": str(config), "JUPYTER_RUNTIME_DIR": str(runtime),
+           "HOME": str(tmp_path), "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"}
+    cmd = in_outer_netns(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", sys.executable, "-c", CELLS])
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(REPO), timeout=180)
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    check_narrowing(json.loads(proc.stdout.strip().splitlines()[-1]))

@@ -102,7 +102,7 @@ def test_plan_with_names_reports_them_and_the_resolver():
     lay = layer(p, "network")
     assert lay["state"] == "enforced" and lay["mechanism"] == "nft+slirp4netns+dnsmasq"
     assert lay["names"] == ["pypi.org:443"] and lay["allow"] == ["10.1.2.3:22"]
-    assert lay["resolver"]["program"] == "dnsmasq" and lay["dns"] == "filtered"
+    assert lay["resolver"]["program"] == "dnsmasq" and lay["dns"] is True
     assert p.egress.resolver is not None and "--disable-dns" not in p.egress.slirp_flags
     assert any("shared" in n for n in notes(p, "network")) and any("timeout" in n for n in notes(p, "network"))
 
