@@ -247,3 +247,16 @@ def pip_download(allow: list[str]) -> dict:
     finally:
         index.stop()
         upstream.stop()
+
+
+def killed_supervisor_names() -> None:
+    """A run with a host-name allowlist (so a resolver runs in its egress namespace); say so,
+    then wait to be SIGKILLed by the test: the resolver must not outlive its supervisor."""
+    try:
+        from .scenarios import Background
+    except ImportError:
+        from scenarios import Background
+    policy = {"network": {"mode": "allowlist", "allow": ["allowed.test:443"]}}
+    Background(policy, "import time; print('running', flush=True); time.sleep(600)").wait_for(b"running")
+    print("running", flush=True)
+    time.sleep(600)

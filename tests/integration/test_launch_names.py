@@ -6,10 +6,13 @@ metadata or host address. Runs inside the outer network namespace the test makes
 from __future__ import annotations
 
 import errno
+import os
 
 import pytest
 
-from .supervisors import HOST_TEST_ADDRESS
+from .procs import cmdline
+from .supervisors import HOST_TEST_ADDRESS, start_scenario
+from .traces import live_descendants
 
 pytestmark = pytest.mark.integration
 
@@ -89,3 +92,17 @@ def test_pip_download_fails_without_the_files_host(scenario):
     res = scenario("pip_download", allow=["index.test:PORT"], outer_netns=True)
     assert res["inside"]["rc"] != 0 and res["inside"]["files"] == []
     assert res["requests"] == ["index.test/simple/demo-pkg/"]
+
+
+def test_killed_supervisor_leaves_no_resolver(supervisor, nothing_left_behind):
+    """SIGKILL: no close(). The resolver's wrapper sees its pipe close and stops it, so
+    nothing keeps the egress namespace (or anything else) alive."""
+    proc = start_scenario(supervisor, "killed_supervisor_names", outer_netns=True)
+    try:
+        assert proc.stdout.readline() == b"running\n"
+        assert any(b"dnsmasq" in cmdline(p) for p in live_descendants(os.getpid())), "control: the resolver runs"
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+    assert nothing_left_behind.left() == []
