@@ -152,7 +152,7 @@ def parse_allow_entry(entry: str) -> AllowRule:
 
 # One DNS label: letters, digits, inner hyphens; 1-63 characters (RFC 1035, LDH rule).
 _LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
-_NAME_ENTRY = re.compile(rf"^(\*\.)?((?:{_LABEL}\.)+{_LABEL}):([0-9]{{1,5}})$", re.ASCII)
+_NAME_ENTRY = re.compile(rf"^(\*\.)?((?:{_LABEL}\.)+{_LABEL}):([0-9]{{1,5}})\Z", re.ASCII)
 
 
 @dataclass(frozen=True)

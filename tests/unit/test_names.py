@@ -28,6 +28,7 @@ def test_name_entries_parse(entry, expected):
     "pypi.org",  # no port: a name entry must say which port
     "pypi.org:0", "pypi.org:65536", "*.org:443", "*.*.example.com:443", "a*.example.com:443", "-a.example.com:443",
     "a..example.com:443", "a b.example.com:443", "pypi.org/x:443", "pypi.org:443#inet", "bücher.example:443",
+    "pypi.org\n:443", "pypi.org:443,4#inet#t#s",
     "1.2.3.4.5:80", "example.123:80", "a" * 64 + ".example:443",
 ])
 def test_bad_name_entries_are_refused_naming_the_entry(entry):
