@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import subprocess
 import threading
 import time
@@ -63,19 +64,23 @@ def start_resolver(argv: list[str], enter: list[str], unshare: str) -> subproces
         log += chunk
         if _RESOLVER_STARTED.encode() in log:
             # Keep draining its (rare) log lines so a full pipe never stalls it.
-            threading.Thread(target=_drain, args=(fd,), daemon=True).start()
+            threading.Thread(target=_drain, args=(proc.stderr,), daemon=True).start()
             return proc
     stop_resolver(proc)
+    proc.stderr.close()
     lines = log.decode(errors="replace").strip().splitlines()
     raise EgressError("the filtering resolver (dnsmasq) did not start: " + (" | ".join(lines[-3:]) or "timed out"))
 
 
-def _drain(fd: int) -> None:
+def _drain(stream) -> None:
+    """Read the resolver's log until it exits (its end of the pipe closes), then close ours."""
     try:
-        while os.read(fd, 4096):
+        while os.read(stream.fileno(), 4096):
             pass
     except OSError:
         pass
+    finally:
+        stream.close()
 
 
 def stop_resolver(proc: subprocess.Popen) -> None:
@@ -84,7 +89,7 @@ def stop_resolver(proc: subprocess.Popen) -> None:
     try:
         proc.wait(timeout=5)
     except subprocess.TimeoutExpired:  # pragma: no cover - the wrapper ignores nothing
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)  # its own process group: the wrapper and dnsmasq
         proc.wait()
 
 
