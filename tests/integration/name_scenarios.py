@@ -118,6 +118,16 @@ res["meta_connect"] = tcp(META, P["meta"])
 res["lan"] = query("lan.test")
 res["lan_connect"] = tcp(LAN, P["lan"])
 res["upstream_direct"] = query("blocked.test", server="10.0.2.3")
+def bind_query_port():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.bind(("0.0.0.0", QUERY_PORT))
+        return "bound"
+    except OSError as e:
+        return e.errno
+    finally:
+        s.close()
+res["bind_query_port"] = bind_query_port()
 if FORGET:
     tries, t0 = 0, time.monotonic()
     while tcp("203.0.113.80", P["a"])["result"] == "connected" and time.monotonic() - t0 < 120:
@@ -144,7 +154,8 @@ def names(allow: list[str] | None = None, set_timeout: int | None = None) -> dic
         allow = allow or ["allowed.test:A", "*.wild.test:A", "meta.test:META", "lan.test:LAN"]
         allow = [e.replace("META", str(meta.port)).replace("LAN", str(lan.port)).replace(":A", f":{a.port}") for e in allow]
         code = (NAMES_CODE.replace("PORTS", repr(ports)).replace("META", repr(METADATA_TEST_ADDRESS))
-                .replace("LAN", repr(HOST_TEST_ADDRESS)).replace("FORGET", repr(set_timeout is not None)))
+                .replace("LAN", repr(HOST_TEST_ADDRESS)).replace("FORGET", repr(set_timeout is not None))
+                .replace("QUERY_PORT", str(network_planner.RESOLVER_QUERY_PORT)))
         run_result = sandboxed({"network": {"mode": "allowlist", "allow": allow}}, code)
         result = outcome(run_result)
         result["accepted"] = {"a": a.accepted, "b": b.accepted, "meta": meta.accepted, "lan": lan.accepted}

@@ -57,6 +57,8 @@ def test_unlisted_name_is_nxdomain_and_its_address_is_refused(names_run):
     assert refused(inside["blocked_direct"]), inside["blocked_direct"]
     # slirp's resolver itself is not the sandbox's to use: only the filter's queries pass.
     assert inside["upstream_direct"]["result"] != "answered"
+    # ...and it cannot pose as the resolver: the resolver's source port is below 1024.
+    assert inside["bind_query_port"] == errno.EACCES, inside["bind_query_port"]
     assert res["accepted"]["b"] == 0
 
 
