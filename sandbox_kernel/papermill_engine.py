@@ -25,7 +25,6 @@ from nbclient.exceptions import DeadKernelError
 from papermill.engines import Engine
 
 from .errors import SandboxKernelError, SandboxUnavailable
-from .kernelspec import KERNEL_NAME
 from .report import Downgrade
 
 POLICY_ENV = "SANDBOX_KERNEL_POLICY"
@@ -67,6 +66,8 @@ def _run(coro):
 class SandboxEngine(Engine):
     @classmethod
     def nb_kernel_name(cls, nb, name=None):
+        from .kernelspec import KERNEL_NAME  # here: papermill imports this module whenever it is imported
+
         return KERNEL_NAME  # whatever the notebook (or -k) names
 
     @classmethod
