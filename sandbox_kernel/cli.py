@@ -125,6 +125,13 @@ def cmd_run(args) -> int:
     if args.jobs < 1:
         print("--jobs: must be at least 1", file=sys.stderr)
         return EXIT_USAGE
+    from .parameters import ParameterError, collect
+
+    try:
+        parameters = collect(files=args.parameters_file, yamls=args.parameters_yaml, values=args.parameters, raws=args.parameters_raw)
+    except ParameterError as e:
+        print(str(e), file=sys.stderr)
+        return EXIT_USAGE
     for name in ("cell_timeout", "notebook_timeout"):
         value = getattr(args, name)
         if value is not None and value <= 0:
@@ -172,7 +179,7 @@ def cmd_run(args) -> int:
             args.notebooks, policy=policy, output_dir=output_dir, jobs=args.jobs, dask_scheduler=args.dask_scheduler,
             on_result=progress, cell_timeout=args.cell_timeout, notebook_timeout=args.notebook_timeout or DEFAULT_NOTEBOOK_SECONDS,
             allow_errors=args.allow_errors, inputs=args.inputs, data=tuple(args.data), summary=args.summary,
-            max_notebook_output=notebook_cap,
+            max_notebook_output=notebook_cap, parameters=parameters,
         )
     finally:
         progress.close()
@@ -270,6 +277,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--summary", metavar="FILE.json", help="also write the result table as JSON")
     run.add_argument("--allow-errors", action="store_true", help="keep going after a failing cell; exit 0 if only cells errored")
     run.add_argument("--dask-scheduler", metavar="ADDRESS", help="run each notebook as a task on this Dask cluster")
+    # papermill's parameter options, with its meaning (sandbox_kernel/parameters.py)
+    run.add_argument("-p", "--parameters", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                     help="a notebook parameter, typed like papermill's -p (repeatable)")
+    run.add_argument("-r", "--parameters-raw", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                     help="a notebook parameter, always a string (repeatable)")
+    run.add_argument("-f", "--parameters-file", action="append", default=[], metavar="FILE.yaml",
+                     help="notebook parameters from a YAML file (repeatable)")
+    run.add_argument("-y", "--parameters-yaml", action="append", default=[], metavar="YAML",
+                     help="notebook parameters as a YAML string (repeatable)")
     run.set_defaults(func=cmd_run)
     install = sub.add_parser("install", help="install the python3-sandboxed kernelspec")
     where = install.add_mutually_exclusive_group()
