@@ -80,9 +80,19 @@ def cmd_doctor(args) -> int:
         print(textwrap.fill(f.meaning, 100, initial_indent=" " * 21, subsequent_indent=" " * 21))
         if f.hint:
             print(textwrap.fill(f"hint: {f.hint}", 100, initial_indent=" " * 21, subsequent_indent=" " * 27))
-    print("\n" + ("the policy is fully enforceable on this host" if enforceable
-                  else "NOT fully enforceable: under on_unavailable=fail kernels and runs are refused"))
+    print("\n" + verdict(enforceable, [name for name, cap in caps.probes().items() if not cap.ok]))
     return EXIT_OK if enforceable else EXIT_UNENFORCEABLE
+
+
+def verdict(enforceable: bool, failed_probes: list[str]) -> str:
+    """doctor's last line: never "fully enforceable" after a failed probe (a probe this policy
+    does not need still limits what other policies, a kernelspec's or a cell's, may ask for)."""
+    if not enforceable:
+        return "NOT fully enforceable: under on_unavailable=fail kernels and runs are refused"
+    if failed_probes:
+        return (f"the policy is enforceable on this host, but {len(failed_probes)} probe(s) failed "
+                f"({', '.join(failed_probes)}): a policy that needs them is refused here")
+    return "the policy is fully enforceable on this host"
 
 
 def cmd_policy_show(args) -> int:
