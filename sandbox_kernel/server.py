@@ -86,7 +86,7 @@ def _doctor(server_config) -> dict:
         policy = operator_policy(config)
     except PolicyError as e:
         return {"enforceable": False, "policy": "jupyter-config", "problems": [list(p) for p in e.problems]}
-    return doctor_data(detect(), policy, "jupyter-config")
+    return doctor_data(detect(policy.resources.cgroup_parent), policy, "jupyter-config")
 
 
 def _jupyter_server_extension_points():
