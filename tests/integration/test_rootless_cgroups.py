@@ -89,3 +89,15 @@ def test_delegate_gives_a_user_cgroups_that_its_rootless_doctor_finds(tmp_path):
         assert removed.returncode == 0 and not any(os.path.exists(p) for p in paths), removed.stderr
     unknown = subprocess.run([*cli, "--user", "no-such-user-here"], capture_output=True, text=True)
     assert unknown.returncode == EXIT_USAGE and "no such user" in unknown.stderr
+
+
+def test_leak_check_attributes_delegated_parents_to_the_session_that_made_them():
+    from .traces import _attributable
+
+    root = os.path.join(hierarchy("memory")[0], "sandbox-kernel")
+    me = os.getpid()
+    assert _attributable(f"{root}/itest-{me}") and _attributable(f"{root}/user-alice{me}")
+    # Another session's, empty between its runs: not ours to report.
+    assert not _attributable(f"{root}/itest-{me + 1}") and not _attributable(f"{root}/user-bob{me + 1}")
+    # Runs are checked wherever they are.
+    assert _attributable(f"{root}/run-0123456789ab") and _attributable(f"{root}/user-bob{me + 1}/run-0123456789ab")

@@ -13,7 +13,8 @@ import subprocess
 def system_user(prefix: str, home: bool = False):
     """A fresh account ``<prefix><pid>`` (a home dir 0700 under /home if ``home``); yields its
     passwd entry and removes it (and the home) afterwards."""
-    name = f"{prefix}{os.getpid()}"[:32]
+    name = f"{prefix}{os.getpid()}"  # the pid: traces.py tells our delegated cgroups by it
+    assert len(name) <= 32, name
     args = ["useradd", "--user-group", "--shell", "/usr/sbin/nologin"]
     args += ["--create-home", "--home-dir", f"/home/{name}"] if home else ["--no-create-home", "--home-dir", "/nonexistent"]
     subprocess.run([*args, name], check=True, capture_output=True)
