@@ -35,6 +35,7 @@ pytestmark = pytest.mark.integration
 VENV_BIN = Path(sys.executable).parent
 CHP = REPO / ".hub-tools" / "node_modules" / ".bin" / "configurable-http-proxy"
 START_TIMEOUT = 90
+ALLOWED = "203.0.113.0/24:443"  # documentation addresses: only the report is checked, nothing is sent
 
 HUB_CONFIG = """
 from sandbox_kernel.hub import delegate_cgroups, undelegate_cgroups
@@ -54,11 +55,15 @@ c.Spawner.cmd = [{singleuser!r}]
 c.Spawner.start_timeout = {timeout}
 c.Spawner.http_timeout = {timeout}
 c.Spawner.environment = {{"JUPYTER_DEFAULT_PROVISIONER_NAME": "sandbox-provisioner", "TMPDIR": {tmpdir!r}}}
-c.Spawner.pre_spawn_hook = delegate_cgroups
+def pre_spawn(spawner):  # docs/operators.md: one group gets an allowlist, everyone else deny
+    delegate_cgroups(spawner)
+    if any(group.name == "data-team" for group in spawner.user.groups):
+        spawner.args = [*spawner.args, "--SandboxPolicyConfig.policy_file={team_policy}"]
+c.Spawner.pre_spawn_hook = pre_spawn
 c.Spawner.post_stop_hook = undelegate_cgroups
 c.JupyterHub.services = [{{"name": "e2e", "api_token": {token!r}}}]
 c.JupyterHub.load_roles = [{{"name": "e2e", "services": ["e2e"],
-                            "scopes": ["admin:users", "admin:servers", "access:servers"]}}]
+                            "scopes": ["admin:users", "admin:groups", "admin:servers", "access:servers"]}}]
 c.JupyterHub.cleanup_servers = True
 """
 
@@ -95,7 +100,7 @@ FORK_BOMB = r"""
 import os, subprocess, sys
 BOMB = '''
 import os, time
-deadline = time.monotonic() + 8
+deadline = time.monotonic() + 5
 while time.monotonic() < deadline:
     try:
         os.fork()
@@ -200,9 +205,16 @@ def running_hub(users: list[str]):
     hub_dir = Path(tempfile.mkdtemp(prefix="hub-"))
     os.chmod(hub_dir, 0o700)  # the hub's database, cookie secret and config: root's alone
     port, token = free_port(), uuid.uuid4().hex
+    # The group's policy: readable by its members' servers, written by root.
+    policy_dir = tempfile.mkdtemp(prefix="hub-policy-")
+    os.chmod(policy_dir, 0o755)
+    team_policy = os.path.join(policy_dir, "data-team.toml")
+    Path(team_policy).write_text(f'[network]\nmode = "allowlist"\nallow = ["{ALLOWED}"]\n')
+    os.chmod(team_policy, 0o644)
     (hub_dir / "jupyterhub_config.py").write_text(HUB_CONFIG.format(
         port=port, hub_port=free_port(), proxy_api_port=free_port(), chp=str(CHP), hub_dir=hub_dir, users=set(users),
-        singleuser=str(VENV_BIN / "jupyterhub-singleuser"), timeout=START_TIMEOUT, tmpdir=tempfile.gettempdir(), token=token))
+        singleuser=str(VENV_BIN / "jupyterhub-singleuser"), timeout=START_TIMEOUT, tmpdir=tempfile.gettempdir(), token=token,
+        team_policy=team_policy))
     env = {"PATH": f"{VENV_BIN}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "LANG": "C.UTF-8",
            "TMPDIR": tempfile.gettempdir()}
     log = open(hub_dir / "hub.log", "wb")
@@ -236,6 +248,7 @@ def running_hub(users: list[str]):
         if os.environ.get("SANDBOX_KERNEL_KEEP_HUB_LOG"):
             print((hub_dir / "hub.log").read_text())
         shutil.rmtree(hub_dir, ignore_errors=True)
+        shutil.rmtree(policy_dir, ignore_errors=True)
 
 
 def owned_by(uid: int, root: str) -> tuple[list[str], dict[str, bool]]:
@@ -269,6 +282,9 @@ def test_two_users_on_a_real_hub_cannot_reach_each_other():
         os.chown(secret, bob.pw_uid, bob.pw_gid)
         os.chmod(secret, 0o600)
         with running_hub([alice.pw_name, bob.pw_name]) as hub:
+            assert hub.request("POST", f"/hub/api/users/{alice.pw_name}")[0] in (201, 409)  # allowed_users exist already
+            code, body = hub.request("POST", "/hub/api/groups/data-team", {"users": [alice.pw_name]})
+            assert code == 201, body
             hub.spawn(alice.pw_name)
             hub.spawn(bob.pw_name)
             a_kernel, b_kernel = hub.start_kernel(alice.pw_name), hub.start_kernel(bob.pw_name)
@@ -284,6 +300,11 @@ def test_two_users_on_a_real_hub_cannot_reach_each_other():
                 controls = report["layers"]["resources"]["controls"]
                 assert controls["memory_bytes"]["mechanism"] == "cgroup-v1-memory", controls
                 assert controls["max_processes"]["mechanism"].startswith("cgroup-v1-pids"), controls
+                network = report["layers"]["network"]
+                if user is alice:  # in data-team: the Hub gave her server the allowlist
+                    assert (network["state"], network["mechanism"], network["allow"]) == ("enforced", "nft+slirp4netns", [ALLOWED])
+                else:
+                    assert report["requested"]["network"]["mode"] == "deny" and network["state"] == "enforced", network
 
             bob_paths, sockets = owned_by(bob.pw_uid, tempfile.gettempdir())
             assert any(sockets.values()) and any(p.endswith("connection.json") for p in bob_paths), bob_paths
