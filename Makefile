@@ -11,7 +11,7 @@ PROBE_UID := 65534
 # A second, non-root account: the tests run supervisors as it to prove the rootless paths.
 SUPERVISOR_ACCOUNT := sandbox-supervisor
 SUPERVISOR_UID := 65533
-APT_PACKAGES := bubblewrap nftables slirp4netns util-linux iproute2 libseccomp2 python3-venv nodejs \
+APT_PACKAGES := bubblewrap nftables slirp4netns util-linux iproute2 libseccomp2 python3-venv nodejs dnsmasq-base \
 	chromium-headless-shell
 
 # The end-to-end JupyterHub test's proxy (npm), installed here rather than globally.

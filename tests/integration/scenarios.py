@@ -499,4 +499,7 @@ def fail_closed(marker: str) -> dict:
 
 if __name__ == "__main__":
     name, args = sys.argv[1], json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
+    if name not in globals():  # scenarios kept in their own module
+        import name_scenarios
+        globals()[name] = getattr(name_scenarios, name)
     print(json.dumps(globals()[name](**args)))
