@@ -45,8 +45,8 @@ def cmd_doctor(args) -> int:
     from . import host_shape
     from .capabilities import detect
 
-    caps = detect()
     policy = load_policy_file(args.policy) if args.policy else secure_default()
+    caps = detect(policy.resources.cgroup_parent)
     if args.json:
         out = doctor_data(caps, policy, "file" if args.policy else "secure-default")
         print(json.dumps(out, indent=2))
@@ -80,9 +80,38 @@ def cmd_doctor(args) -> int:
         print(textwrap.fill(f.meaning, 100, initial_indent=" " * 21, subsequent_indent=" " * 21))
         if f.hint:
             print(textwrap.fill(f"hint: {f.hint}", 100, initial_indent=" " * 21, subsequent_indent=" " * 27))
-    print("\n" + ("the policy is fully enforceable on this host" if enforceable
-                  else "NOT fully enforceable: under on_unavailable=fail kernels and runs are refused"))
+    print("\n" + verdict(enforceable, [name for name, cap in caps.probes().items() if not cap.ok]))
     return EXIT_OK if enforceable else EXIT_UNENFORCEABLE
+
+
+def verdict(enforceable: bool, failed_probes: list[str]) -> str:
+    """doctor's last line: never "fully enforceable" after a failed probe (a probe this policy
+    does not need still limits what other policies, a kernelspec's or a cell's, may ask for)."""
+    if not enforceable:
+        return "NOT fully enforceable: under on_unavailable=fail kernels and runs are refused"
+    if failed_probes:
+        return (f"the policy is enforceable on this host, but {len(failed_probes)} probe(s) failed "
+                f"({', '.join(failed_probes)}): a policy that needs them is refused here")
+    return "the policy is fully enforceable on this host"
+
+
+def cmd_delegate(args) -> int:
+    from .launch.cgroup import CgroupError, delegate, undelegate
+
+    if os.geteuid() != 0:
+        print("delegate: must run as root (it creates cgroups and gives them to --user)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        paths = undelegate(args.user) if args.remove else delegate(args.user)
+    except KeyError:
+        print(f"--user: no such user {args.user!r}", file=sys.stderr)
+        return EXIT_USAGE
+    except CgroupError as e:
+        print(str(e), file=sys.stderr)
+        return EXIT_UNENFORCEABLE
+    for path in paths:
+        print(f"{'removed' if args.remove else 'delegated to ' + args.user}: {path}")
+    return EXIT_OK
 
 
 def cmd_policy_show(args) -> int:
@@ -152,7 +181,7 @@ def cmd_run(args) -> int:
             return EXIT_USAGE
     try:
         if not args.dask_scheduler:
-            plan_kernel(policy, detect())  # refuse before any kernel starts
+            plan_kernel(policy, detect(policy.resources.cgroup_parent))  # refuse before any kernel starts
     except SandboxUnavailable as e:
         print(str(e), file=sys.stderr)
         return EXIT_UNENFORCEABLE
@@ -298,6 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
     doctor.add_argument("--policy", metavar="FILE", help="check this policy instead of the secure default")
     doctor.set_defaults(func=cmd_doctor)
+    delegate = sub.add_parser("delegate", help="(root) give a user's rootless supervisor a cgroup of its own for its kernels")
+    delegate.add_argument("--user", required=True, help="the account the user's Jupyter server runs as")
+    delegate.add_argument("--remove", action="store_true", help="remove the user's delegated cgroup instead")
+    delegate.set_defaults(func=cmd_delegate)
     policy = sub.add_parser("policy", help="show or validate a policy")
     psub = policy.add_subparsers(dest="policy_command", required=True)
     show = psub.add_parser("show", help="print the effective policy (defaults merged) as JSON")

@@ -235,6 +235,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, validate_default=True)
 
 
+def _cgroup_parent(value: str) -> str:
+    parts = value.strip("/").split("/")
+    if not value.strip("/") or any(p in ("", ".", "..") or not re.fullmatch(r"[A-Za-z0-9._@-]+", p) for p in parts):
+        raise ValueError(f"{value!r}: a relative cgroup path of names made of letters, digits and . _ @ -")
+    return "/".join(parts)
+
+
 class ResourcesPolicy(_Strict):
     cpu_seconds: Annotated[int, Field(ge=1, le=7 * 24 * 3600)] | None = Field(
         60, description="CPU time per process tree member (RLIMIT_CPU), seconds"
@@ -258,6 +265,11 @@ class ResourcesPolicy(_Strict):
     # a kernel. A secure default needs one: sleeping code must not hold a batch forever.
     wall_seconds: Annotated[float, Field(gt=0, le=7 * 24 * 3600, allow_inf_nan=False)] | None = Field(
         600.0, description="wall-clock limit per run (per cell in a kernel), seconds"
+    )
+    # Not a cap but where the caps live: the operator's alone (like the sandbox uid).
+    cgroup_parent: Annotated[str, AfterValidator(_cgroup_parent)] | None = Field(
+        None, description="the cgroup runs are created below, relative to each hierarchy's root "
+                          "(e.g. 'sandbox-kernel/user-alice'); unset: detected (see docs/operators.md)"
     )
 
 
@@ -350,6 +362,8 @@ def drop_none_keep_caps(d: dict) -> dict:
     for key in ("uid", "gid"):
         if out.get("privilege", {}).get(key) is None:
             out.get("privilege", {}).pop(key, None)
+    if out.get("resources", {}).get("cgroup_parent", "") is None:  # unset: detected
+        out["resources"].pop("cgroup_parent")
     return out
 
 
@@ -386,7 +400,7 @@ _UNLIMITED = "unlimited"
 
 
 # Fields where None means "no cap", so "unlimited" (TOML has no null) may stand for it.
-_UNLIMITED_OK = {"resources": set(ResourcesPolicy.model_fields), "filesystem": {"scratch_bytes"}}
+_UNLIMITED_OK = {"resources": set(ResourcesPolicy.model_fields) - {"cgroup_parent"}, "filesystem": {"scratch_bytes"}}
 
 
 def _normalise_input(data: dict) -> dict:
@@ -486,7 +500,7 @@ def load_policy_file(path: str | os.PathLike, base: SandboxPolicy | None = None)
 
 _FS_STRICTNESS = {"off": 0, "scratch-plus-ro": 1, "scratch-only": 2}
 _NET_STRICTNESS = {"unrestricted": 0, "allowlist": 1, "deny": 2}
-_CAP_FIELDS = tuple(ResourcesPolicy.model_fields)
+_CAP_FIELDS = tuple(f for f in ResourcesPolicy.model_fields if f != "cgroup_parent")
 
 
 def _path_within(path: str, roots: tuple[str, ...]) -> bool:
@@ -551,6 +565,8 @@ def looser_fields(base: SandboxPolicy, candidate: SandboxPolicy) -> list[tuple[s
     bp, cp = base.privilege, candidate.privilege
     if bp.mode == "drop-to-uid" and cp.mode == "inherit":
         problems.append(("privilege.mode", "cannot relax 'drop-to-uid' to 'inherit'"))
+    if candidate.resources.cgroup_parent != base.resources.cgroup_parent:
+        problems.append(("resources.cgroup_parent", "the cgroup parent is set by the operator and cannot be overridden"))
     for key in ("uid", "gid", "uid_range"):
         if getattr(cp, key) != getattr(bp, key):
             problems.append((f"privilege.{key}", "the sandbox uid/gid is set by the operator and cannot be overridden"))

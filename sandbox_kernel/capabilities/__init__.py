@@ -37,6 +37,7 @@ __all__ = ["detect", "probe", "Capability", "HostCapabilities", "TOOLS", "APT_PA
 log = logging.getLogger(__name__)
 
 _cache: HostCapabilities | None = None
+_by_parent: dict[str, HostCapabilities] = {}
 _lock = threading.Lock()
 
 
@@ -89,10 +90,17 @@ def _probe_all(tools, euid, egid, layout, uid_range: Capability, lease) -> HostC
         )
 
 
-def detect() -> HostCapabilities:
-    """The cached probe result for this process."""
+def detect(cgroup_parent: str | None = None) -> HostCapabilities:
+    """The cached probe result for this process; with ``cgroup_parent`` (a policy's
+    ``resources.cgroup_parent``), its cgroup probes re-run once below that parent."""
     global _cache
     with _lock:
         if _cache is None:
             _cache = probe()
-        return _cache
+        if cgroup_parent is None:
+            return _cache
+        if cgroup_parent not in _by_parent:
+            _by_parent[cgroup_parent] = replace(
+                _cache, cgroup_memory=probe_cgroup.probe("memory", _cache.euid, cgroup_parent),
+                cgroup_pids=probe_cgroup.probe("pids", _cache.euid, cgroup_parent))
+        return _by_parent[cgroup_parent]

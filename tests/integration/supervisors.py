@@ -33,6 +33,23 @@ def supervisor_uid() -> int:
     return pwd.getpwnam(SUPERVISOR_ACCOUNT).pw_uid
 
 
+# The cgroups (one per v1 hierarchy, or one v2) delegated to the supervisor account for this
+# test session (conftest makes them): a supervisor started in them finds its own cgroup
+# delegated, as under systemd's Delegate=yes, and gives its kernels real memory and pids caps.
+DELEGATED_CGROUPS: list[str] = []
+
+
+def as_supervisor_account(cmd: list[str], *, delegated: bool = True) -> list[str]:
+    """``cmd`` run as the non-root supervisor account; ``delegated``: from inside the
+    session's delegated cgroups (without: rlimits only, the rootless shape with no cgroup)."""
+    uid = supervisor_uid()
+    cmd = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *cmd]
+    if delegated and DELEGATED_CGROUPS:
+        join = " && ".join(f"echo $$ > {path}/cgroup.procs" for path in DELEGATED_CGROUPS)
+        cmd = ["/bin/sh", "-c", join + ' && exec "$@"', "sh", *cmd]
+    return cmd
+
+
 def in_outer_netns(cmd: list[str]) -> list[str]:
     """``cmd`` run inside a network namespace made here: loopback and the test-owned
     169.254.1.1, 198.51.100.7, 198.51.100.9 and 198.51.100.53 only, 203.0.113.0/24 looped
@@ -61,8 +78,9 @@ def start_scenario(supervisor: str, name: str, *, outer_netns: bool = False, env
     """
     cmd = [sys.executable, str(SCENARIOS), name, json.dumps(args)]
     if supervisor == "non-root":
-        uid = supervisor_uid()
-        cmd = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *cmd]
+        cmd = as_supervisor_account(cmd)
+    elif supervisor == "non-root-undelegated":
+        cmd = as_supervisor_account(cmd, delegated=False)
     if outer_netns:
         cmd = in_outer_netns(cmd)
     full_env = {"PATH": SYSTEM_PATH, "TMPDIR": tempfile.gettempdir(), "LANG": "C.UTF-8", **(env or {})}

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from .kernels import REPO, run_in_outer_netns, write_kernelspec
-from .supervisors import in_outer_netns, supervisor_uid
+from .supervisors import as_supervisor_account, in_outer_netns, supervisor_uid
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("jupyter_dirs")]
 
@@ -84,7 +84,7 @@ def test_a_sh_cell_narrows_names_under_a_non_root_supervisor():
         os.chown(d, uid, uid)
     env = {**os.environ, "JUPYTER_PATH": str(data), "JUPYTER_CONFIG_DIR": str(config), "JUPYTER_RUNTIME_DIR": str(runtime),
            "HOME": str(tmp_path), "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"}
-    cmd = in_outer_netns(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", sys.executable, "-c", CELLS])
+    cmd = in_outer_netns(as_supervisor_account([sys.executable, "-c", CELLS]))  # in its delegated cgroup
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(REPO), timeout=180)
     finally:
