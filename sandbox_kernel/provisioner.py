@@ -118,7 +118,7 @@ class SandboxProvisioner(LocalProvisioner):
         try:
             operator = self.operator_policy()
             policy = self.requested_policy(operator)
-            caps = detect()
+            caps = detect(policy.resources.cgroup_parent)
             announce_host(operator, caps)
             dirs = self.sandbox.open(policy, caps)  # SandboxUnavailable if no uid is free
             km = self.parent

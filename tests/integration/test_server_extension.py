@@ -166,3 +166,11 @@ def test_a_degraded_kernel_is_announced_in_the_server_log(tmp_path):
     assert all(line.startswith("[W") and "network: " in line and "slirp4netns" in line for line in warnings), warnings
     assert log.count("sandbox-kernel on this host: ") == 1, log[-4000:]
     assert log.count("SANDBOX DEGRADED on this host") == 1 and "not a security boundary" in log
+def test_a_refused_kernel_says_why(tmp_path):
+    from .kernels import path_without
+
+    path = path_without(tmp_path / "path-without-bwrap", "bwrap")
+    with running_server(tmp_path / "server", env={"PATH": path}) as server:
+        code, body = server.request("POST", "/api/kernels", {"name": "python3-sandboxed"})
+    assert code == 503, body
+    assert body["reason"] == "Sandbox unavailable" and "filesystem confinement needs bwrap" in body["message"], body

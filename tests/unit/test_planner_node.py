@@ -49,7 +49,7 @@ def test_node_without_a_memory_cgroup_gets_a_v8_heap_cap_reported_as_a_downgrade
                  argv=("/usr/bin/node", "-"))
     assert p.env["NODE_OPTIONS"] == "--max-old-space-size=256"
     control = layer(p, "resources")["controls"]["memory_bytes"]
-    assert control == {"limit": 256 * MiB, "mechanism": "v8-heap-limit", "state": "degraded"}
+    assert control == {"limit": 256 * MiB, "mechanism": "v8-heap-limit", "state": "degraded", "scope": "js-heap"}
     assert any("JavaScript heap" in d for d in downgrades(p, "resources"))
     assert not any(a.startswith("--as=") for a in p.argv)
 
