@@ -111,8 +111,9 @@ def cmd_run(args) -> int:
     policy = load_policy_file(args.policy) if args.policy else operator_policy()
     names = {}
     for nb in args.notebooks:
-        if not os.path.lexists(nb):
-            print(f"notebook: {nb!r} does not exist", file=sys.stderr)
+        problem = _notebook_problem(nb, args.any_language)
+        if problem:
+            print(f"notebook: {nb!r}: {problem}", file=sys.stderr)
             return EXIT_USAGE
         other = names.setdefault(os.path.basename(nb), nb)
         if other != nb:
@@ -160,7 +161,14 @@ def cmd_run(args) -> int:
         print(f"--summary: {e}", file=sys.stderr)
         return EXIT_USAGE
     try:
+        if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+            raise UnsafeResultPath(f"{args.output_dir} is a file; give a directory (it is created if missing)")
         output_dir = ResultDir.open(args.output_dir)
+        try:
+            _check_output_dir(output_dir, args.notebooks)
+        except UnsafeResultPath:
+            output_dir.close()
+            raise
     except UnsafeResultPath as e:
         if summary_dir is not None:
             summary_dir.close()
@@ -172,7 +180,7 @@ def cmd_run(args) -> int:
             args.notebooks, policy=policy, output_dir=output_dir, jobs=args.jobs, dask_scheduler=args.dask_scheduler,
             on_result=progress, cell_timeout=args.cell_timeout, notebook_timeout=args.notebook_timeout or DEFAULT_NOTEBOOK_SECONDS,
             allow_errors=args.allow_errors, inputs=args.inputs, data=tuple(args.data), summary=args.summary,
-            max_notebook_output=notebook_cap,
+            max_notebook_output=notebook_cap, any_language=args.any_language,
         )
     finally:
         progress.close()
@@ -188,6 +196,38 @@ def cmd_run(args) -> int:
             summary_dir.write_json(os.path.basename(args.summary), {
                 "exit_code": code, "policy": policy.to_dict(), "notebooks": [r.to_dict() for r in results]})
     return code
+
+
+def _notebook_problem(path: str, any_language: bool) -> str | None:
+    """What makes ``path`` no notebook to run, found before anything starts; None when it
+    looks runnable. A notebook that cannot be read is left to its row (status ``invalid``):
+    in a batch of untrusted notebooks one bad file must not stop the others."""
+    from .intake import UntrustedInput, language_problem, read_notebook
+
+    if not os.path.lexists(path):
+        return "it does not exist (give the path of an .ipynb file)"
+    if os.path.isdir(path):
+        return f"it is a directory; give the notebooks in it (e.g. {os.path.join(path, '*.ipynb')})"
+    if any_language:
+        return None
+    try:
+        return language_problem(read_notebook(path))
+    except UntrustedInput:
+        return None
+
+
+def _check_output_dir(output_dir, notebooks: list[str]) -> None:
+    """Raise UnsafeResultPath when results could not go into ``output_dir``, or would replace
+    one of the input notebooks."""
+    from .launch.results import UnsafeResultPath
+
+    output_dir.check_writable()
+    for nb in notebooks:
+        name = os.path.basename(nb)
+        if os.path.realpath(os.path.join(output_dir.path, name)) == os.path.realpath(nb):
+            raise UnsafeResultPath(f"{output_dir.path} holds {nb!r} itself, which its executed copy would replace; "
+                                   "give another directory")
+        output_dir.check_replaceable(name)
 
 
 def _runner_memory_problem(cell_cap, notebook_cap: int, jobs: int, field: str | None) -> str | None:
@@ -269,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="output kept per notebook (default: 4 times the policy's max_output_bytes, at most 1G)")
     run.add_argument("--summary", metavar="FILE.json", help="also write the result table as JSON")
     run.add_argument("--allow-errors", action="store_true", help="keep going after a failing cell; exit 0 if only cells errored")
+    run.add_argument("--any-language", action="store_true",
+                     help="run notebooks whose kernelspec language is not Python (their cells run as Python)")
     run.add_argument("--dask-scheduler", metavar="ADDRESS", help="run each notebook as a task on this Dask cluster")
     run.set_defaults(func=cmd_run)
     install = sub.add_parser("install", help="install the python3-sandboxed kernelspec")

@@ -28,6 +28,7 @@ import atexit
 import logging
 import math
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,7 +43,7 @@ from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernel
 from traitlets import Any as AnyTrait
 from traitlets import Int, Type, default
 
-from .intake import SandboxKernelClient, UntrustedInput, read_notebook
+from .intake import SandboxKernelClient, UntrustedInput, language_problem, read_notebook
 from .kernelspec import KERNEL_NAME, kernelspec
 from .launch.channel_guard import ChannelGuard
 from .launch.results import ResultDir, dump_json
@@ -386,10 +387,20 @@ def _death_reason(client: SandboxNotebookClient) -> str:
     return reason() if callable(reason) else "the kernel died"
 
 
+# Terminal escapes (CSI/OSC sequences) and other control characters: IPython colours its
+# tracebacks, and a reason goes into a table, a log and summary.json as plain text.
+_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]|[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def plain_text(text: str | None) -> str | None:
+    """``text`` without terminal escapes or control characters (newlines kept)."""
+    return _ESCAPES.sub("", text) if text else text
+
+
 def _last_line(text: str, limit: int = 500) -> str:
     """The last line of an error text (the exception itself), bounded; never splits all of a
     text a kernel made as long as it liked."""
-    line = (text[-8 * limit:].strip().splitlines() or ["cell error"])[-1]
+    line = (plain_text(text[-8 * limit:]).strip().splitlines() or ["cell error"])[-1]
     return line if len(line) <= limit else line[:limit] + "..."
 
 
@@ -461,6 +472,7 @@ async def execute_notebook_async(nb, *, policy: SandboxPolicy | None = None, cwd
     if result.status == "ok" and result.cells_errored and not allow_errors:
         result.status = "error"
     client.stamp_not_run(result.status)
+    result.reason = plain_text(result.reason)
     result.output_bytes = client._notebook_used
     result.output_truncated = bool(client._cut)
     report = client.kernel_report
@@ -490,14 +502,23 @@ def execute_notebook(path_or_nb, *, policy: SandboxPolicy | None = None, **kwarg
 # ----------------------------------------------------------------------------- batch
 
 
+def read_runnable(path: str, any_language: bool = False):
+    """``read_notebook`` plus the language check. Raises UntrustedInput with the reason."""
+    nb = read_notebook(path)
+    problem = None if any_language else language_problem(nb)
+    if problem:
+        raise UntrustedInput(problem)
+    return nb
+
+
 def run_one(path: str, *, policy: SandboxPolicy, results: ResultDir, inputs: dict | None, expose_dir: bool = True,
-            **options) -> NotebookResult:
+            any_language: bool = False, **options) -> NotebookResult:
     """One notebook of a batch, start to saved result. Never raises: whatever goes wrong is
     its row's status and reason."""
     try:
-        nb = read_notebook(path)
+        nb = read_runnable(path, any_language)
     except UntrustedInput as e:
-        return NotebookResult(path=path, status="invalid", reason=str(e))
+        return NotebookResult(path=path, status="invalid", reason=plain_text(str(e)))
     cwd = os.path.dirname(os.path.abspath(path)) if expose_dir else None
     try:
         nb, result = asyncio.run(execute_notebook_async(nb, policy=policy, cwd=cwd, path=path, inputs=inputs, **options))
@@ -532,11 +553,12 @@ def dask_task(nb_json: str, name: str, policy_json: str, options: dict) -> tuple
 
 def run_batch(paths: list[str], *, policy: SandboxPolicy, output_dir: str | ResultDir, jobs: int = 1,
               dask_scheduler: str | None = None, on_result=None, inputs: str = "dir", data: tuple[str, ...] = (),
-              summary: str | None = None, **options) -> list[NotebookResult]:
+              summary: str | None = None, any_language: bool = False, **options) -> list[NotebookResult]:
     """Execute every notebook; results come back in input order, one per notebook whatever
     happens to it. ``on_result`` is called as each one finishes (progress display).
     ``inputs``: "dir" (each notebook sees its directory, minus the other notebooks of the run
-    and the runner's output paths) or "none"; ``data``: extra read-only paths for every one."""
+    and the runner's output paths) or "none"; ``data``: extra read-only paths for every one;
+    ``any_language``: run notebooks whose kernelspec language is not Python (as Python)."""
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
     results_dir = output_dir if isinstance(output_dir, ResultDir) else ResultDir.open(output_dir)
@@ -545,20 +567,21 @@ def run_batch(paths: list[str], *, policy: SandboxPolicy, output_dir: str | Resu
     results: dict[int, NotebookResult] = {}
 
     def done(i: int, result: NotebookResult) -> None:
+        result.reason = plain_text(result.reason)
         results[i] = result
         if on_result:
             on_result(result)
 
     try:
         if dask_scheduler:
-            _run_on_dask(paths, policy, results_dir, dask_scheduler, options, done)
+            _run_on_dask(paths, policy, results_dir, dask_scheduler, options, done, any_language)
         else:
             with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
                 futures = {}
                 for i, p in enumerate(paths):
                     listing = {"exclude": [q for j, q in enumerate(everyone) if j != i] + runner_paths, "data": list(data)}
                     futures[pool.submit(run_one, p, policy=policy, results=results_dir, inputs=listing,
-                                        expose_dir=inputs == "dir", **options)] = i
+                                        expose_dir=inputs == "dir", any_language=any_language, **options)] = i
                 for fut in as_completed(futures):
                     done(futures[fut], fut.result())
     finally:
@@ -568,7 +591,7 @@ def run_batch(paths: list[str], *, policy: SandboxPolicy, output_dir: str | Resu
             for i, p in enumerate(paths)]
 
 
-def _run_on_dask(paths, policy, results_dir: ResultDir, scheduler: str, options: dict, done) -> None:
+def _run_on_dask(paths, policy, results_dir: ResultDir, scheduler: str, options: dict, done, any_language: bool) -> None:
     from distributed import Client
     from distributed import as_completed as dask_completed
 
@@ -576,7 +599,7 @@ def _run_on_dask(paths, policy, results_dir: ResultDir, scheduler: str, options:
         futures = {}
         for i, p in enumerate(paths):
             try:
-                nb = read_notebook(p)
+                nb = read_runnable(p, any_language)
             except UntrustedInput as e:
                 done(i, NotebookResult(path=p, status="invalid", reason=str(e)))
                 continue
