@@ -1,4 +1,7 @@
-"""The ``sandbox-kernel`` command: ``doctor``, ``run``, ``install``, ``policy show|validate``.
+"""The ``sandbox-kernel`` command (also ``jupyter sandbox-kernel``): ``doctor``, ``run``,
+``install``, ``policy show|validate``; ``--generate-config``, ``--help-all``, ``--version``.
+The operator's policy comes from the Jupyter config files the server reads
+(``config.command_line_app``), so ``doctor`` checks what the server enforces.
 
 Exit codes and output are a contract (``docs/architecture.md``, "The command line"): 0 ok,
 1 a notebook failed, 2 bad usage or a bad policy (``field: problem`` lines on stderr), 3 the
@@ -13,7 +16,7 @@ import os
 import sys
 import textwrap
 
-from .policy import PolicyError, load_policy_file, secure_default
+from .policy import PolicyError, load_policy_file
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNENFORCEABLE = 0, 1, 2, 3
 
@@ -41,20 +44,30 @@ def doctor_data(caps, policy, policy_source: str) -> dict:
             "host_shape": [f.to_dict() for f in host_shape.detect(caps)]}
 
 
+def configured_policy():
+    """The operator's policy from the Jupyter config files, and where it came from."""
+    from .config import SandboxPolicyConfig, command_line_app, operator_policy
+
+    config = command_line_app().config
+    source = "jupyter-config" if SandboxPolicyConfig.__name__ in config else "secure-default"
+    return operator_policy(config), source
+
+
 def cmd_doctor(args) -> int:
     from . import host_shape
     from .capabilities import detect
 
+    policy, source = (load_policy_file(args.policy), "file") if args.policy else configured_policy()
     caps = detect()
-    policy = load_policy_file(args.policy) if args.policy else secure_default()
     if args.json:
-        out = doctor_data(caps, policy, "file" if args.policy else "secure-default")
+        out = doctor_data(caps, policy, source)
         print(json.dumps(out, indent=2))
         return EXIT_OK if out["enforceable"] else EXIT_UNENFORCEABLE
     report = _readiness(caps, policy)
     enforceable = not report.downgrades
     shape = host_shape.detect(caps)
-    print(f"sandbox-kernel doctor  (probe took {caps.probe_seconds * 1000:.0f} ms, supervisor uid {caps.euid})\n")
+    print(f"sandbox-kernel doctor  (probe took {caps.probe_seconds * 1000:.0f} ms, supervisor uid {caps.euid}, "
+          f"policy: {args.policy or source})\n")
     print(f"{'layer':<11} {'state':<14} mechanism / reason")
     for name, layer in report.layers.items():
         reasons = [d.reason for d in report.downgrades if d.layer == name]
@@ -86,9 +99,7 @@ def cmd_doctor(args) -> int:
 
 
 def cmd_policy_show(args) -> int:
-    from .config import operator_policy
-
-    policy = load_policy_file(args.file) if args.file else operator_policy()
+    policy = load_policy_file(args.file) if args.file else configured_policy()[0]
     print(policy.to_json())
     return EXIT_OK
 
@@ -100,7 +111,6 @@ def cmd_policy_validate(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .config import operator_policy
     from .executor import DEFAULT_NOTEBOOK_SECONDS, batch_exit_code, default_notebook_output, format_table, run_batch
     from .capabilities import detect
     from .kernel_sandbox import plan_kernel
@@ -108,7 +118,7 @@ def cmd_run(args) -> int:
     from .policy import parse_size
     from .report import SandboxUnavailable
 
-    policy = load_policy_file(args.policy) if args.policy else operator_policy()
+    policy = load_policy_file(args.policy) if args.policy else configured_policy()[0]
     names = {}
     for nb in args.notebooks:
         problem = _notebook_problem(nb, args.any_language)
@@ -282,16 +292,67 @@ class _Progress:
 
 
 def cmd_install(args) -> int:
+    from jupyter_client.kernelspec import _is_valid_kernel_name
+
     from .kernelspec import install
 
-    path = install(name=args.name, user=args.user, sys_prefix=args.sys_prefix, policy_file=args.policy)
-    print(f"installed kernelspec {args.name!r} in {path}")
+    if not _is_valid_kernel_name(args.name):
+        print(f"--name: {args.name!r} is not a kernelspec name (letters, digits, '.', '_', '-')", file=sys.stderr)
+        return EXIT_USAGE
+    env = {}
+    for item in args.env:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            print(f"--env: {item!r} is not KEY=VALUE", file=sys.stderr)
+            return EXIT_USAGE
+        env[key] = value
+    try:
+        path = install(name=args.name, user=args.user, sys_prefix=args.sys_prefix, prefix=args.prefix, policy_file=args.policy,
+                       display_name=args.display_name, env=env, operator=configured_policy()[0])
+    except OSError as e:
+        print(f"install: cannot write the kernelspec ({e.strerror}: {e.filename}); try --user", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"installed kernelspec {args.name!r} ({args.display_name}) in {path}")
     return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sandbox-kernel", description="Run untrusted notebooks in an OS-level sandbox.")
-    sub = parser.add_subparsers(dest="command", required=True)
+def cmd_generate_config(args) -> int:
+    """Write the policy's config file (every trait, commented out) into the user's Jupyter
+    config dir; never over an existing one."""
+    from .config import SandboxPolicyConfig, command_line_app
+
+    app = command_line_app()
+    path = os.path.join(app.config_dir, app.config_file_name + ".py")
+    if os.path.lexists(path):
+        print(f"--generate-config: {path} exists; edit it, or move it away and run again", file=sys.stderr)
+        return EXIT_USAGE
+    os.makedirs(app.config_dir, exist_ok=True)
+    with open(path, "x") as f:
+        f.write(app.generate_config_file(classes=[SandboxPolicyConfig]))
+    print(f"wrote {path}")
+    return EXIT_OK
+
+
+def cmd_help_all(parser) -> int:
+    """The command's help, then every config trait (``c.SandboxPolicyConfig.<trait>``)."""
+    from .config import SandboxPolicyConfig
+
+    parser.print_help()
+    print("\nConfiguration: c.SandboxPolicyConfig.<trait> in jupyter_server_config.py (or "
+          "jupyter_sandbox_kernel_config.py) in a Jupyter config dir (jupyter --paths):\n")
+    print(SandboxPolicyConfig.class_get_help())
+    return EXIT_OK
+
+
+def build_parser(prog: str = "sandbox-kernel") -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog=prog, description="Run untrusted notebooks in an OS-level sandbox.")
+    parser.add_argument("--version", action="version", version=__version__)
+    parser.add_argument("--help-all", action="store_true", help="this help and every config trait of the policy")
+    parser.add_argument("--generate-config", action="store_true",
+                        help="write jupyter_sandbox_kernel_config.py (every policy trait) into the Jupyter config dir")
+    sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("run", help="execute untrusted notebooks, each in its own sandboxed kernel")
     run.add_argument("notebooks", nargs="+", metavar="NOTEBOOK")
     run.add_argument("--policy", metavar="FILE", help="policy file (default: the Jupyter config's policy, else the secure default)")
@@ -317,12 +378,18 @@ def build_parser() -> argparse.ArgumentParser:
     where = install.add_mutually_exclusive_group()
     where.add_argument("--user", action="store_true", help="for the current user")
     where.add_argument("--sys-prefix", action="store_true", help="into this Python environment")
+    where.add_argument("--prefix", metavar="DIR", help="into DIR/share/jupyter/kernels (e.g. another environment's prefix)")
     install.add_argument("--name", default="python3-sandboxed", help="kernelspec name (default python3-sandboxed)")
-    install.add_argument("--policy", metavar="FILE", help="policy keys that tighten the operator's policy for this kernelspec")
+    install.add_argument("--display-name", default="Python 3 (sandboxed)", metavar="TEXT",
+                         help="the name shown in Jupyter's launcher and kernel menu (default 'Python 3 (sandboxed)')")
+    install.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                         help="an environment variable of the kernel (repeatable; the sandbox's env policy still applies)")
+    install.add_argument("--policy", metavar="FILE",
+                         help="policy keys that tighten the operator's policy for this kernelspec (refused if they loosen it)")
     install.set_defaults(func=cmd_install)
     doctor = sub.add_parser("doctor", help="probe this host and show which mechanism enforces each layer")
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
-    doctor.add_argument("--policy", metavar="FILE", help="check this policy instead of the secure default")
+    doctor.add_argument("--policy", metavar="FILE", help="check this policy file instead of the Jupyter config's policy")
     doctor.set_defaults(func=cmd_doctor)
     policy = sub.add_parser("policy", help="show or validate a policy")
     psub = policy.add_subparsers(dest="policy_command", required=True)
@@ -336,12 +403,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    # `jupyter sandbox-kernel` runs the `jupyter-sandbox-kernel` script: say that name back.
+    script = os.path.basename(sys.argv[0])
+    parser = build_parser("jupyter sandbox-kernel" if script.startswith("jupyter-") else "sandbox-kernel")
     try:
         args = parser.parse_args(argv)
+        if args.command is None and not (args.help_all or args.generate_config):
+            parser.error("a command is required (doctor, run, install, policy)")
     except SystemExit as e:
         return EXIT_USAGE if e.code not in (0, None) else EXIT_OK
     try:
+        if args.help_all:
+            return cmd_help_all(parser)
+        if args.generate_config:
+            return cmd_generate_config(args)
         return args.func(args)
     except PolicyError as e:
         for field, problem in e.problems:
