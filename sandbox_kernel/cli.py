@@ -18,6 +18,8 @@ import textwrap
 
 from .policy import PolicyError, load_policy_file
 
+TABLE_FORMATS = ("text", "markdown", "csv")  # executor.TABLE_FORMATS, without importing it for --help
+
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNENFORCEABLE = 0, 1, 2, 3
 
 
@@ -184,19 +186,19 @@ def cmd_run(args) -> int:
             summary_dir.close()
         print(f"--output-dir: {e}", file=sys.stderr)
         return EXIT_USAGE
-    progress = _Progress(len(args.notebooks))
+    progress = _Progress(len(args.notebooks), log_output=args.log_output)
     try:
         results = run_batch(
             args.notebooks, policy=policy, output_dir=output_dir, jobs=args.jobs, dask_scheduler=args.dask_scheduler,
             on_result=progress, cell_timeout=args.cell_timeout, notebook_timeout=args.notebook_timeout or DEFAULT_NOTEBOOK_SECONDS,
             allow_errors=args.allow_errors, inputs=args.inputs, data=tuple(args.data), summary=args.summary,
-            max_notebook_output=notebook_cap, any_language=args.any_language,
+            max_notebook_output=notebook_cap, any_language=args.any_language, on_progress=progress.event,
         )
     finally:
         progress.close()
         output_dir.close()
     code = batch_exit_code(results)
-    print(format_table(results))
+    print(format_table(results, args.table_format))
     if code == EXIT_UNENFORCEABLE:
         for r in results:
             if r.status == "refused":
@@ -269,24 +271,79 @@ def _available_memory() -> int | None:
 
 
 class _Progress:
-    """A progress bar on a terminal, plain lines otherwise."""
+    """Progress on stderr: on a terminal a tqdm bar for the batch and one per running notebook
+    (its code cells); otherwise one plain line per cell and per notebook. ``--log-output``
+    also copies each notebook's stream output, prefixed with its name. Everything a notebook
+    printed is shown as plain text: a notebook must not drive the operator's terminal."""
 
-    def __init__(self, total: int):
-        self.total, self.done, self.bar = total, 0, None
+    def __init__(self, total: int, log_output: bool = False):
+        import threading
+
+        self.total, self.done, self.log_output = total, 0, log_output
+        self.lock = threading.Lock()  # events come from each notebook's runner thread
+        self.bar, self.cell_bars, self.partial = None, {}, {}
         if sys.stderr.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, unit="notebook", file=sys.stderr)
+            # A terminal that does not say its size (0x0) would get no bars at all from tqdm.
+            size = os.get_terminal_size(sys.stderr.fileno())
+            self.tqdm = lambda **kw: tqdm(file=sys.stderr, ncols=size.columns or 100, nrows=size.lines or 24, **kw)
+            self.bar = self.tqdm(total=total, unit="notebook", position=0)
 
     def __call__(self, result) -> None:
-        self.done += 1
+        with self.lock:
+            self.done += 1
+            self._flush_output(result.path)
+            cell_bar = self.cell_bars.pop(result.path, None)
+            if cell_bar is not None:
+                cell_bar.close()
+            line = f"[{self.done}/{self.total}] {result.path}: {result.status} ({result.duration:.1f}s)"
+            if self.bar is not None:
+                self.bar.set_postfix_str(f"{os.path.basename(result.path)}: {result.status}")
+                self.bar.update(1)
+            else:
+                print(line, file=sys.stderr, flush=True)
+
+    def event(self, event: dict) -> None:
+        from .executor import plain_text
+
+        with self.lock:
+            path = event["path"]
+            if event["event"] == "output":
+                if self.log_output:
+                    # whole lines only, so that two notebooks' (or streams') output never mixes in a line
+                    key = (path, event["stream"])
+                    text = self.partial.pop(key, "") + plain_text(event["text"] or "").replace("\r", "")
+                    *lines, self.partial[key] = text.split("\n")
+                    for line in lines:
+                        self._write(f"[{os.path.basename(path)}] {line}")
+                return
+            self._flush_output(path)
+            if self.bar is None:
+                self._write(f"{path}: cell {event['index']}/{event['of']} {event['status']}")
+                return
+            cell_bar = self.cell_bars.get(path)
+            if cell_bar is None:
+                cell_bar = self.cell_bars[path] = self.tqdm(
+                    total=event["of"], unit="cell", desc=os.path.basename(path), leave=False,
+                    position=1 + len(self.cell_bars))
+            cell_bar.update(1)
+
+    def _flush_output(self, path: str) -> None:
+        for stream in ("stdout", "stderr"):
+            rest = self.partial.pop((path, stream), "")
+            if rest:
+                self._write(f"[{os.path.basename(path)}] {rest}")
+
+    def _write(self, line: str) -> None:
         if self.bar is not None:
-            self.bar.set_postfix_str(f"{os.path.basename(result.path)}: {result.status}")
-            self.bar.update(1)
+            self.bar.write(line, file=sys.stderr)
         else:
-            print(f"[{self.done}/{self.total}] {result.path}: {result.status} ({result.duration:.1f}s)", file=sys.stderr, flush=True)
+            print(line, file=sys.stderr, flush=True)
 
     def close(self) -> None:
+        for cell_bar in self.cell_bars.values():
+            cell_bar.close()
         if self.bar is not None:
             self.bar.close()
 
@@ -370,6 +427,10 @@ def build_parser(prog: str = "sandbox-kernel") -> argparse.ArgumentParser:
                      help="output kept per notebook (default: 4 times the policy's max_output_bytes, at most 1G)")
     run.add_argument("--summary", metavar="FILE.json", help="also write the result table as JSON")
     run.add_argument("--allow-errors", action="store_true", help="keep going after a failing cell; exit 0 if only cells errored")
+    run.add_argument("--log-output", action="store_true",
+                     help="also copy each notebook's printed output to stderr as it runs, prefixed with its name (as papermill's)")
+    run.add_argument("--table-format", choices=TABLE_FORMATS, default="text",
+                     help="the result table on stdout: text (default), markdown (e.g. for a CI job summary) or csv")
     run.add_argument("--any-language", action="store_true",
                      help="run notebooks whose kernelspec language is not Python (their cells run as Python)")
     run.add_argument("--dask-scheduler", metavar="ADDRESS", help="run each notebook as a task on this Dask cluster")

@@ -185,9 +185,12 @@ class SandboxNotebookClient(NotebookClient):
     max_output_bytes = Int(None, allow_none=True, help="Output bytes kept per cell (serialized size of its messages).").tag(config=True)
     max_notebook_output_bytes = Int(None, allow_none=True, help="Output bytes kept per notebook.").tag(config=True)
 
-    def __init__(self, nb, policy: SandboxPolicy | None = None, inputs: dict | None = None, **kw):
+    def __init__(self, nb, policy: SandboxPolicy | None = None, inputs: dict | None = None, on_progress=None, **kw):
         self.sandbox_policy = policy or secure_default()
         self.sandbox_inputs = inputs
+        # on_progress(event): {"event": "cell", "index", "of", "status"} as each code cell ends,
+        # {"event": "output", "stream", "text"} for stream output kept in the notebook.
+        self.on_progress = on_progress
         super().__init__(nb, km=None, kernel_manager_class=SandboxKernelManager, **kw)
         if self.max_output_bytes is None:
             self.max_output_bytes = self.sandbox_policy.resources.max_output_bytes
@@ -317,6 +320,8 @@ class SandboxNotebookClient(NotebookClient):
             s.chunks.append(msg["content"].get("text", ""))
             return s.node
         self._close_stream()
+        if msg["msg_type"] == "stream" and self.on_progress is not None:
+            self.on_progress({"event": "output", "stream": msg["content"].get("name"), "text": msg["content"].get("text", "")})
         out = super().output(outs, msg, display_id, cell_index)
         if out is not None and out.get("output_type") == "stream" and outs and outs[-1] is out:
             self._stream = _Stream(outs, out)
@@ -345,6 +350,10 @@ class SandboxNotebookClient(NotebookClient):
             status = status if status in ("ok", "error", "timeout") else "error"
         truncated = bool(self._cut.get(cell_index))
         self.cell_records[cell_index] = CellRecord(cell_index, status, truncated)
+        if self.on_progress is not None:
+            order = [i for i, c in enumerate(self.nb.cells) if c.cell_type == "code"]
+            self.on_progress({"event": "cell", "index": order.index(cell_index) + 1 if cell_index in order else len(self.cell_records),
+                              "of": len(order), "status": status})
         kernel_said = (execute_reply or {}).get("metadata", {}).get("sandbox")
         extra = {}
         if isinstance(kernel_said, dict) and kernel_said.get("scope") == "cell":
@@ -407,7 +416,7 @@ def _last_line(text: str, limit: int = 500) -> str:
 async def execute_notebook_async(nb, *, policy: SandboxPolicy | None = None, cwd: str | None = None,
                                  cell_timeout: float | None = None, notebook_timeout: float | None = DEFAULT_NOTEBOOK_SECONDS,
                                  allow_errors: bool = False, path: str = "<notebook>", inputs: dict | None = None,
-                                 max_notebook_output: int | None = None) -> tuple[Any, NotebookResult]:
+                                 max_notebook_output: int | None = None, on_progress=None) -> tuple[Any, NotebookResult]:
     """Execute ``nb`` (already read with ``intake.read_notebook``) in its own sandboxed kernel.
     ``cwd``: the directory whose entries it sees (None: none); ``inputs``: exclusions and data
     paths for that listing. The per-cell clock is the smaller of ``cell_timeout`` and the
@@ -421,6 +430,7 @@ async def execute_notebook_async(nb, *, policy: SandboxPolicy | None = None, cwd
         interrupt_on_timeout=True, allow_errors=allow_errors, record_timing=True, shutdown_kernel="immediate",
         error_on_timeout={"ename": "CellTimeoutError", "evalue": f"cell exceeded the {cell_timeout} s timeout", "traceback": []},
         resources={"metadata": {"path": cwd}} if cwd else {}, max_notebook_output_bytes=max_notebook_output,
+        on_progress=(lambda event: on_progress({**event, "path": path})) if on_progress else None,
     )
     result = NotebookResult(path=path, status="ok", timeouts={"cell": cell_timeout, "notebook": notebook_timeout})
     t0 = time.monotonic()
@@ -574,6 +584,7 @@ def run_batch(paths: list[str], *, policy: SandboxPolicy, output_dir: str | Resu
 
     try:
         if dask_scheduler:
+            options.pop("on_progress", None)  # a callback does not travel to the workers
             _run_on_dask(paths, policy, results_dir, dask_scheduler, options, done, any_language)
         else:
             with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
@@ -623,15 +634,34 @@ def batch_exit_code(results: list[NotebookResult]) -> int:
     return 0 if all(r.status == "ok" for r in results) else 1
 
 
-def format_table(results: list[NotebookResult]) -> str:
-    rows = [("notebook", "status", "cells run", "errored", "duration", "output", "downgrades")]
+TABLE_HEADERS = ("notebook", "status", "cells run", "errored", "duration", "output", "downgrades", "reason")
+TABLE_FORMATS = ("text", "markdown", "csv")
+
+
+def format_table(results: list[NotebookResult], fmt: str = "text") -> str:
+    """The result table: ``text`` for a terminal (then each failure's reason and the layers in
+    force), ``markdown`` (a GitHub table, for CI job summaries) or ``csv``. Tables are drawn by
+    tabulate: alignment and Markdown escaping done once, well, by a small pure-Python library."""
+    import csv
+    import io
+
+    from tabulate import tabulate
+
+    rows = []
     for r in results:
         downs = ", ".join(sorted({d["layer"] for d in r.downgrades})) or "-"
         output = _human(r.output_bytes) + (" (cut)" if r.output_truncated else "") if r.output_bytes else "-"
-        rows.append((r.path, r.status, str(r.cells_run), str(r.cells_errored), f"{r.duration:.1f}s", output, downs))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+        rows.append([r.path, r.status, r.cells_run, r.cells_errored, f"{r.duration:.1f}s", output, downs,
+                     plain_text(r.reason) if r.status != "ok" and r.reason else ""])
+    if fmt == "csv":
+        out = io.StringIO()
+        csv.writer(out, lineterminator="\n").writerows([TABLE_HEADERS, *rows])
+        return out.getvalue().rstrip("\n")
+    if fmt == "markdown":
+        escaped = [[str(c).replace("|", "\\|").replace("\n", " ") for c in row] for row in rows]
+        return tabulate(escaped, headers=TABLE_HEADERS, tablefmt="github", disable_numparse=True)
+    lines = tabulate([row[:-1] for row in rows], headers=TABLE_HEADERS[:-1], tablefmt="simple",
+                     disable_numparse=True).splitlines()
     for r in results:
         if r.reason and r.status != "ok":
             lines.append(f"{r.path}: {r.reason}")
