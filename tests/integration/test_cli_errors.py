@@ -63,10 +63,15 @@ def test_output_dir_holding_the_notebook_itself(tmp_path):
     assert nb.read_bytes() == before
 
 
-def test_output_dir_occupied_by_a_directory_of_the_notebooks_name(tmp_path):
+def test_output_dir_occupied_under_a_notebooks_name_is_that_notebooks_row(tmp_path):
+    # a submitter may have shaped the dir: the others still run and are written
     (tmp_path / "out" / "clean.ipynb").mkdir(parents=True)
-    one_line(run_cli("run", NOTEBOOKS / "clean.ipynb", "--output-dir", tmp_path / "out"), "--output-dir: ",
-             "not a regular file")
+    other = notebook(tmp_path / "other.ipynb", "print(1)")
+    proc = run_cli("run", NOTEBOOKS / "clean.ipynb", other, "--output-dir", tmp_path / "out", "--summary", tmp_path / "s.json")
+    assert proc.returncode == EXIT_ERROR and "Traceback" not in proc.stderr
+    rows = {Path(n["path"]).name: n for n in json.loads((tmp_path / "s.json").read_text())["notebooks"]}
+    assert rows["other.ipynb"]["status"] == "ok" and (tmp_path / "out" / "other.ipynb").is_file()
+    assert rows["clean.ipynb"]["status"] == "error" and "not a regular file" in rows["clean.ipynb"]["reason"]
 
 
 def test_a_non_python_notebook_is_refused_unless_asked(tmp_path):
