@@ -512,21 +512,22 @@ def execute_notebook(path_or_nb, *, policy: SandboxPolicy | None = None, **kwarg
 # ----------------------------------------------------------------------------- batch
 
 
-def read_runnable(path: str, any_language: bool = False):
-    """``read_notebook`` plus the language check. Raises UntrustedInput with the reason."""
+def read_runnable(path: str, any_language: bool = False, parameters: dict | None = None):
+    """``read_notebook``, the language check, then papermill's parameters injected. Raises
+    UntrustedInput with the reason."""
     nb = read_notebook(path)
     problem = None if any_language else language_problem(nb)
     if problem:
         raise UntrustedInput(problem)
-    return nb
+    return _parameterize(nb, parameters)
 
 
 def run_one(path: str, *, policy: SandboxPolicy, results: ResultDir, inputs: dict | None, expose_dir: bool = True,
-            any_language: bool = False, **options) -> NotebookResult:
+            parameters: dict | None = None, any_language: bool = False, **options) -> NotebookResult:
     """One notebook of a batch, start to saved result. Never raises: whatever goes wrong is
-    its row's status and reason."""
+    its row's status and reason. ``parameters``: papermill's, injected (``parameters.py``)."""
     try:
-        nb = read_runnable(path, any_language)
+        nb = read_runnable(path, any_language, parameters)
     except UntrustedInput as e:
         return NotebookResult(path=path, status="invalid", reason=plain_text(str(e)))
     cwd = os.path.dirname(os.path.abspath(path)) if expose_dir else None
@@ -536,6 +537,17 @@ def run_one(path: str, *, policy: SandboxPolicy, results: ResultDir, inputs: dic
         log.exception("%s: the runner failed", path)
         return NotebookResult(path=path, status="error", reason=f"runner: {type(e).__name__}: {_last_line(str(e))}")
     return save(results, path, result, lambda f: dump_json(nb, f.write))
+
+
+def _parameterize(nb, parameters: dict | None):
+    if parameters:
+        from .parameters import parameterize
+
+        try:
+            nb = parameterize(nb, parameters)
+        except Exception as e:  # whatever this notebook's shape made papermill trip on: its row says so
+            raise UntrustedInput(f"the parameters could not be injected: {type(e).__name__}: {_last_line(str(e))}") from None
+    return nb
 
 
 def save(results: ResultDir, path: str, result: NotebookResult, write) -> NotebookResult:
@@ -563,7 +575,8 @@ def dask_task(nb_json: str, name: str, policy_json: str, options: dict) -> tuple
 
 def run_batch(paths: list[str], *, policy: SandboxPolicy, output_dir: str | ResultDir, jobs: int = 1,
               dask_scheduler: str | None = None, on_result=None, inputs: str = "dir", data: tuple[str, ...] = (),
-              summary: str | None = None, any_language: bool = False, **options) -> list[NotebookResult]:
+              summary: str | None = None, parameters: dict | None = None, any_language: bool = False,
+              **options) -> list[NotebookResult]:
     """Execute every notebook; results come back in input order, one per notebook whatever
     happens to it. ``on_result`` is called as each one finishes (progress display).
     ``inputs``: "dir" (each notebook sees its directory, minus the other notebooks of the run
@@ -585,14 +598,15 @@ def run_batch(paths: list[str], *, policy: SandboxPolicy, output_dir: str | Resu
     try:
         if dask_scheduler:
             options.pop("on_progress", None)  # a callback does not travel to the workers
-            _run_on_dask(paths, policy, results_dir, dask_scheduler, options, done, any_language)
+            _run_on_dask(paths, policy, results_dir, dask_scheduler, options, done, parameters, any_language)
         else:
             with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
                 futures = {}
                 for i, p in enumerate(paths):
                     listing = {"exclude": [q for j, q in enumerate(everyone) if j != i] + runner_paths, "data": list(data)}
                     futures[pool.submit(run_one, p, policy=policy, results=results_dir, inputs=listing,
-                                        expose_dir=inputs == "dir", any_language=any_language, **options)] = i
+                                        expose_dir=inputs == "dir", parameters=parameters, any_language=any_language,
+                                        **options)] = i
                 for fut in as_completed(futures):
                     done(futures[fut], fut.result())
     finally:
@@ -602,7 +616,8 @@ def run_batch(paths: list[str], *, policy: SandboxPolicy, output_dir: str | Resu
             for i, p in enumerate(paths)]
 
 
-def _run_on_dask(paths, policy, results_dir: ResultDir, scheduler: str, options: dict, done, any_language: bool) -> None:
+def _run_on_dask(paths, policy, results_dir: ResultDir, scheduler: str, options: dict, done, parameters: dict | None = None,
+                 any_language: bool = False) -> None:
     from distributed import Client
     from distributed import as_completed as dask_completed
 
@@ -610,7 +625,7 @@ def _run_on_dask(paths, policy, results_dir: ResultDir, scheduler: str, options:
         futures = {}
         for i, p in enumerate(paths):
             try:
-                nb = read_runnable(p, any_language)
+                nb = read_runnable(p, any_language, parameters)
             except UntrustedInput as e:
                 done(i, NotebookResult(path=p, status="invalid", reason=str(e)))
                 continue

@@ -81,7 +81,7 @@ def options_to_override(magic: str, line: str) -> dict:
 def parse_options(magic: str, line: str) -> tuple[dict, dict]:
     """(the sandbox options as a partial policy, IPython's options: out, err, raise_error,
     help). UsageError on bad syntax, and for the IPython options that cannot be honoured."""
-    from ..policy import parse_allow_entry, parse_size
+    from ..policy import parse_entry, parse_size
 
     args = vars(_parser(magic).parse_args(shlex.split(line)))
     for name, why in _REFUSED.items():
@@ -106,7 +106,7 @@ def parse_options(magic: str, line: str) -> tuple[dict, dict]:
                 continue
             if option.kind == "allow":
                 put("network.mode", "allowlist")
-                value = [str(parse_allow_entry(a)) for a in value]
+                value = [str(parse_entry(a)) for a in value]
             elif option.kind == "size":
                 value = parse_size(value)
             put(option.field, value)
