@@ -56,6 +56,10 @@ CLOSE_WAIT = 15.0  # seconds close() waits for each thread (a running cell's tea
 RECV_CHUNK = 65536
 MAX_LOGGED_ERRORS = 10  # internal errors logged per service: a kernel must not flood the log
 WARM_KINDS = ("sh",)  # kinds with a sandbox started ahead of time (cheap to keep idle)
+# Sandboxes kept ready per warm kind. Two, so that back-to-back cells ("Run all") find one
+# ready while the replacement for the previous one is still starting; bounded, since each holds
+# a uid lease, cgroups and a staging dir while idle.
+WARM_PER_KIND = 2
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +100,11 @@ class CellService:
         self._jobs: queue.Queue[socket.socket | None] = queue.Queue()
         self._conn: socket.socket | None = None  # the connection the worker is serving
         self._errors_logged = 0
-        # One sandbox per kind in WARM_KINDS, started ahead for the next option-less cell (so a
-        # cell does not wait for bwrap): planned and confined exactly like a cold one, idle
-        # until the cell body arrives on its stdin.
-        self._warm: dict[str, SandboxProcess] = {}
+        # Up to WARM_PER_KIND sandboxes per kind in WARM_KINDS, started ahead for the next
+        # option-less cells (so a cell does not wait for bwrap): planned and confined exactly
+        # like a cold one, idle until the cell body arrives on its stdin. A replacement is
+        # started as soon as one is taken, not after its cell; a cold cell leaves them alone.
+        self._warm: dict[str, list[SandboxProcess]] = {kind: [] for kind in WARM_KINDS}
         self._warm_lock = threading.Lock()
         self._warm_requests: queue.Queue[str | None] = queue.Queue()
         # bwrap --die-with-parent ties a sandbox to the *thread* that spawned it: sandboxes
@@ -111,7 +116,8 @@ class CellService:
         for thread in self._threads:
             thread.start()
         for kind in WARM_KINDS:
-            self._warm_requests.put(kind)
+            for _ in range(WARM_PER_KIND):
+                self._warm_requests.put(kind)
 
     def close(self) -> None:
         """Stop serving. A running cell is killed (the worker sees ``_closed`` within 0.1 s)
@@ -142,7 +148,9 @@ class CellService:
         self._warm_requests.put(None)
         prewarm.join(CLOSE_WAIT)
         with self._warm_lock:
-            warm, self._warm = list(self._warm.values()), {}
+            warm = [proc for pool in self._warm.values() for proc in pool]
+            for pool in self._warm.values():
+                pool.clear()
         for proc in warm:
             proc.close()
 
@@ -220,8 +228,6 @@ class CellService:
             interrupted=lambda: self._closed.is_set() or send.broken or _kernel_hung_up(conn),
             on_output=lambda stream, data: send({"t": "out", "stream": stream, "data": base64.b64encode(data).decode()}),
         )
-        if request.kind in WARM_KINDS:
-            self._warm_requests.put(request.kind)
         report = result.report
         log.debug("%%%%%s cell done: exit %s, killed %s, %.2f s", request.kind, result.exit_code, result.killed_reason,
                   result.durations.get("run", 0.0))
@@ -241,8 +247,15 @@ class CellService:
         log.debug("%%%%%s cell planned: %s", kind, layers_summary(plan.report))
         return start(plan, stdin=subprocess.PIPE, session=self.session if spec.scratch_source else None)
 
+    def warm_count(self, kind: str) -> int:
+        """How many sandboxes of ``kind`` wait ready (for tests and benchmarks)."""
+        with self._warm_lock:
+            return len(self._warm.get(kind, ()))
+
     def _prewarm_loop(self) -> None:
         while (kind := self._warm_requests.get()) is not None:
+            if self._closed.is_set() or self.warm_count(kind) >= WARM_PER_KIND:
+                continue
             try:
                 proc = self._spawn(kind, self.kernel_policy)
             except (SandboxKernelError, OSError) as e:  # the cell will take the cold path and report it
@@ -252,20 +265,26 @@ class CellService:
                 self._log_internal_error(f"starting a warm %%{kind} sandbox")
                 continue
             with self._warm_lock:
-                old, keep = self._warm.pop(kind, None), not self._closed.is_set()
+                pool = self._warm[kind]
+                keep = not self._closed.is_set() and len(pool) < WARM_PER_KIND
                 if keep:
-                    self._warm[kind] = proc
-            for p in (old, None if keep else proc):
-                if p is not None:
-                    p.close()
+                    pool.append(proc)
+            if not keep:
+                proc.close()
 
     def _take_warm(self, kind: str) -> SandboxProcess | None:
-        with self._warm_lock:
-            proc = self._warm.pop(kind, None)
-        if proc is not None and proc.poll() is not None:  # died while idle: use a fresh one
-            proc.close()
-            return None
-        return proc
+        """The longest-waiting ready sandbox of ``kind``, or None; each one taken (or found
+        dead) is replaced at once, so the next cell finds one ready."""
+        while True:
+            with self._warm_lock:
+                pool = self._warm.get(kind)
+                proc = pool.pop(0) if pool else None
+            if proc is None:
+                return None
+            self._warm_requests.put(kind)
+            if proc.poll() is None:
+                return proc
+            proc.close()  # died while idle: try the next one
 
 
 def _read_request(conn: socket.socket) -> tuple[CellRequest, bytearray]:
