@@ -55,11 +55,12 @@ SEND_TIMEOUT = 10.0  # seconds one reply may wait for the kernel to read it; the
 CLOSE_WAIT = 15.0  # seconds close() waits for each thread (a running cell's teardown, a spawn)
 RECV_CHUNK = 65536
 MAX_LOGGED_ERRORS = 10  # internal errors logged per service: a kernel must not flood the log
-WARM_KINDS = ("sh",)  # kinds with a sandbox started ahead of time (cheap to keep idle)
-# Sandboxes kept ready per warm kind. Two, so that back-to-back cells ("Run all") find one
-# ready while the replacement for the previous one is still starting; bounded, since each holds
-# a uid lease, cgroups and a staging dir while idle.
-WARM_PER_KIND = 2
+# Sandboxes kept ready, per kind, for option-less cells: each holds cgroups, a staging dir and
+# an idle process (for python and node an interpreter, already started, waiting for the body on
+# stdin), so the pool is small. Two shells, so that back-to-back cells ("Run all") find one
+# ready while the replacement for the previous one is still starting.
+WARM_POOL = {"sh": 2, "python": 1, "node": 1}
+WARM_FROM_START = ("sh",)  # the others once the kernel has run one such cell (~10-45 MB idle each)
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +101,12 @@ class CellService:
         self._jobs: queue.Queue[socket.socket | None] = queue.Queue()
         self._conn: socket.socket | None = None  # the connection the worker is serving
         self._errors_logged = 0
-        # Up to WARM_PER_KIND sandboxes per kind in WARM_KINDS, started ahead for the next
+        # Up to WARM_POOL[kind] sandboxes per kind, started ahead for the next
         # option-less cells (so a cell does not wait for bwrap): planned and confined exactly
         # like a cold one, idle until the cell body arrives on its stdin. A replacement is
         # started as soon as one is taken, not after its cell; a cold cell leaves them alone.
-        self._warm: dict[str, list[SandboxProcess]] = {kind: [] for kind in WARM_KINDS}
+        self._warm: dict[str, list[SandboxProcess]] = {kind: [] for kind in WARM_POOL}
+        self._warming: set[str] = set(WARM_FROM_START)  # kinds kept ready (the worker adds)
         self._warm_lock = threading.Lock()
         self._warm_requests: queue.Queue[str | None] = queue.Queue()
         # bwrap --die-with-parent ties a sandbox to the *thread* that spawned it: sandboxes
@@ -115,8 +117,8 @@ class CellService:
                                               ("accept", self._accept_loop))]
         for thread in self._threads:
             thread.start()
-        for kind in WARM_KINDS:
-            for _ in range(WARM_PER_KIND):
+        for kind in WARM_FROM_START:
+            for _ in range(WARM_POOL[kind]):
                 self._warm_requests.put(kind)
 
     def close(self) -> None:
@@ -221,6 +223,10 @@ class CellService:
             except (LaunchError, OSError) as e:  # egress, cgroup or session set-up failed: nothing ran
                 log.warning("%%%%%s cell: its sandbox could not be set up: %s", request.kind, e)
                 return {"t": "error", "problems": [["cell", f"the cell's sandbox could not be set up: {e}"]]}
+            if not request.options and request.kind in WARM_POOL and request.kind not in self._warming:
+                self._warming.add(request.kind)  # this kernel uses the kind: keep one ready from now on
+                for _ in range(WARM_POOL[request.kind]):
+                    self._warm_requests.put(request.kind)
         # The kernel cancels by hanging up (it does on interrupt); a kernel that stops reading
         # the output, or a kernel restart or shutdown (close()), cancels too.
         result = communicate(
@@ -254,7 +260,7 @@ class CellService:
 
     def _prewarm_loop(self) -> None:
         while (kind := self._warm_requests.get()) is not None:
-            if self._closed.is_set() or self.warm_count(kind) >= WARM_PER_KIND:
+            if self._closed.is_set() or self.warm_count(kind) >= WARM_POOL[kind]:
                 continue
             try:
                 proc = self._spawn(kind, self.kernel_policy)
@@ -266,7 +272,7 @@ class CellService:
                 continue
             with self._warm_lock:
                 pool = self._warm[kind]
-                keep = not self._closed.is_set() and len(pool) < WARM_PER_KIND
+                keep = not self._closed.is_set() and len(pool) < WARM_POOL[kind]
                 if keep:
                     pool.append(proc)
             if not keep:

@@ -573,14 +573,14 @@ print("sent")
         _kill_all_with(token)
 
 
-def _ready_sandboxes(service, count: int = cells.WARM_PER_KIND) -> list:
-    """The sandboxes started ahead for option-less %%sh cells, once ``count`` of them wait."""
+def _ready_sandboxes(service, kind: str = "sh") -> list:
+    """The sandboxes started ahead for option-less cells of ``kind``, once all of them wait."""
     deadline = time.monotonic() + 60
-    while service.warm_count("sh") < count:
-        assert time.monotonic() < deadline, f"fewer than {count} %%sh sandboxes started ahead"
+    while service.warm_count(kind) < cells.WARM_POOL[kind]:
+        assert time.monotonic() < deadline, f"fewer than {cells.WARM_POOL[kind]} %%{kind} sandboxes started ahead"
         time.sleep(0.05)
     with service._warm_lock:
-        return list(service._warm["sh"])
+        return list(service._warm[kind])
 
 
 def test_option_less_sh_cells_run_in_the_sandbox_started_ahead(kernel):
@@ -625,4 +625,26 @@ def test_back_to_back_sh_cells_each_get_a_confined_ready_sandbox(kernel):
         assert report["enforced"] == cold["enforced"] and all(report["enforced"].values())
         assert {k: v["state"] for k, v in report["layers"].items()} == {k: v["state"] for k, v in cold["layers"].items()}
     assert all(p.poll() is not None for p in ready)  # both ready sandboxes ran a cell
-    assert len(_ready_sandboxes(service)) == cells.WARM_PER_KIND  # bounded: refilled, never more
+    assert len(_ready_sandboxes(service)) == cells.WARM_POOL["sh"]  # bounded: refilled, never more
+
+
+def test_sandbox_and_node_cells_get_an_interpreter_started_ahead_once_used(kernel):
+    """After a first %%sandbox (%%node) cell, one sandbox with its interpreter already started
+    waits for the next: confined and reported like the cold one."""
+    km, kc = kernel
+    service = km.provisioner.sandbox.cells
+    uid = km.provisioner.effective_sandbox["layers"]["privilege"]["uid"]
+    assert service.warm_count("python") == service.warm_count("node") == 0  # not before the kernel uses them
+    for kind, code in (("python", "%%sandbox\nimport os\nprint('uid', os.getuid())\n"
+                                  "try:\n    open('/usr/evil', 'w')\nexcept OSError as e:\n    print(e.strerror)"),
+                       ("node", "%%node\nconsole.log('uid', process.getuid())\n"
+                                "try { require('fs').writeFileSync('/usr/evil', 'x') } catch (e) { console.log(e.code) }")):
+        out, status, cold = cell(kc, code)
+        assert status == "ok" and f"uid {uid}" in out, out
+        (ready,) = _ready_sandboxes(service, kind)
+        out, status, report = cell(kc, code)
+        assert ready.poll() is not None, f"the %%{kind} cell did not run in the sandbox started ahead"
+        assert status == "ok" and f"uid {uid}" in out and ("Read-only file system" in out or "EROFS" in out), out
+        assert report["enforced"] == cold["enforced"] and all(report["enforced"].values())
+        assert {k: v["state"] for k, v in report["layers"].items()} == {k: v["state"] for k, v in cold["layers"].items()}
+        assert len(_ready_sandboxes(service, kind)) == cells.WARM_POOL[kind]
