@@ -7,7 +7,9 @@ Rows:
 - spaced: each cell after a pause of --gap seconds (a person running cells one by one);
 - back to back: blocks of cells sent one after the other, as "Run all" does;
 - cold with options: `%%sh --memory 256M true` (options never use a sandbox started ahead);
-- `%%sandbox pass` / `%%node 1` against a plain subprocess of the same interpreter.
+- `%%sandbox pass` / `%%node 1` against a plain subprocess of the same interpreter;
+these last rows also after a --gap pause, so no row pays for the start of the sandbox that
+replaces one used by the row before.
 Every row prints its ratio to the plain cell measured in the same pattern, interleaved.
 """
 
@@ -77,6 +79,7 @@ def main() -> None:
                         add(name, timed(code))
                 for name, code in (("plain", PLAIN), ("sh cold --memory", SH_COLD), ("plain python", PLAIN_PY),
                                    ("sandbox pass", "%%sandbox\npass"), ("plain node", PLAIN_NODE), ("node 1", "%%node\n1")):
+                    time.sleep(args.gap)  # the previous cell's replacement sandbox is not measured here
                     add(name, timed(code))
         finally:
             kc.stop_channels()

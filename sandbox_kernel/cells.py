@@ -61,6 +61,10 @@ MAX_LOGGED_ERRORS = 10  # internal errors logged per service: a kernel must not 
 # ready while the replacement for the previous one is still starting.
 WARM_POOL = {"sh": 2, "python": 1, "node": 1}
 WARM_FROM_START = ("sh",)  # the others once the kernel has run one such cell (~10-45 MB idle each)
+# A replacement waits (at most this long) for the running cell to finish while another sandbox
+# of its kind is ready: starting a sandbox takes CPU (and the supervisor's GIL) that the cell
+# and its relay would otherwise get (measured: +10-15 ms per spaced cell on a loaded 2-CPU host).
+DEFER_WHILE_READY = 1.0
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +108,14 @@ class CellService:
         # Up to WARM_POOL[kind] sandboxes per kind, started ahead for the next
         # option-less cells (so a cell does not wait for bwrap): planned and confined exactly
         # like a cold one, idle until the cell body arrives on its stdin. A replacement is
-        # started as soon as one is taken, not after its cell; a cold cell leaves them alone.
+        # requested as soon as one is taken (it starts at once if none is left ready, else when
+        # the cell is over); a cold cell leaves them alone.
         self._warm: dict[str, list[SandboxProcess]] = {kind: [] for kind in WARM_POOL}
         self._warming: set[str] = set(WARM_FROM_START)  # kinds kept ready (the worker adds)
         self._warm_lock = threading.Lock()
         self._warm_requests: queue.Queue[str | None] = queue.Queue()
+        self._no_cell_running = threading.Event()
+        self._no_cell_running.set()
         # bwrap --die-with-parent ties a sandbox to the *thread* that spawned it: sandboxes
         # come from these long-lived threads only (warm ones from the first, cold from the
         # worker), never from a short-lived one.
@@ -127,6 +134,7 @@ class CellService:
         if self._closed.is_set():
             return
         self._closed.set()
+        self._no_cell_running.set()  # a waiting replacement gives up at once
         prewarm, worker, accept = self._threads
         try:
             self._sock.shutdown(socket.SHUT_RDWR)  # wakes accept()
@@ -185,6 +193,7 @@ class CellService:
 
     def _serve(self, conn: socket.socket) -> None:
         send = _Sender(conn)
+        self._no_cell_running.clear()
         try:
             final = self._answer(conn, send)
         except Exception:  # a bug, never the kernel's input: the kernel still gets an answer
@@ -193,6 +202,7 @@ class CellService:
         finally:
             self._slot.release()
         send(final)
+        self._no_cell_running.set()  # after the reply: a replacement starting now does not delay it
 
     def _log_internal_error(self, what: str = "serving a request") -> None:
         if self._errors_logged < MAX_LOGGED_ERRORS:
@@ -260,6 +270,8 @@ class CellService:
 
     def _prewarm_loop(self) -> None:
         while (kind := self._warm_requests.get()) is not None:
+            if self.warm_count(kind) > 0:  # the next cell finds one ready: do not slow this one down
+                self._no_cell_running.wait(DEFER_WHILE_READY)
             if self._closed.is_set() or self.warm_count(kind) >= WARM_POOL[kind]:
                 continue
             try:
