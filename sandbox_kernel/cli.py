@@ -45,8 +45,8 @@ def cmd_doctor(args) -> int:
     from . import host_shape
     from .capabilities import detect
 
-    caps = detect()
     policy = load_policy_file(args.policy) if args.policy else secure_default()
+    caps = detect(policy.resources.cgroup_parent)
     if args.json:
         out = doctor_data(caps, policy, "file" if args.policy else "secure-default")
         print(json.dumps(out, indent=2))
@@ -80,9 +80,38 @@ def cmd_doctor(args) -> int:
         print(textwrap.fill(f.meaning, 100, initial_indent=" " * 21, subsequent_indent=" " * 21))
         if f.hint:
             print(textwrap.fill(f"hint: {f.hint}", 100, initial_indent=" " * 21, subsequent_indent=" " * 27))
-    print("\n" + ("the policy is fully enforceable on this host" if enforceable
-                  else "NOT fully enforceable: under on_unavailable=fail kernels and runs are refused"))
+    print("\n" + verdict(enforceable, [name for name, cap in caps.probes().items() if not cap.ok]))
     return EXIT_OK if enforceable else EXIT_UNENFORCEABLE
+
+
+def verdict(enforceable: bool, failed_probes: list[str]) -> str:
+    """doctor's last line: never "fully enforceable" after a failed probe (a probe this policy
+    does not need still limits what other policies, a kernelspec's or a cell's, may ask for)."""
+    if not enforceable:
+        return "NOT fully enforceable: under on_unavailable=fail kernels and runs are refused"
+    if failed_probes:
+        return (f"the policy is enforceable on this host, but {len(failed_probes)} probe(s) failed "
+                f"({', '.join(failed_probes)}): a policy that needs them is refused here")
+    return "the policy is fully enforceable on this host"
+
+
+def cmd_delegate(args) -> int:
+    from .launch.cgroup import CgroupError, delegate, undelegate
+
+    if os.geteuid() != 0:
+        print("delegate: must run as root (it creates cgroups and gives them to --user)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        paths = undelegate(args.user) if args.remove else delegate(args.user)
+    except KeyError:
+        print(f"--user: no such user {args.user!r}", file=sys.stderr)
+        return EXIT_USAGE
+    except CgroupError as e:
+        print(str(e), file=sys.stderr)
+        return EXIT_UNENFORCEABLE
+    for path in paths:
+        print(f"{'removed' if args.remove else 'delegated to ' + args.user}: {path}")
+    return EXIT_OK
 
 
 def cmd_policy_show(args) -> int:
@@ -128,6 +157,13 @@ def cmd_run(args) -> int:
     if args.jobs < 1:
         print("--jobs: must be at least 1", file=sys.stderr)
         return EXIT_USAGE
+    from .parameters import ParameterError, collect
+
+    try:
+        parameters = collect(files=args.parameters_file, yamls=args.parameters_yaml, values=args.parameters, raws=args.parameters_raw)
+    except ParameterError as e:
+        print(str(e), file=sys.stderr)
+        return EXIT_USAGE
     for name in ("cell_timeout", "notebook_timeout"):
         value = getattr(args, name)
         if value is not None and value <= 0:
@@ -148,7 +184,7 @@ def cmd_run(args) -> int:
             return EXIT_USAGE
     try:
         if not args.dask_scheduler:
-            plan_kernel(policy, detect())  # refuse before any kernel starts
+            plan_kernel(policy, detect(policy.resources.cgroup_parent))  # refuse before any kernel starts
     except SandboxUnavailable as e:
         print(str(e), file=sys.stderr)
         return EXIT_UNENFORCEABLE
@@ -175,7 +211,7 @@ def cmd_run(args) -> int:
             args.notebooks, policy=policy, output_dir=output_dir, jobs=args.jobs, dask_scheduler=args.dask_scheduler,
             on_result=progress, cell_timeout=args.cell_timeout, notebook_timeout=args.notebook_timeout or DEFAULT_NOTEBOOK_SECONDS,
             allow_errors=args.allow_errors, inputs=args.inputs, data=tuple(args.data), summary=args.summary,
-            max_notebook_output=notebook_cap,
+            max_notebook_output=notebook_cap, parameters=parameters,
         )
     finally:
         progress.close()
@@ -273,6 +309,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--summary", metavar="FILE.json", help="also write the result table as JSON")
     run.add_argument("--allow-errors", action="store_true", help="keep going after a failing cell; exit 0 if only cells errored")
     run.add_argument("--dask-scheduler", metavar="ADDRESS", help="run each notebook as a task on this Dask cluster")
+    # papermill's parameter options, with its meaning (sandbox_kernel/parameters.py)
+    run.add_argument("-p", "--parameters", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                     help="a notebook parameter, typed like papermill's -p (repeatable)")
+    run.add_argument("-r", "--parameters-raw", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                     help="a notebook parameter, always a string (repeatable)")
+    run.add_argument("-f", "--parameters-file", action="append", default=[], metavar="FILE.yaml",
+                     help="notebook parameters from a YAML file (repeatable)")
+    run.add_argument("-y", "--parameters-yaml", action="append", default=[], metavar="YAML",
+                     help="notebook parameters as a YAML string (repeatable)")
     run.set_defaults(func=cmd_run)
     install = sub.add_parser("install", help="install the python3-sandboxed kernelspec")
     where = install.add_mutually_exclusive_group()
@@ -285,6 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
     doctor.add_argument("--policy", metavar="FILE", help="check this policy instead of the secure default")
     doctor.set_defaults(func=cmd_doctor)
+    delegate = sub.add_parser("delegate", help="(root) give a user's rootless supervisor a cgroup of its own for its kernels")
+    delegate.add_argument("--user", required=True, help="the account the user's Jupyter server runs as")
+    delegate.add_argument("--remove", action="store_true", help="remove the user's delegated cgroup instead")
+    delegate.set_defaults(func=cmd_delegate)
     policy = sub.add_parser("policy", help="show or validate a policy")
     psub = policy.add_subparsers(dest="policy_command", required=True)
     show = psub.add_parser("show", help="print the effective policy (defaults merged) as JSON")

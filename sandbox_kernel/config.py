@@ -29,7 +29,7 @@ TRAIT_FIELDS = {
     "cpu_seconds": ("resources", "cpu_seconds"), "memory_bytes": ("resources", "memory_bytes"),
     "max_processes": ("resources", "max_processes"), "max_open_files": ("resources", "max_open_files"),
     "max_file_size_bytes": ("resources", "max_file_size_bytes"), "max_output_bytes": ("resources", "max_output_bytes"),
-    "wall_seconds": ("resources", "wall_seconds"),
+    "wall_seconds": ("resources", "wall_seconds"), "cgroup_parent": ("resources", "cgroup_parent"),
     "filesystem_mode": ("filesystem", "mode"), "read_only_paths": ("filesystem", "read_only_paths"),
     "scratch_bytes": ("filesystem", "scratch_bytes"),
     "network_mode": ("network", "mode"), "network_allow": ("network", "allow"), "block_metadata": ("network", "block_metadata"),
@@ -59,6 +59,11 @@ class SandboxPolicyConfig(Configurable):
     wall_seconds = Union([Float(), Unicode()], default_value=None, allow_none=True,
                          help="Wall-clock limit per run (per cell in a kernel), seconds, or 'unlimited'. "
                               "Secure default: 600.").tag(config=True)
+    cgroup_parent = Unicode(None, allow_none=True,
+                            help="The cgroup kernels' cgroups are created below, relative to each hierarchy's root, "
+                                 "e.g. 'sandbox-kernel/user-alice' (`sandbox-kernel delegate --user alice` makes it). "
+                                 "Unset: the supervisor's own cgroup if delegated to it, else <root>/sandbox-kernel/"
+                                 "user-<name> if that is its, else <root>/sandbox-kernel.").tag(config=True)
     filesystem_mode = Enum(["off", "scratch-only", "scratch-plus-ro"], default_value=None, allow_none=True,
                            help="What the sandbox sees. Secure default: 'scratch-plus-ro'.").tag(config=True)
     read_only_paths = List(Unicode(), default_value=None, allow_none=True,

@@ -491,11 +491,11 @@ def execute_notebook(path_or_nb, *, policy: SandboxPolicy | None = None, **kwarg
 
 
 def run_one(path: str, *, policy: SandboxPolicy, results: ResultDir, inputs: dict | None, expose_dir: bool = True,
-            **options) -> NotebookResult:
+            parameters: dict | None = None, **options) -> NotebookResult:
     """One notebook of a batch, start to saved result. Never raises: whatever goes wrong is
-    its row's status and reason."""
+    its row's status and reason. ``parameters``: papermill's, injected (``parameters.py``)."""
     try:
-        nb = read_notebook(path)
+        nb = _read_parameterized(path, parameters)
     except UntrustedInput as e:
         return NotebookResult(path=path, status="invalid", reason=str(e))
     cwd = os.path.dirname(os.path.abspath(path)) if expose_dir else None
@@ -505,6 +505,18 @@ def run_one(path: str, *, policy: SandboxPolicy, results: ResultDir, inputs: dic
         log.exception("%s: the runner failed", path)
         return NotebookResult(path=path, status="error", reason=f"runner: {type(e).__name__}: {_last_line(str(e))}")
     return save(results, path, result, lambda f: dump_json(nb, f.write))
+
+
+def _read_parameterized(path: str, parameters: dict | None):
+    nb = read_notebook(path)
+    if parameters:
+        from .parameters import parameterize
+
+        try:
+            nb = parameterize(nb, parameters)
+        except Exception as e:  # whatever this notebook's shape made papermill trip on: its row says so
+            raise UntrustedInput(f"the parameters could not be injected: {type(e).__name__}: {_last_line(str(e))}") from None
+    return nb
 
 
 def save(results: ResultDir, path: str, result: NotebookResult, write) -> NotebookResult:
@@ -532,7 +544,7 @@ def dask_task(nb_json: str, name: str, policy_json: str, options: dict) -> tuple
 
 def run_batch(paths: list[str], *, policy: SandboxPolicy, output_dir: str | ResultDir, jobs: int = 1,
               dask_scheduler: str | None = None, on_result=None, inputs: str = "dir", data: tuple[str, ...] = (),
-              summary: str | None = None, **options) -> list[NotebookResult]:
+              summary: str | None = None, parameters: dict | None = None, **options) -> list[NotebookResult]:
     """Execute every notebook; results come back in input order, one per notebook whatever
     happens to it. ``on_result`` is called as each one finishes (progress display).
     ``inputs``: "dir" (each notebook sees its directory, minus the other notebooks of the run
@@ -551,14 +563,14 @@ def run_batch(paths: list[str], *, policy: SandboxPolicy, output_dir: str | Resu
 
     try:
         if dask_scheduler:
-            _run_on_dask(paths, policy, results_dir, dask_scheduler, options, done)
+            _run_on_dask(paths, policy, results_dir, dask_scheduler, options, done, parameters)
         else:
             with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
                 futures = {}
                 for i, p in enumerate(paths):
                     listing = {"exclude": [q for j, q in enumerate(everyone) if j != i] + runner_paths, "data": list(data)}
                     futures[pool.submit(run_one, p, policy=policy, results=results_dir, inputs=listing,
-                                        expose_dir=inputs == "dir", **options)] = i
+                                        expose_dir=inputs == "dir", parameters=parameters, **options)] = i
                 for fut in as_completed(futures):
                     done(futures[fut], fut.result())
     finally:
@@ -568,7 +580,7 @@ def run_batch(paths: list[str], *, policy: SandboxPolicy, output_dir: str | Resu
             for i, p in enumerate(paths)]
 
 
-def _run_on_dask(paths, policy, results_dir: ResultDir, scheduler: str, options: dict, done) -> None:
+def _run_on_dask(paths, policy, results_dir: ResultDir, scheduler: str, options: dict, done, parameters: dict | None = None) -> None:
     from distributed import Client
     from distributed import as_completed as dask_completed
 
@@ -576,7 +588,7 @@ def _run_on_dask(paths, policy, results_dir: ResultDir, scheduler: str, options:
         futures = {}
         for i, p in enumerate(paths):
             try:
-                nb = read_notebook(p)
+                nb = _read_parameterized(p, parameters)
             except UntrustedInput as e:
                 done(i, NotebookResult(path=p, status="invalid", reason=str(e)))
                 continue

@@ -28,7 +28,7 @@ from traitlets import Type, default
 
 from .errors import UntrustedInputError
 
-__all__ = ["UntrustedInput", "json_cost", "loads_bounded", "read_notebook", "SandboxKernelClient", "BoundedChannel"]
+__all__ = ["UntrustedInput", "json_cost", "loads_bounded", "read_notebook", "strip_ours", "SandboxKernelClient", "BoundedChannel"]
 
 MAX_DEPTH = 100
 MAX_NOTEBOOK_BYTES = 32 * 2**20
@@ -162,6 +162,11 @@ def read_notebook(path: str) -> nbformat.NotebookNode:
         nbformat.validate(nb)
     except Exception as e:  # nbformat raises several kinds for a bad document; all mean invalid
         raise UntrustedInput(f"not a valid notebook: {_short(getattr(e, 'message', None) or e)}") from None
+    return strip_ours(nb)
+
+
+def strip_ours(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """Remove, in place, what only our side writes (see :func:`read_notebook`)."""
     for cell in nb.cells:
         cell.metadata.pop("sandbox", None)
         cell.metadata.pop("execution", None)

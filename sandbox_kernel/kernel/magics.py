@@ -52,7 +52,7 @@ def _parser(magic: str) -> _Parser:
 
 def options_to_override(magic: str, line: str) -> dict:
     """Cell options as a partial policy (what ``tighten`` takes). UsageError on bad syntax."""
-    from ..policy import parse_allow_entry, parse_size
+    from ..policy import parse_entry, parse_size
 
     args = vars(_parser(magic).parse_args(shlex.split(line)))
     if args["network"] and args["allow"]:
@@ -70,7 +70,7 @@ def options_to_override(magic: str, line: str) -> dict:
                 continue
             if option.kind == "allow":
                 put("network.mode", "allowlist")
-                value = [str(parse_allow_entry(a)) for a in value]
+                value = [str(parse_entry(a)) for a in value]
             elif option.kind == "size":
                 value = parse_size(value)
             put(option.field, value)

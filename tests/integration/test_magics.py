@@ -299,14 +299,15 @@ print(json.dumps(res))
 
 
 def test_kernel_and_cells_under_a_non_root_supervisor():
-    """The rootless path end to end: the kernel runs as the supervisor's own uid with
-    RLIMIT_AS for memory, cells share its scratch through the session's user namespace."""
+    """The rootless path end to end: the kernel runs as the supervisor's own uid, in a cgroup
+    below the supervisor's delegated one, cells share its scratch through the session's user
+    namespace."""
     import json
     import subprocess
     import sys
 
     from .kernels import REPO
-    from .supervisors import supervisor_uid
+    from .supervisors import as_supervisor_account, supervisor_uid
 
     import shutil
     import tempfile
@@ -324,14 +325,14 @@ def test_kernel_and_cells_under_a_non_root_supervisor():
     os.makedirs(tmp_path / "rt", exist_ok=True)
     os.chown(tmp_path / "rt", uid, uid)
     try:
-        proc = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", sys.executable, "-c", NON_ROOT],
+        proc = subprocess.run(as_supervisor_account([sys.executable, "-c", NON_ROOT]),
                               capture_output=True, text=True, env=env, cwd=str(REPO), timeout=180)
     finally:
         shutil.rmtree(tmp_path, ignore_errors=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     assert res["uid"] == str(uid) and res["cell"] == [str(uid), "shared"]
-    assert res["kernel_memory"]["mechanism"] == "rlimit-as" and res["cell_memory"]["limit"] == 128 * 2**20
+    assert res["kernel_memory"]["mechanism"] == "cgroup-v1-memory" and res["cell_memory"]["limit"] == 128 * 2**20
 
 
 def test_back_to_back_cells_never_see_busy(kernel):
