@@ -142,6 +142,9 @@ def cmd_policy_validate(args) -> int:
 
 
 def cmd_run(args) -> int:
+    from .startup import skip_unused_format_checkers
+
+    skip_unused_format_checkers()  # before the executor imports nbformat (and so jsonschema)
     from .executor import DEFAULT_NOTEBOOK_SECONDS, batch_exit_code, default_notebook_output, format_table, run_batch
     from .capabilities import detect
     from .kernel_sandbox import plan_kernel
