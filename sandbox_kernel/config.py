@@ -178,3 +178,54 @@ def load_jupyter_config(basenames: tuple[str, ...] = (CONFIG_BASENAME,)) -> Conf
 
 def operator_policy(config: Config | None = None) -> SandboxPolicy:
     return SandboxPolicyConfig(config=config if config is not None else load_jupyter_config()).policy()
+
+
+SERVER_CONFIG_BASENAME = "jupyter_server_config"
+
+
+def _app_class():
+    from jupyter_core.application import JupyterApp
+    from traitlets.config import Application
+
+    from . import __version__
+
+    class SandboxKernelApp(JupyterApp):
+        """The command line's configuration, read as ``jupyter server`` reads its own: the
+        same config path (``jupyter --paths``, ``JUPYTER_CONFIG_DIR``), ``jupyter_config``,
+        then ``jupyter_sandbox_kernel_config``, then ``jupyter_server_config`` (which wins,
+        as it does for the server's kernels), ``.py`` then ``.json`` in each directory."""
+
+        name = "jupyter-sandbox-kernel"
+        description = "Run untrusted notebooks in an OS-level sandbox."
+        version = __version__
+        classes = [SandboxPolicyConfig]
+        config_file_name = Unicode(CONFIG_BASENAME)  # what --generate-config writes
+        raise_config_file_errors = True  # a broken config file is an error, not a warning
+
+        def load_config_file(self, suppress_errors: bool = False) -> None:
+            super().load_config_file(suppress_errors=False)
+            Application.load_config_file(self, SERVER_CONFIG_BASENAME, path=self.config_file_paths)
+
+    return SandboxKernelApp
+
+
+def command_line_app():
+    """The ``SandboxKernelApp`` with every Jupyter config file loaded. A config file that
+    cannot be run raises PolicyError naming it."""
+    app = _app_class()()
+    try:
+        app.load_config_file()
+    except PolicyError:
+        raise
+    except Exception as e:  # a config file is Python: anything it raises means "fix that file"
+        raise PolicyError("config", f"{_short_error(e)} (in {', '.join(_config_names())} on the Jupyter config path)") from None
+    return app
+
+
+def _short_error(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[-1] if text else ''}"[:300]
+
+
+def _config_names() -> list[str]:
+    return ["jupyter_config", CONFIG_BASENAME, SERVER_CONFIG_BASENAME]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 from ..cell_protocol import REPORT_ENV
 # ipykernel sends what a cell printed in the last 0.2 s as one stream message, however large,
@@ -50,6 +51,19 @@ def bound_stream_messages(streams) -> None:
         stream._sandbox_bounded = True
 
 
+_HELP_ONLY = re.compile(r"%%(sh|node|sandbox)((?:\s.*)?\s(?:-h|--help))(?:\s.*)?")
+
+
+def help_only_cell(lines: list[str]) -> list[str]:
+    """``%%sh --help`` alone in a cell prints the help: IPython refuses a cell magic with an
+    empty body before the magic sees its options, so such a cell calls the magic directly."""
+    match = _HELP_ONLY.fullmatch(lines[0].rstrip("\n")) if lines else None
+    if not match or any(line.strip() for line in lines[1:]):
+        return lines
+    name, line = match.group(1), lines[0].rstrip("\n")[len(match.group(1)) + 2:]
+    return [f"get_ipython().magics_manager.magics['cell'][{name!r}]({line!r}, '')\n"]
+
+
 def load_ipython_extension(ip) -> None:
     import sys
 
@@ -59,6 +73,9 @@ def load_ipython_extension(ip) -> None:
 
     pending: dict = {}  # the cell-scope report of a magic cell, until its execute_reply
     ip.register_magics(SandboxMagics(ip, on_report=lambda report: pending.update(cell=report)))
+    cleanup = getattr(ip, "input_transformers_cleanup", None)
+    if cleanup is not None and help_only_cell not in cleanup:
+        cleanup.append(help_only_cell)
     kernel = getattr(ip, "kernel", None)
     if kernel is None or getattr(kernel, "_sandbox_reply_hook", False):
         return

@@ -107,7 +107,10 @@ import errno, json, os, sys
 """ + WRITE_PROBE + r"""
 res = {"cwd": os.getcwd(), "home": os.environ.get("HOME")}
 res["writes"] = {p: write(p) for p in (
-    "/etc/sbx-probe", "/usr/sbx-probe", "/sbx-probe", "/dev/sbx-probe", os.path.join(sys.prefix, "sbx-probe"),
+    "/etc/sbx-probe", "/usr/sbx-probe", "/sbx-probe", "/dev/sbx-probe",
+    # The interpreter's own dirs, bound from the host (its prefix itself is only a mount point,
+    # which lands in the private /tmp when the checkout lives under /tmp).
+    os.path.join(sys.prefix, "bin", "sbx-probe"), os.path.join(sys.prefix, "lib", "sbx-probe"),
     "/scratch/probe", "/tmp/probe", os.path.join(os.environ["HOME"], "home-probe"))}
 res["visible"] = {p: os.path.exists(p) for p in ("/home", "/root", "/srv", "/opt", "/var", "/run", "/etc/shadow", SECRET)}
 # The interpreter's prefix: bin/ and lib*/ only (etc/jupyter holds server tokens on real servers).
