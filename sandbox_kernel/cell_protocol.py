@@ -1,9 +1,9 @@
 """What the kernel side and the supervisor side of the cell service share, kept free of heavy
 imports: the kernel loads it at every start.
 
-A request is one JSON header line, ``{"kind", "options", "source_bytes", "msg_id"}`` (``msg_id``:
-the execute request running the cell, under which the supervisor records the cell's report for
-clients; optional), followed by exactly
+A request is one JSON header line, ``{"kind", "options", "source_bytes", "msg_id", "env"}``
+(``msg_id``: the execute request running the cell, under which the supervisor records the cell's
+report for clients; ``env``: the cell's ``--env`` variables; both optional), followed by exactly
 ``source_bytes`` raw bytes of cell body. The body travels outside the JSON so that the part the
 supervisor parses stays small: a JSON document inflates up to 25-fold in memory when parsed
 (``[{},{},...]``), and a cell body can be megabytes. :func:`decode_header` is the one schema
@@ -13,7 +13,8 @@ every header is checked against on the supervisor side.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 
 from .errors import UntrustedInputError
 
@@ -25,7 +26,10 @@ MAX_HEADER = 64 * 1024  # bytes of header line, newline excluded
 MAX_SOURCE = 8 * 1024 * 1024  # bytes of cell body
 MAX_ALLOW = 64  # --allow entries in one cell's options
 MAX_MSG_ID = 128  # characters of the execute request's msg_id
+MAX_ENV = 64  # --env variables in one cell's options
+MAX_ENV_NAME, MAX_ENV_VALUE = 128, 4096  # characters
 KINDS = ("sh", "node", "python")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 
@@ -33,7 +37,8 @@ KINDS = ("sh", "node", "python")
 class CellOption:
     """One option of ``%%sh``/``%%node``/``%%sandbox``: the policy field it tightens and how
     its text is read. ``kind``: "choice" (one of ``choices``), "int", "number", "size"
-    (bytes, or "512M"), "allow" (repeatable network.allow entry; sets network.mode allowlist)."""
+    (bytes, or "512M"), "allow" (repeatable network.allow entry; sets network.mode allowlist),
+    "env" (repeatable NAME=VALUE; not a policy field: it travels as the request's ``env``)."""
 
     flag: str
     field: str
@@ -47,7 +52,7 @@ class CellOption:
         """What the option's value must be in a request header (the policy model then checks
         the value itself)."""
         return {"choice": "a string", "int": "an integer", "number": "a number", "size": "an integer",
-                "allow": "a list of strings"}[self.kind]
+                "allow": "a list of strings", "env": "an object of strings"}[self.kind]
 
     @property
     def usage(self) -> str:
@@ -67,11 +72,13 @@ CELL_OPTIONS = (
     CellOption("--processes", "resources.max_processes", "int", "N", "processes and threads at once"),
     CellOption("--fs", "filesystem.mode", "choice", "MODE", "see nothing of the host but system dirs",
                choices=("scratch-only",)),
+    CellOption("--env", "env", "env", "NAME=VALUE",
+               "set a variable in the cell's environment (repeatable; the sandbox's denylist applies)"),
 )
 # Cell options <-> policy fields, so an error names what the author typed.
 OPTION_FIELDS = {o.flag: o.field for o in CELL_OPTIONS}
 FIELD_OPTIONS = {o.field: o.flag for o in CELL_OPTIONS}
-_FIELD_TYPES = {o.field: o.json_type for o in CELL_OPTIONS}
+_FIELD_TYPES = {o.field: o.json_type for o in CELL_OPTIONS if o.kind != "env"}
 
 
 def options_usage() -> str:
@@ -93,12 +100,23 @@ class CellRequest:
     options: dict  # a partial policy: only the fields in OPTION_FIELDS, of the right JSON type
     source_bytes: int
     msg_id: str | None = None  # the kernel's word for which execute request ran this cell
+    env: dict = field(default_factory=dict)  # --env: names and values checked for shape only
 
 
-def encode_request(kind: str, source: bytes, options: dict, msg_id: str | None = None) -> bytes:
+def parse_env_entry(entry: str) -> tuple[str, str]:
+    """``NAME=VALUE`` -> (name, value); ValueError naming the entry otherwise."""
+    name, sep, value = entry.partition("=")
+    if not sep or not _ENV_NAME.match(name):
+        raise ValueError(f"--env {entry!r}: expected NAME=VALUE with NAME made of letters, digits and _")
+    return name, value
+
+
+def encode_request(kind: str, source: bytes, options: dict, msg_id: str | None = None, env: dict | None = None) -> bytes:
     fields = {"kind": kind, "options": options, "source_bytes": len(source)}
     if isinstance(msg_id, str) and 0 < len(msg_id) <= MAX_MSG_ID:
         fields["msg_id"] = msg_id
+    if env:
+        fields["env"] = env
     header = json.dumps(fields).encode()
     if len(header) > MAX_HEADER:
         raise ValueError(f"the cell's options take more than {MAX_HEADER} bytes")
@@ -120,7 +138,7 @@ def decode_header(line: bytes) -> CellRequest:
         raise RequestError([["request", "header is not valid JSON"]]) from None
     if not isinstance(header, dict):
         raise RequestError([["request", "header is not a JSON object"]])
-    problems = [[f"request.{k}", "unknown key"] for k in sorted(set(header) - {"kind", "options", "source_bytes", "msg_id"})]
+    problems = [[f"request.{k}", "unknown key"] for k in sorted(set(header) - {"kind", "options", "source_bytes", "msg_id", "env"})]
     problems += [[f"request.{k}", "missing"] for k in ("kind", "options", "source_bytes") if k not in header]
     kind, options, size = header.get("kind"), header.get("options", {}), header.get("source_bytes", 0)
     msg_id = header.get("msg_id")
@@ -131,9 +149,21 @@ def decode_header(line: bytes) -> CellRequest:
     if not _is_int(size) or not 0 <= size <= MAX_SOURCE:
         problems.append(["request.source_bytes", f"must be an integer from 0 to {MAX_SOURCE}"])
     problems += _option_type_problems(options)
+    env = header.get("env", {})
+    problems += _env_problems(env)
     if problems:
         raise RequestError(problems)
-    return CellRequest(kind, options, size, msg_id)
+    return CellRequest(kind, options, size, msg_id, env)
+
+
+def _env_problems(env) -> list[list[str]]:
+    if not isinstance(env, dict) or len(env) > MAX_ENV:
+        return [["--env", f"must be an object of at most {MAX_ENV} variables"]]
+    return [["--env", f"{str(name)[:MAX_ENV_NAME]!r}: expected a name of at most {MAX_ENV_NAME} letters, digits and _ "
+                      f"and a string value of at most {MAX_ENV_VALUE} characters without NUL"]
+            for name, value in env.items()
+            if not (_ENV_NAME.match(name) and len(name) <= MAX_ENV_NAME and isinstance(value, str)
+                    and len(value) <= MAX_ENV_VALUE and "\0" not in value)]
 
 
 def _option_type_problems(options) -> list[list[str]]:

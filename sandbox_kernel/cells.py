@@ -47,8 +47,9 @@ from .launch import prepare, start
 from .launch.process import SandboxProcess, communicate
 from .logs import layers_summary
 from .planner import RunSpec
+from .planner.env import is_denied
 from .policy import SandboxPolicy, tighten
-from .runtime import CELL_RUNTIMES, cell_argv, python_runtime_paths
+from .runtime import CELL_RUNTIMES, cell_argv, cell_runtime_paths
 
 READ_TIMEOUT = 10.0  # seconds for a whole request to arrive, once the worker takes it up
 SEND_TIMEOUT = 10.0  # seconds one reply may wait for the kernel to read it; then the run is cancelled
@@ -221,10 +222,15 @@ class CellService:
             policy = tighten(self.kernel_policy, request.options)
         except PolicyError as e:
             return {"t": "error", "problems": option_problems(e, request.options)}
-        proc = self._take_warm(request.kind) if not request.options else None
+        # Refused rather than silently dropped: the author asked for it by name.
+        denied = sorted(name for name in request.env if is_denied(name))
+        if denied:
+            return {"t": "error", "problems": [["--env", f"{name}: not allowed in a sandbox's environment (loader, "
+                                                "interpreter or shell start-up hooks, proxies, TLS trust)"] for name in denied]}
+        proc = self._take_warm(request.kind) if not request.options and not request.env else None
         if proc is None:
             try:
-                proc = self._spawn(request.kind, policy)
+                proc = self._spawn(request.kind, policy, request.env)
             except SandboxUnavailable as e:
                 log.info("%%%%%s cell refused: %s", request.kind, e)
                 return {"t": "error", "problems": [[d.layer, d.reason] for d in e.downgrades], "refused": True}
@@ -252,13 +258,15 @@ class CellService:
             self.recorder.record(request.msg_id, report)
         return {"t": "done", "report": report}
 
-    def _spawn(self, kind: str, policy: SandboxPolicy) -> SandboxProcess:
-        """Plan and start a cell sandbox; it waits for the cell body on stdin."""
-        spec = RunSpec(argv=cell_argv(kind), runtime=CELL_RUNTIMES[kind], scope="cell",
-                       runtime_paths=python_runtime_paths() if kind == "python" else (),
+    def _spawn(self, kind: str, policy: SandboxPolicy, env: dict | None = None) -> SandboxProcess:
+        """Plan and start a cell sandbox; it waits for the cell body on stdin. ``env``: the
+        cell's ``--env``, over the kernel's own overrides; both pass the planner's denylist."""
+        extras = self.spec_extras()
+        argv = cell_argv(kind)
+        spec = RunSpec(argv=argv, runtime=CELL_RUNTIMES[kind], scope="cell", runtime_paths=cell_runtime_paths(kind, argv),
                        sandbox_env={"PYTHONDONTWRITEBYTECODE": "1"} if kind == "python" else {},
                        host_env=dict(os.environ))
-        spec = replace(spec, **self.spec_extras())
+        spec = replace(spec, **{**extras, "env": {**extras.get("env", {}), **(env or {})}})
         plan = prepare(policy, spec, self.caps)  # SandboxUnavailable before anything starts
         log.debug("%%%%%s cell planned: %s", kind, layers_summary(plan.report))
         return start(plan, stdin=subprocess.PIPE, session=self.session if spec.scratch_source else None)

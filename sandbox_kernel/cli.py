@@ -34,6 +34,22 @@ def _readiness(caps, policy):
     return report
 
 
+def doctor_hints(platform: str, report) -> list[str]:
+    """What an operator can do about a gap: run on Linux, or knowingly accept it."""
+    hints = []
+    if platform != "linux":
+        hints.append(f"enforcement needs Linux (this host is {platform or 'unknown'}): no layer can be enforced here; "
+                     "run the kernels on a Linux host or VM")
+    not_a_boundary = "it is not a security boundary: a layer that is not enforced protects nothing"
+    if report.downgrades and report.requested.get("on_unavailable") == "degrade":
+        hints.append(f'this policy has on_unavailable = "degrade": kernels and runs start with the gaps above, '
+                     f"each reported in cell.metadata.sandbox; {not_a_boundary}")
+    elif report.downgrades:
+        hints.append('on_unavailable = "degrade" in the policy lets kernels and runs start anyway, with each gap '
+                     f"reported in cell.metadata.sandbox; {not_a_boundary}")
+    return hints
+
+
 def doctor_data(caps, policy, policy_source: str) -> dict:
     """``doctor --json``'s answer (also served by the server extension at /api/sandbox/doctor)."""
     from . import host_shape
@@ -41,7 +57,7 @@ def doctor_data(caps, policy, policy_source: str) -> dict:
     report = _readiness(caps, policy)
     unavailable = {name: {"error": cap.error, "hint": cap.hint}
                    for name, cap in caps.probes().items() if not cap.ok}
-    return {"enforceable": not report.downgrades, "policy": policy_source,
+    return {"enforceable": not report.downgrades, "policy": policy_source, "hints": doctor_hints(caps.platform, report),
             "report": report.to_dict(), "unavailable": unavailable, **caps.to_dict(),
             "host_shape": [f.to_dict() for f in host_shape.detect(caps)]}
 
@@ -96,6 +112,8 @@ def cmd_doctor(args) -> int:
         if f.hint:
             print(textwrap.fill(f"hint: {f.hint}", 100, initial_indent=" " * 21, subsequent_indent=" " * 27))
     print("\n" + verdict(enforceable, [name for name, cap in caps.probes().items() if not cap.ok]))
+    for hint in doctor_hints(caps.platform, report):
+        print(textwrap.fill(f"hint: {hint}", 100, subsequent_indent="      "))
     return EXIT_OK if enforceable else EXIT_UNENFORCEABLE
 
 

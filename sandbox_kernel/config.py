@@ -31,7 +31,7 @@ TRAIT_FIELDS = {
     "max_file_size_bytes": ("resources", "max_file_size_bytes"), "max_output_bytes": ("resources", "max_output_bytes"),
     "wall_seconds": ("resources", "wall_seconds"), "cgroup_parent": ("resources", "cgroup_parent"),
     "filesystem_mode": ("filesystem", "mode"), "read_only_paths": ("filesystem", "read_only_paths"),
-    "scratch_bytes": ("filesystem", "scratch_bytes"),
+    "scratch_bytes": ("filesystem", "scratch_bytes"), "node_modules": ("filesystem", "node_modules"),
     "network_mode": ("network", "mode"), "network_allow": ("network", "allow"), "block_metadata": ("network", "block_metadata"),
     "privilege_mode": ("privilege", "mode"), "uid": ("privilege", "uid"), "gid": ("privilege", "gid"),
     "uid_range": ("privilege", "uid_range"),
@@ -69,6 +69,9 @@ class SandboxPolicyConfig(Configurable):
     read_only_paths = List(Unicode(), default_value=None, allow_none=True,
                            help="Extra absolute host paths visible read-only (scratch-plus-ro).").tag(config=True)
     scratch_bytes = _SIZE("1G", "Size of the private scratch dir and of /tmp")
+    node_modules = Unicode(None, allow_none=True,
+                           help="A host node_modules dir visible read-only to %%node cells, which get NODE_PATH "
+                                "set to it. Secure default: none.").tag(config=True)
     network_mode = Enum(["deny", "allowlist", "unrestricted"], default_value=None, allow_none=True,
                         help="Network policy. Secure default: 'deny'.").tag(config=True)
     network_allow = List(Unicode(), default_value=None, allow_none=True,

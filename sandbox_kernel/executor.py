@@ -49,6 +49,7 @@ from .launch.channel_guard import ChannelGuard
 from .launch.results import ResultDir, dump_json
 from .errors import LaunchError, SandboxUnavailable
 from .policy import GiB, MiB, SandboxPolicy, secure_default
+from .text_cut import utf8_prefix_text
 
 log = logging.getLogger(__name__)
 
@@ -274,10 +275,10 @@ class SandboxNotebookClient(NotebookClient):
             return super().process_message(msg, cell, cell_index)
         reason = self._full_cap()
         text = msg["content"].get("text")
-        keep = room - (size - len(text)) if msg_type == "stream" and isinstance(text, str) else 0
-        if keep > 0:  # the part of a stream message that still fits
+        keep = room - (size - len(text.encode("utf-8", "surrogatepass"))) if msg_type == "stream" and isinstance(text, str) else 0
+        if keep > 0:  # the part of a stream message that still fits, in bytes, up to a whole character
             self._charge(cell_index, room)
-            super().process_message({**msg, "content": {**msg["content"], "text": text[:keep]}}, cell, cell_index)
+            super().process_message({**msg, "content": {**msg["content"], "text": utf8_prefix_text(text, keep)}}, cell, cell_index)
         self._drop(cell, cell_index, cost - max(keep, 0), reason)
         return None
 

@@ -30,10 +30,12 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass, replace
 
 from .cell_protocol import REPORT_ENV, SOCKET_ENV, SOCKET_NAME
 from .cell_reports import CellReports
+from .errors import SandboxKernelError
 from .cells import CellService, make_socket_dir
 from .host import HostCapabilities
 from .launch import lease_for, prepare, start
@@ -152,6 +154,31 @@ def plan_kernel(policy: SandboxPolicy, caps: HostCapabilities) -> Plan:
     return plan(policy, caps, kernel_run_spec(policy, caps, argv, dirs))
 
 
+_announced = threading.Lock()
+
+
+def announce_host(policy: SandboxPolicy, caps: HostCapabilities) -> None:
+    """Once per process, at the first kernel start: which mechanism enforces each layer of the
+    operator's ``policy`` on this host, and a banner when that policy is degraded here."""
+    if not _announced.acquire(blocking=False):
+        return
+    try:
+        report = plan_kernel(policy.model_copy(update={"on_unavailable": "degrade"}), caps).report
+    except SandboxKernelError as e:  # the kernel's own start reports it; a summary must not stop it
+        log.warning("sandbox-kernel on this host: no summary (%s: %s)", type(e).__name__, e)
+        return
+    log.info("sandbox-kernel on this host: %s", layers_summary(report))
+    if report.downgrades:
+        gaps = "; ".join(f"{d.layer}: {d.reason}" for d in report.downgrades)
+        if policy.on_unavailable == "degrade":
+            log.warning("*** SANDBOX DEGRADED on this host: the operator's policy (on_unavailable=degrade) starts "
+                        "kernels without: %s. This is not a security boundary; `sandbox-kernel doctor` shows how to "
+                        "close each gap ***", gaps)
+        else:
+            log.warning("*** the operator's policy cannot be enforced on this host; kernels will be refused "
+                        "(on_unavailable=fail): %s ***", gaps)
+
+
 class KernelSandbox:
     """A kernel's host-side state across restarts; the provisioner adapts it to jupyter_client.
 
@@ -240,7 +267,9 @@ class KernelSandbox:
                                         unshare=caps.tool("unshare"), nsenter=caps.tool("nsenter"))
         if self.cells is not None:
             self.cells.close()
-        cell_fields = {"inputs": spec.inputs, "scratch_source": spec.scratch_source, "identity": identity}
+        # The kernel's overrides (the operator's kernelspec env) reach its cells the same way.
+        cell_fields = {"inputs": spec.inputs, "scratch_source": spec.scratch_source, "identity": identity,
+                       "env": dict(spec.env)}
         self.cells = CellService(dirs.socket_dir, policy, caps, self.report, session=self.session,
                                  recorder=self.cell_reports, spec_extras=lambda: cell_fields)
         return kernel_plan
@@ -252,10 +281,15 @@ class KernelSandbox:
         self.process = start(kernel_plan, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              session=self.session)
         forward_capped(self.process.popen.stdout, sys.stderr.fileno(), kernel_plan.max_output_bytes, "kernel process")
-        log.info("sandboxed kernel started: pid %d, uid %d; %s%s", self.process.pid, kernel_plan.run_as[1],
-                 layers_summary(kernel_plan.report),
-                 "; downgrades: " + "; ".join(f"{d.layer}: {d.reason}" for d in kernel_plan.report.downgrades)
-                 if kernel_plan.report.downgrades else "")
+        report, pid = kernel_plan.report, self.process.pid
+        log.info("sandboxed kernel started: pid %d, uid %d; %s", pid, kernel_plan.run_as[1], layers_summary(report))
+        # Under on_unavailable=degrade a gap is allowed, never silent: one warning per start,
+        # in the server's log, where an operator looks.
+        if report.downgrades:
+            log.warning("sandboxed kernel pid %d runs with a degraded sandbox (on_unavailable=degrade): %s", pid,
+                        "; ".join(f"{d.layer}: {d.reason}" for d in report.downgrades))
+        if report.notes:
+            log.info("sandboxed kernel pid %d notes: %s", pid, "; ".join(f"{n.layer}: {n.note}" for n in report.notes))
         return self.process
 
     # ------------------------------------------------------------------ process control

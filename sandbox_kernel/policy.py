@@ -279,6 +279,9 @@ class FilesystemPolicy(_Strict):
     scratch_bytes: _size_field(1 * MiB, 1 * TiB) | None = Field(  # type: ignore[valid-type]
         1 * GiB, description="size of the private scratch dir and of /tmp (each a sized tmpfs)"
     )
+    node_modules: AbsPath | None = Field(
+        None, description="a host node_modules dir shown read-only to %%node cells, with NODE_PATH set to it"
+    )
 
 
 class NetworkPolicy(_Strict):
@@ -362,6 +365,8 @@ def drop_none_keep_caps(d: dict) -> dict:
     for key in ("uid", "gid"):
         if out.get("privilege", {}).get(key) is None:
             out.get("privilege", {}).pop(key, None)
+    if out.get("filesystem", {}).get("node_modules") is None:  # none: the default, not "unlimited"
+        out.get("filesystem", {}).pop("node_modules", None)
     if out.get("resources", {}).get("cgroup_parent", "") is None:  # unset: detected
         out["resources"].pop("cgroup_parent")
     return out
@@ -539,6 +544,8 @@ def looser_fields(base: SandboxPolicy, candidate: SandboxPolicy) -> list[tuple[s
     bf, cf = base.filesystem, candidate.filesystem
     if _FS_STRICTNESS[cf.mode] < _FS_STRICTNESS[bf.mode]:
         problems.append(("filesystem.mode", f"{cf.mode!r} is looser than {bf.mode!r}"))
+    if cf.node_modules is not None and cf.node_modules != bf.node_modules and bf.mode != "off":
+        problems.append(("filesystem.node_modules", f"{cf.node_modules!r} is not the operator's node_modules root"))
     # Extra read-only paths only matter under scratch-plus-ro; a base of "off" exposes everything.
     if cf.mode == "scratch-plus-ro" and bf.mode != "off":
         for p in cf.read_only_paths:

@@ -33,7 +33,7 @@ from .capabilities import detect
 from .cell_reports import CellReports
 from .config import SandboxPolicyConfig, load_jupyter_config
 from .errors import PolicyError
-from .kernel_sandbox import KERNEL_EXTENSION, KernelSandbox  # noqa: F401 - KERNEL_EXTENSION: historical home
+from .kernel_sandbox import KERNEL_EXTENSION, KernelSandbox, announce_host  # noqa: F401 - KERNEL_EXTENSION: historical home
 from .logs import route_to
 from .policy import SandboxPolicy, deep_merge, read_policy_data, tighten
 
@@ -98,7 +98,7 @@ class SandboxProvisioner(LocalProvisioner):
                 override = deep_merge(override, {key: value})
         return override
 
-    def requested_policy(self) -> SandboxPolicy:
+    def operator_policy(self) -> SandboxPolicy:
         # An embedding program (the batch executor) hands the operator policy to its kernel
         # manager directly; otherwise it comes from Jupyter config.
         operator = getattr(self.parent, "sandbox_policy", None)
@@ -106,15 +106,20 @@ class SandboxProvisioner(LocalProvisioner):
             config = load_jupyter_config()
             config.merge(self.config)  # the server's own config files win over ours
             operator = SandboxPolicyConfig(config=config).policy()
-        return tighten(operator, self.kernelspec_overrides())
+        return operator
+
+    def requested_policy(self, operator: SandboxPolicy | None = None) -> SandboxPolicy:
+        return tighten(operator or self.operator_policy(), self.kernelspec_overrides())
 
     # ------------------------------------------------------------------ lifecycle
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         fresh = not self.sandbox.is_open
         try:
-            policy = self.requested_policy()
+            operator = self.operator_policy()
+            policy = self.requested_policy(operator)
             caps = detect(policy.resources.cgroup_parent)
+            announce_host(operator, caps)
             dirs = self.sandbox.open(policy, caps)  # SandboxUnavailable if no uid is free
             km = self.parent
             if km is not None:

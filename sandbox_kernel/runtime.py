@@ -10,7 +10,7 @@ import sys
 
 from .errors import RuntimeMissing
 
-__all__ = ["python_runtime_paths", "cell_argv", "CELL_RUNTIMES"]
+__all__ = ["python_runtime_paths", "cell_argv", "cell_runtime_paths", "CELL_RUNTIMES"]
 
 # A cell's kind (the magic: %%sh, %%node, %%sandbox) -> the planner's runtime name.
 CELL_RUNTIMES = {"sh": "shell", "node": "node", "python": "python"}
@@ -39,6 +39,16 @@ def python_runtime_paths() -> tuple[str, ...]:
     if not any(pkg.startswith(p.rstrip("/") + "/") for p in out):
         out.append(pkg)
     return tuple(dict.fromkeys(out))
+
+
+def cell_runtime_paths(kind: str, argv: tuple[str, ...]) -> tuple[str, ...]:
+    """Host paths a cell's interpreter needs read-only. Node installed outside the system dirs
+    (nvm, ``/opt``) brings the real directory of its binary, as Python brings its prefix."""
+    if kind == "python":
+        return python_runtime_paths()
+    if kind == "node":
+        return (os.path.dirname(argv[0]),)  # cell_argv resolved it: the real directory
+    return ()
 
 
 def cell_argv(kind: str) -> tuple[str, ...]:

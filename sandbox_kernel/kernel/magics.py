@@ -22,7 +22,7 @@ import sys
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, magics_class
 
-from ..cell_protocol import CELL_OPTIONS, SOCKET_ENV, encode_request, option_problems, options_usage
+from ..cell_protocol import CELL_OPTIONS, SOCKET_ENV, encode_request, option_problems, options_usage, parse_env_entry
 from ..errors import SandboxKernelError
 
 # The policy model (pydantic) is imported on first use, not at kernel start.
@@ -66,7 +66,7 @@ def _parser(magic: str) -> _Parser:
     for option in CELL_OPTIONS:
         if option.kind == "choice":
             p.add_argument(option.flag, choices=option.choices, help=option.help)
-        elif option.kind == "allow":
+        elif option.kind in ("allow", "env"):
             p.add_argument(option.flag, action="append", metavar=option.metavar, help=option.help)
         else:
             p.add_argument(option.flag, type=_ARG_TYPES.get(option.kind, str), metavar=option.metavar, help=option.help)
@@ -74,13 +74,15 @@ def _parser(magic: str) -> _Parser:
 
 
 def options_to_override(magic: str, line: str) -> dict:
-    """Cell options as a partial policy (what ``tighten`` takes). UsageError on bad syntax."""
+    """Cell options as a partial policy (what ``tighten`` takes), and ``--env`` as its
+    ``"env"`` key (a dict, not a policy field). UsageError on bad syntax."""
     return parse_options(magic, line)[0]
 
 
 def parse_options(magic: str, line: str) -> tuple[dict, dict]:
-    """(the sandbox options as a partial policy, IPython's options: out, err, raise_error,
-    help). UsageError on bad syntax, and for the IPython options that cannot be honoured."""
+    """(the sandbox options as a partial policy, with ``--env`` as its ``"env"`` key; IPython's
+    options: out, err, raise_error, help). UsageError on bad syntax, and for the IPython options
+    that cannot be honoured."""
     from ..policy import parse_entry, parse_size
 
     args = vars(_parser(magic).parse_args(shlex.split(line)))
@@ -103,6 +105,9 @@ def parse_options(magic: str, line: str) -> tuple[dict, dict]:
         for option in CELL_OPTIONS:
             value = args[option.flag[2:].replace("-", "_")]
             if value is None:
+                continue
+            if option.kind == "env":
+                override["env"] = dict(parse_env_entry(entry) for entry in value)
                 continue
             if option.kind == "allow":
                 put("network.mode", "allowlist")
@@ -154,6 +159,7 @@ class SandboxMagics(Magics):
         if local["help"]:
             print(_parser(magic).format_help())
             return
+        env = override.pop("env", None)
         try:
             tighten(kernel_policy(), override)  # early, friendly check; the supervisor decides
         except PolicyError as e:
@@ -162,7 +168,7 @@ class SandboxMagics(Magics):
         if not path:
             raise SandboxCellError(f"%%{magic}: this kernel was not started by the sandbox provisioner; no cell sandbox is available")
         try:
-            request = encode_request(kind, cell.encode(), override, self._execute_request_id())
+            request = encode_request(kind, cell.encode(), override, self._execute_request_id(), env)
         except ValueError as e:  # too large (or not encodable as UTF-8)
             raise SandboxCellError(f"%%{magic}: {e}") from None
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -24,6 +24,7 @@ from ..errors import LaunchError
 from ..logs import layers_summary
 from ..planner import FD_PLACEHOLDER, Plan
 from ..planner.privilege import UNLEASED
+from ..text_cut import utf8_prefix
 from . import cgroup as cgroups_mod
 from .egress import EgressHandle, bring_up
 from .seccomp_bpf import filter_fd
@@ -101,7 +102,8 @@ def forward_capped(stream, sink_fd: int, cap: int | None, what: str) -> threadin
             if dropping:
                 continue
             if cap is not None and sent + len(chunk) > cap:
-                os.write(sink_fd, chunk[: cap - sent] + f"\n[sandbox-kernel: {what} output beyond {cap} bytes dropped]\n".encode())
+                marker = f"\n[sandbox-kernel: {what} output beyond {cap} bytes dropped]\n".encode()
+                os.write(sink_fd, utf8_prefix(chunk, cap - sent) + marker)
                 dropping = True
                 continue
             sent += len(chunk)
@@ -398,7 +400,7 @@ def communicate(proc: SandboxProcess, *, timeout: float | None = None, on_output
                     sel.unregister(key.fileobj)
                     continue
                 if cap is not None and total + len(chunk) > cap:
-                    emit(key.data, chunk[: cap - total])
+                    emit(key.data, utf8_prefix(chunk, cap - total))
                     total = cap
                     truncated = True
                     # The marker is kept even when the retained bytes are full: without it a

@@ -95,9 +95,13 @@ def plan(policy: SandboxPolicy, caps: HostCapabilities, spec: RunSpec) -> Plan:
     priv = plan_privilege(policy.privilege, caps, spec.identity)
     net = plan_network(policy.network, caps)
     user, uid, gid = priv.run_as
+    # The operator's packages for node: read-only, and found through NODE_PATH set here (the
+    # caller's NODE_* never passes the env denylist).
+    node_modules = policy.filesystem.node_modules if spec.runtime == "node" else None
     fs = plan_filesystem(
         policy.filesystem, caps, staging_dir=spec.staging_dir, scratch_dir=spec.scratch_dir,
-        runtime_paths=spec.runtime_paths, rw_paths=spec.rw_paths, cwd=spec.cwd, run_as=priv.run_as,
+        runtime_paths=(*spec.runtime_paths, *([node_modules] if node_modules else [])), rw_paths=spec.rw_paths,
+        cwd=spec.cwd, run_as=priv.run_as,
         nameserver=net.nameserver, inputs=spec.inputs,
         scratch_source=spec.scratch_source,
     )
@@ -106,7 +110,7 @@ def plan(policy: SandboxPolicy, caps: HostCapabilities, spec: RunSpec) -> Plan:
     # HOME is the private scratch dir only where the filesystem layer really provides one.
     scratch = spec.scratch_dir if fs.layer.state == "enforced" else fs.cwd
     sandbox_set = {"HOME": scratch, "TMPDIR": "/tmp", "USER": user, "LOGNAME": user, "SHELL": "/bin/sh",
-                   **res.env, **spec.sandbox_env}
+                   **({"NODE_PATH": node_modules} if node_modules else {}), **res.env, **spec.sandbox_env}
     env = plan_env(spec.host_env, spec.env, sandbox_set)
 
     layers = {"filesystem": fs.layer, "network": net.layer, "resources": res.layer,

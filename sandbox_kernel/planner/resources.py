@@ -7,7 +7,9 @@
 - memory: a memory cgroup (v1 or v2) where available. Without one, RLIMIT_AS still caps each
   process for runtimes that tolerate it (not Node/V8, which reserves huge address ranges), but
   the control asks for the *sandbox's* memory and 256 processes may each take the cap: that is
-  a downgrade (refused under ``on_unavailable: fail``), applied as the best there is.
+  a downgrade (refused under ``on_unavailable: fail``), applied as the best there is. Node gets
+  V8's heap limit instead (``--max-old-space-size`` in NODE_OPTIONS): the JavaScript heap only,
+  not buffers, native memory or other processes, so it is a downgrade too.
 - output and wall clock: enforced by the supervisor while it streams the run.
 """
 
@@ -20,6 +22,8 @@ from ..policy import ResourcesPolicy
 from ..report import Downgrade, LayerState, Note
 
 RLIMIT_AS_TOLERANT = ("python", "shell")
+MiB = 1 << 20
+V8_MIN_HEAP_MIB = 16
 # Headroom in the pids cgroup for bwrap's own two processes (monitor and pid 1).
 PIDS_OVERHEAD = 2
 
@@ -104,6 +108,13 @@ def plan_resources(res: ResourcesPolicy, caps: HostCapabilities, runtime: str, i
             # glibc reserves 64 MiB of address space per thread arena: a dozen threads (an
             # ipykernel) would spend the cap on reservations alone.
             sandbox_env["MALLOC_ARENA_MAX"] = "2"
+        elif runtime == "node":
+            heap_mib = max(V8_MIN_HEAP_MIB, res.memory_bytes // MiB)
+            sandbox_env["NODE_OPTIONS"] = f"--max-old-space-size={heap_mib}"
+            control("memory_bytes", res.memory_bytes, "v8-heap-limit",
+                    f"no memory cgroup ({caps.cgroup_memory.error}); only node's JavaScript heap is capped "
+                    f"(--max-old-space-size={heap_mib}), not its buffers, native memory or other processes")
+            controls["memory_bytes"]["scope"] = "js-heap"
         else:
             why = f"no memory cgroup ({caps.cgroup_memory.error})"
             if runtime not in RLIMIT_AS_TOLERANT:

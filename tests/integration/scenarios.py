@@ -24,7 +24,7 @@ from sandbox_kernel.launch import run as launch_run
 from sandbox_kernel.planner import RunSpec
 from sandbox_kernel.policy import policy_from_dict
 from sandbox_kernel.report import SandboxUnavailable
-from sandbox_kernel.runtime import python_runtime_paths
+from sandbox_kernel.runtime import cell_argv, cell_runtime_paths, python_runtime_paths
 
 if __package__:  # imported by a test module
     from .probes import WRITE_PROBE
@@ -340,6 +340,28 @@ def memory_bomb(memory_bytes: int, on_unavailable: str = "fail") -> dict:
         return outcome(sandboxed({"on_unavailable": on_unavailable, "resources": {"memory_bytes": memory_bytes}}, MEMORY_BOMB_CODE))
     except SandboxUnavailable as e:
         return {"refused": str(e)}
+
+
+NODE_HEAP_CODE = r"""
+const kept = [];
+for (let i = 1; i <= 4096; i++) {
+  kept.push(new Array(1 << 17).fill(i));  // 1 MiB of heap (2^17 small integers, 8 bytes each)
+  if (i % 16 === 0) console.log("allocated " + i);
+}
+console.log("survived");
+"""
+
+
+def node_heap(memory_bytes: int, on_unavailable: str) -> dict:
+    """A %%node-style run (node reading its program from stdin) that grows its JavaScript heap."""
+    node = cell_argv("node")
+    spec = RunSpec(argv=node, runtime="node", runtime_paths=cell_runtime_paths("node", node))
+    policy = policy_from_dict({"on_unavailable": on_unavailable, "resources": {"memory_bytes": memory_bytes}})
+    try:
+        result = run(policy, spec, stdin_data=NODE_HEAP_CODE.encode())
+    except SandboxUnavailable as e:
+        return {"refused": True, "downgrades": [d.to_dict() for d in e.downgrades]}
+    return {"refused": False, **outcome(result), "downgrades": result.report["downgrades"]}
 
 
 RLIMIT_CODE = {

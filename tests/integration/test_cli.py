@@ -67,7 +67,7 @@ def test_doctor_json_secure_default_fully_enforced(cli):
     rc, out = doctor_json(cli)
     assert rc == EXIT_OK
     assert out["enforceable"] is True
-    assert out["policy"] == "secure-default"
+    assert out["policy"] == "secure-default" and out["hints"] == []
     report = out["report"]
     assert report["version"] == 1
     assert report["scope"] == "kernel"
@@ -134,6 +134,20 @@ def test_doctor_text_without_bwrap_shows_the_hint(cli, tmp_path):
     assert "hint: apt-get install bubblewrap" in proc.stdout
     assert "downgrade: filesystem confinement needs bwrap" in proc.stdout
     assert "NOT fully enforceable" in proc.stdout
+    assert 'on_unavailable = "degrade"' in proc.stdout and "not a security boundary" in proc.stdout
+
+
+def test_doctor_on_a_non_linux_host_says_enforcement_needs_linux(tmp_path, config_dir):
+    """The real probe and planner, with the platform Python reports set to macOS's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTER")}
+    env.update(JUPYTER_CONFIG_DIR=str(config_dir), JUPYTER_PREFER_ENV_PATH="0")
+    code = "import sys; sys.platform = 'darwin'; from sandbox_kernel.cli import main; sys.exit(main(['doctor', '--json']))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == EXIT_UNENFORCEABLE, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["enforceable"] is False and out["platform"] == "darwin"
+    assert any("enforcement needs Linux" in h for h in out["hints"]), out["hints"]
+    assert any('on_unavailable = "degrade"' in h and "not a security boundary" in h for h in out["hints"])
 
 
 @pytest.mark.parametrize("tool,package", [("slirp4netns", "slirp4netns"), ("nft", "nftables")])

@@ -46,6 +46,19 @@ def test_memory_bomb_is_stopped_by_the_named_mechanism(scenario, supervisor):
     assert max(allocated, default=0) <= 128
 
 
+def test_node_heap_is_capped_by_v8_without_a_memory_cgroup():
+    """A rootless supervisor without a delegated cgroup has no memory cgroup: %%node gets V8's heap limit, reported as a
+    heap-only (degraded) cap, and on_unavailable=fail refuses it before node starts."""
+    res = run_scenario("non-root-undelegated", "node_heap", memory_bytes=64 * MiB, on_unavailable="degrade")
+    control = res["resources"]["memory_bytes"]
+    assert control == {"limit": 64 * MiB, "mechanism": "v8-heap-limit", "state": "degraded", "scope": "js-heap"}, control
+    assert any(d["layer"] == "resources" and "JavaScript heap" in d["reason"] for d in res["downgrades"])
+    assert "survived" not in res["stdout_tail"], res
+    assert "heap" in res["stderr_tail"].lower() and res["exit_code"] != 0, res
+    allocated = [int(line.split()[1]) for line in res["stdout_tail"].splitlines() if line.startswith("allocated")]
+    assert 0 < max(allocated) <= 64, allocated
+    refused = run_scenario("non-root-undelegated", "node_heap", memory_bytes=64 * MiB, on_unavailable="fail")
+    assert refused["refused"] is True and [d["layer"] for d in refused["downgrades"]] == ["resources"], refused
 def test_rootless_without_a_cgroup_refuses_memory_per_process_only():
     """No delegated cgroup: RLIMIT_AS is all there is, per process; fail refuses the run."""
     res = run_scenario("non-root-undelegated", "memory_bomb", memory_bytes=128 * MiB)

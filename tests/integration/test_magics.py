@@ -16,7 +16,7 @@ from jupyter_client.manager import KernelManager
 from sandbox_kernel import cells
 from sandbox_kernel.kernelspec import KERNEL_NAME
 
-from .kernels import execute, reply_to, run_in_outer_netns, running_kernel, write_kernelspec
+from .kernels import execute, reply_to, run_in_outer_netns, running_kernel, write_kernelspec, write_operator_config
 from .procs import cmdline, processes_with
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("jupyter_dirs")]
@@ -135,6 +135,104 @@ def test_output_flood_capped_with_marker(kernel):
     assert status == "error" and report["outcome"]["output_truncated"] is True
     assert "[sandbox-kernel: output truncated at 1048576 bytes" in out
     assert len(out) < 2 * 1024 * 1024
+
+
+def test_cell_cap_inside_a_character_keeps_it_whole(kernel):
+    """1 + 511 * 2 bytes fit in 1K; the cap falls in the middle of the next 'é'."""
+    _, kc = kernel
+    out, status, report = cell(kc, "%%sh --max-output 1K\nprintf a; yes é | head -n 2000 | tr -d '\\n'")
+    assert status == "error" and report["outcome"]["output_truncated"] is True
+    assert "\ufffd" not in out
+    assert out.startswith("a" + "é" * 511 + "\n[sandbox-kernel: output truncated at 1024 bytes"), out[:40]
+
+
+def test_env_option_reaches_the_cell_and_denied_names_are_refused(jupyter_dirs):
+    """The kernelspec's env (the operator's) reaches cells through the same denylist as the
+    kernel's; --env adds to it, and a denied name refuses the cell before anything runs."""
+    spec_dir = write_kernelspec(jupyter_dirs[0], name="sandbox-env")
+    spec = json.loads((spec_dir / "kernel.json").read_text())
+    spec["env"] = {"OPERATOR_SETTING": "from-kernelspec", "LD_AUDIT": "/tmp/not-loaded.so"}
+    (spec_dir / "kernel.json").write_text(json.dumps(spec))
+    with running_kernel("sandbox-env") as (_, kc):
+        out, status, report = cell(kc, '%%sh --env GREETING="hello world" --env OPERATOR_SETTING=mine\n'
+                                       'echo "[$GREETING] [$OPERATOR_SETTING] [${LD_AUDIT-unset}]"')
+        assert status == "ok" and "[hello world] [mine] [unset]" in out, out
+        env_layer = report["layers"]["env"]
+        assert "GREETING" in env_layer["keys"] and "LD_AUDIT" in env_layer["dropped_keys"]
+        out, status, _ = cell(kc, '%%sh\necho "[$OPERATOR_SETTING]"')
+        assert status == "ok" and "[from-kernelspec]" in out, out
+        out, status, _ = cell(kc, "%%sh --env LD_PRELOAD=/tmp/x.so --env OK=1\ntouch /scratch/env-ran")
+        assert status == "error" and "--env" in out and "LD_PRELOAD" in out, out
+        out, _, _ = cell(kc, "%%sh\nls /scratch/env-ran 2>&1 || echo absent")
+        assert "absent" in out
+
+
+@pytest.fixture
+def node_prefix():
+    """A node installed outside /usr, as nvm or /opt would: the real binary in <prefix>/bin
+    (a hard link, or a copy across file systems). World-traversable, as such prefixes are."""
+    import shutil
+    import tempfile
+
+    prefix = tempfile.mkdtemp(prefix="sbx-node-prefix-")
+    try:
+        os.chmod(prefix, 0o755)
+        os.mkdir(os.path.join(prefix, "bin"), 0o755)
+        node = os.path.join(prefix, "bin", "node")
+        try:
+            os.link(os.path.realpath(shutil.which("node")), node)
+        except OSError:
+            shutil.copy2(os.path.realpath(shutil.which("node")), node)
+        yield prefix
+    finally:
+        shutil.rmtree(prefix)
+
+
+def test_node_from_a_prefix_outside_usr_runs(jupyter_dirs, node_prefix, monkeypatch):
+    monkeypatch.setenv("PATH", f"{node_prefix}/bin:{os.environ['PATH']}")
+    with running_kernel() as (_, kc):
+        out, status, report = cell(kc, "%%node\nconsole.log('argv0', process.execPath)")
+        assert status == "ok", out
+        assert f"argv0 {node_prefix}/bin/node" in out
+        # Only that directory was added, read-only: the cell cannot write next to the binary.
+        out, status, _ = cell(kc, "%%node\nconst fs = require('fs');\n"
+                                  f"try {{ fs.writeFileSync('{node_prefix}/bin/planted', 'x'); console.log('wrote'); }}\n"
+                                  "catch (e) { console.log('refused', e.code); }")
+        assert "refused EROFS" in out, out
+    assert not os.path.exists(os.path.join(node_prefix, "bin", "planted"))
+
+
+def test_node_cells_require_packages_from_the_operator_node_modules(jupyter_dirs):
+    import shutil
+    import tempfile
+
+    base = tempfile.mkdtemp(prefix="sbx-node-modules-")
+    try:
+        root = os.path.join(base, "node_modules")
+        os.makedirs(os.path.join(root, "tinypkg"))
+        with open(os.path.join(root, "tinypkg", "package.json"), "w") as f:
+            json.dump({"name": "tinypkg", "version": "1.0.0", "main": "index.js"}, f)
+        with open(os.path.join(root, "tinypkg", "index.js"), "w") as f:
+            f.write("exports.hello = () => 'hello from tinypkg';\n")
+        for d, _, files in os.walk(base):  # world-readable, as an operator's package dir is
+            os.chmod(d, 0o755)
+            for name in files:
+                os.chmod(os.path.join(d, name), 0o644)
+        write_operator_config(jupyter_dirs[1], node_modules=root)
+        with running_kernel() as (_, kc):
+            out, status, report = cell(kc, "%%node\nconsole.log(require('tinypkg').hello(), process.env.NODE_PATH);\n"
+                                           "const fs = require('fs');\n"
+                                           f"try {{ fs.writeFileSync('{root}/tinypkg/index.js', 'x'); console.log('wrote'); }}\n"
+                                           "catch (e) { console.log('refused', e.code); }")
+            assert status == "ok", out
+            assert f"hello from tinypkg {root}" in out and "refused EROFS" in out, out
+            assert "NODE_PATH" in report["layers"]["env"]["keys"]
+            out, status, _ = cell(kc, f"%%sh --env NODE_PATH={base}\necho ran")
+            assert status == "error" and "NODE_PATH" in out and "ran" not in out
+            out, _, _ = cell(kc, "%%sh\necho \"[${NODE_PATH-unset}]\"")
+            assert "[unset]" in out  # only node runs get it
+    finally:
+        shutil.rmtree(base)
 
 
 def test_loosening_option_errors_and_does_not_run(kernel, tmp_path):

@@ -247,3 +247,18 @@ def test_cell_output_is_capped_with_a_marker(tmp_path):
     assert len(out[0]) < 65536 + 200 and out[1].strip() == "next cell runs"
     cell = nbformat.read(tmp_path / "out" / "flood.ipynb", as_version=4).cells[0]
     assert cell.metadata["sandbox"]["cell_outcome"]["output_truncated"] is True
+
+
+def test_runner_cap_inside_a_character_keeps_it_whole(tmp_path):
+    """The runner's per-cell budget counts bytes: the text kept ends on a whole character."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[resources]\nmax_output_bytes = "64K"\n')
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("import sys\nsys.stdout.write('a' + '€' * 40000)")]
+    nbformat.write(nb, tmp_path / "euro.ipynb")
+    proc = run_cli("run", tmp_path / "euro.ipynb", "--policy", policy, "--output-dir", tmp_path / "out")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = outputs(tmp_path / "out" / "euro.ipynb")[0]
+    kept, _, rest = out.partition("[sandbox-kernel: output truncated at 65536 bytes for this cell")
+    assert rest and "\ufffd" not in out
+    assert kept.rstrip("\n").lstrip("a") == "€" * len(kept.rstrip("\n").lstrip("a")) and len(kept.encode()) <= 65536

@@ -138,6 +138,34 @@ def test_installed_package_enables_both_extensions():
     assert any("sandbox-kernel" in line and "enabled" in line and "OK" in line for line in lines), lines
 
 
+def test_a_degraded_kernel_is_announced_in_the_server_log(tmp_path):
+    """Under on_unavailable=degrade with the egress tool missing, the server's own log gets the
+    host summary, the banner, and one warning per kernel start naming the downgrade."""
+    import time
+
+    from .kernels import path_without
+
+    operator = ("c.SandboxPolicyConfig.on_unavailable = 'degrade'\n"
+                "c.SandboxPolicyConfig.network_mode = 'allowlist'\n"
+                "c.SandboxPolicyConfig.network_allow = ['10.0.2.2:9']\n")
+    env = {"PATH": path_without(tmp_path / "bin", "slirp4netns")}
+    with running_server(tmp_path / "srv", env=env, operator_config=operator) as server:
+        for _ in range(2):
+            kernel_id = start_kernel(server, "python3-sandboxed")
+            code, report = server.get(f"/api/sandbox/kernels/{kernel_id}")
+            assert code == 200 and [d["layer"] for d in report["downgrades"]] == ["network"]
+            assert server.request("DELETE", f"/api/kernels/{kernel_id}")[0] == 204
+        deadline = time.monotonic() + 60
+        while True:  # the records are written as they happen; the log file may lag a little
+            log = server.log.read_text()
+            warnings = [line for line in log.splitlines() if "runs with a degraded sandbox" in line]
+            if len(warnings) >= 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    assert len(warnings) == 2, log[-4000:]
+    assert all(line.startswith("[W") and "network: " in line and "slirp4netns" in line for line in warnings), warnings
+    assert log.count("sandbox-kernel on this host: ") == 1, log[-4000:]
+    assert log.count("SANDBOX DEGRADED on this host") == 1 and "not a security boundary" in log
 def test_a_refused_kernel_says_why(tmp_path):
     from .kernels import path_without
 

@@ -366,6 +366,7 @@ def test_every_trait_reaches_its_policy_field():
         "max_open_files": 99, "max_file_size_bytes": "2M", "max_output_bytes": "3K", "wall_seconds": 4.5,
         "cgroup_parent": "sandbox-kernel/user-alice",
         "filesystem_mode": "scratch-only", "read_only_paths": ["/srv/data"], "scratch_bytes": "32M",
+        "node_modules": "/srv/node_modules",
         "network_mode": "allowlist", "network_allow": ["192.0.2.0/24"], "block_metadata": True,
         "privilege_mode": "drop-to-uid", "uid": 2000, "gid": 2001, "uid_range": [300000, 300999],
     }
@@ -376,7 +377,8 @@ def test_every_trait_reaches_its_policy_field():
         "resources": {"cpu_seconds": 7, "memory_bytes": "64M", "max_processes": 9, "max_open_files": 99,
                       "max_file_size_bytes": "2M", "max_output_bytes": "3K", "wall_seconds": 4.5,
                       "cgroup_parent": "sandbox-kernel/user-alice"},
-        "filesystem": {"mode": "scratch-only", "read_only_paths": ["/srv/data"], "scratch_bytes": "32M"},
+        "filesystem": {"mode": "scratch-only", "read_only_paths": ["/srv/data"], "scratch_bytes": "32M",
+                       "node_modules": "/srv/node_modules"},
         "network": {"mode": "allowlist", "allow": ["192.0.2.0/24"], "block_metadata": True},
         "privilege": {"mode": "drop-to-uid", "uid": 2000, "gid": 2001, "uid_range": [300000, 300999]},
     }).to_dict()

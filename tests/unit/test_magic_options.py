@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from IPython.core.error import UsageError
 
@@ -77,13 +79,44 @@ def test_each_cell_option_is_declared_once_and_documented_from_the_table():
     for option in CELL_OPTIONS:
         assert option.usage in SandboxMagics.sh.__doc__
         assert f"`{option.usage}`" in readme, f"README, Cell magics: {option.usage} is not listed"
-    samples = {"choice": None, "int": "3", "number": "2.5", "size": "1M", "allow": "10.0.0.1"}
+    samples = {"choice": None, "int": "3", "number": "2.5", "size": "1M", "allow": "10.0.0.1", "env": "A=b"}
     for option in CELL_OPTIONS:
+        if option.kind == "env":
+            override = options_to_override("sh", f"{option.flag} A=b")
+            env = override.pop("env")
+            assert decode_header(encode_request("sh", b"", override, env=env).split(b"\n")[0]).env == {"A": "b"}
+            continue
         value = option.choices[0] if option.kind == "choice" else samples[option.kind]
         override = options_to_override("sh", f"{option.flag} {value}")
         section, key = option.field.split(".")
         assert key in override[section]
         assert decode_header(encode_request("sh", b"", override).split(b"\n")[0]).options == override
+
+
+def test_env_option_is_repeatable_and_keeps_equals_signs_in_values():
+    assert options_to_override("sh", "--env A=1 --env B=x=y --env C=") == {"env": {"A": "1", "B": "x=y", "C": ""}}
+
+
+@pytest.mark.parametrize("line", ["--env A", "--env =1", "--env '1A=2'", "--env 'A B=1'"])
+def test_bad_env_entries_are_usage_errors(line):
+    with pytest.raises(UsageError, match="NAME=VALUE"):
+        options_to_override("sh", line)
+
+
+@pytest.mark.parametrize("env, needle", [
+    ([["A", "1"]], "object"),
+    ({f"V{i}": "" for i in range(65)}, "at most 64"),
+    ({"A-B": "1"}, "A-B"),
+    ({"A": 1}, "string value"),
+    ({"A": "x\0y"}, "NUL"),
+    ({"A": "x" * 4097}, "4096"),
+])
+def test_the_header_schema_refuses_malformed_env(env, needle):
+    from sandbox_kernel.cell_protocol import RequestError, decode_header
+
+    line = json.dumps({"kind": "sh", "options": {}, "source_bytes": 0, "env": env}).encode()
+    with pytest.raises(RequestError, match=needle):
+        decode_header(line)
 
 
 def test_ipythons_script_options_parse_with_their_meaning():
