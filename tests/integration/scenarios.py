@@ -527,4 +527,9 @@ if __name__ == "__main__":
     if name not in globals():  # scenarios kept in their own module
         import name_scenarios
         globals()[name] = getattr(name_scenarios, name)
-    print(json.dumps(globals()[name](**args)))
+    result = globals()[name](**args)
+    # The supervisor's own peak RSS (VmHWM). Not the parent's ru_maxrss from wait4: that keeps
+    # the high-water mark of the process it was forked from (pytest) across exec.
+    with open("/proc/self/status") as status:
+        peak_kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    print(json.dumps({**result, "supervisor_peak_rss_kib": peak_kib}))
