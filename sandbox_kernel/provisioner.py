@@ -128,7 +128,8 @@ class SandboxProvisioner(LocalProvisioner):
             # candidate override; the supervisor's own environment never reaches the sandbox.
             overrides = {k: v for k, v in env.items() if os.environ.get(k) != v}
             plan = self.sandbox.prepare(policy, caps, kwargs.pop("cmd"), env=overrides, cwd=working_dir(kwargs.get("cwd")),
-                                        inputs=getattr(km, "sandbox_inputs", None))
+                                        inputs=getattr(km, "sandbox_inputs", None),
+                                        outputs_dest=getattr(km, "sandbox_outputs", None))
         except BaseException as e:
             # Refused (SandboxUnavailable, PolicyError) or broken: leave nothing behind.
             log.warning("kernel %s not started: %s: %s", self.kernel_id, type(e).__name__, e)
