@@ -127,7 +127,10 @@ class SandboxProvisioner(LocalProvisioner):
             # Only what the caller deliberately added (kernelspec env, session name) is a
             # candidate override; the supervisor's own environment never reaches the sandbox.
             overrides = {k: v for k, v in env.items() if os.environ.get(k) != v}
-            plan = self.sandbox.prepare(policy, caps, kwargs.pop("cmd"), env=overrides, cwd=working_dir(kwargs.get("cwd")),
+            # An embedding runner (the batch executor) lists its inputs itself: no cwd means
+            # none there (`run --inputs none`, Dask workers), not the supervisor's.
+            cwd = kwargs.get("cwd") if hasattr(km, "sandbox_inputs") else working_dir(kwargs.get("cwd"))
+            plan = self.sandbox.prepare(policy, caps, kwargs.pop("cmd"), env=overrides, cwd=cwd,
                                         inputs=getattr(km, "sandbox_inputs", None),
                                         outputs_dest=getattr(km, "sandbox_outputs", None))
         except BaseException as e:

@@ -104,8 +104,17 @@ WRITE_HOSTILE = ("import os\nos.makedirs('outputs', exist_ok=True)\n"
                  "open('outputs/ok.txt', 'w').write('fine')\nprint('wrote')")
 
 
-def run_cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=300)
+def run_cli(*args, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def test_run_inputs_none_never_falls_back_to_the_runners_working_dir(reachable):
+    path = notebook_dir(reachable / "proj", "import os\nprint('listing', sorted(os.listdir('.')))")
+    out = reachable / "out"
+    proc = run_cli("run", path, "--inputs", "none", "--output-dir", out, cwd=path.parent)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    text = outputs_text(nbformat.read(out / "nb.ipynb", as_version=4))
+    assert "data.csv" not in text and "listing" in text, text
 
 
 def cell_outputs_report(nb, index: int) -> dict:
