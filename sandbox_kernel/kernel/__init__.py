@@ -31,7 +31,7 @@ def kernel_report() -> dict:
         return {"version": 1, "scope": "kernel", "state": "unknown", "note": f"unreadable {REPORT_ENV}"}
 
 
-OUTPUTS_TIMEOUT = 120.0  # seconds the reply may wait for the supervisor's copy of the results
+OUTPUTS_TIMEOUT = 10.0  # seconds a cell's reply waits for the copy (a later cell collects what it missed)
 MAX_OUTPUTS_REPLY = 1 << 20
 
 
