@@ -11,8 +11,12 @@ PROBE_UID := 65534
 # A second, non-root account: the tests run supervisors as it to prove the rootless paths.
 SUPERVISOR_ACCOUNT := sandbox-supervisor
 SUPERVISOR_UID := 65533
-APT_PACKAGES := bubblewrap nftables slirp4netns util-linux iproute2 libseccomp2 python3-venv nodejs \
+APT_PACKAGES := bubblewrap nftables slirp4netns util-linux iproute2 libseccomp2 python3-venv nodejs dnsmasq-base \
 	chromium-headless-shell
+
+# The end-to-end JupyterHub test's proxy (npm), installed here rather than globally.
+HUB_TOOLS := .hub-tools
+CHP := $(HUB_TOOLS)/node_modules/.bin/configurable-http-proxy
 
 .PHONY: demo test setup system accounts venv
 
@@ -35,7 +39,11 @@ test: setup
 	@echo "== integration suite on shared mount propagation (a private rshared copy of the mount table)"
 	$(SHARED_MOUNTS) $(VENV)/bin/python -m pytest tests/integration
 
-setup: system accounts venv
+setup: system accounts venv $(CHP)
+
+$(CHP):
+	npm install --prefix $(HUB_TOOLS) --no-audit --no-fund --loglevel=error configurable-http-proxy@5 || \
+	  echo "WARNING: npm could not install configurable-http-proxy: the JupyterHub end-to-end test will be SKIPPED"
 
 system:
 	@missing=""; for p in $(APT_PACKAGES); do \

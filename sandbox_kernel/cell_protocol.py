@@ -62,7 +62,7 @@ class CellOption:
 CELL_OPTIONS = (
     CellOption("--network", "network.mode", "choice", "MODE", "no network at all", choices=("deny",)),
     CellOption("--allow", "network.allow", "allow", "CIDR[:PORT]",
-               "allow only these destinations (repeatable; each must already be allowed)"),
+               "allow only these destinations, or host names as HOST:PORT (repeatable; each must already be allowed)"),
     CellOption("--memory", "resources.memory_bytes", "size", "SIZE", "memory cap of the cell's sandbox"),
     CellOption("--cpu", "resources.cpu_seconds", "int", "S", "CPU seconds per process"),
     CellOption("--timeout", "resources.wall_seconds", "number", "S", "wall-clock seconds for the whole cell"),

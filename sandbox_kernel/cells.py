@@ -55,7 +55,16 @@ SEND_TIMEOUT = 10.0  # seconds one reply may wait for the kernel to read it; the
 CLOSE_WAIT = 15.0  # seconds close() waits for each thread (a running cell's teardown, a spawn)
 RECV_CHUNK = 65536
 MAX_LOGGED_ERRORS = 10  # internal errors logged per service: a kernel must not flood the log
-WARM_KINDS = ("sh",)  # kinds with a sandbox started ahead of time (cheap to keep idle)
+# Sandboxes kept ready, per kind, for option-less cells: each holds cgroups, a staging dir and
+# an idle process (for python and node an interpreter, already started, waiting for the body on
+# stdin), so the pool is small. Two shells, so that back-to-back cells ("Run all") find one
+# ready while the replacement for the previous one is still starting.
+WARM_POOL = {"sh": 2, "python": 1, "node": 1}
+WARM_FROM_START = ("sh",)  # the others once the kernel has run one such cell (~10-45 MB idle each)
+# A replacement waits (at most this long) for the running cell to finish while another sandbox
+# of its kind is ready: starting a sandbox takes CPU (and the supervisor's GIL) that the cell
+# and its relay would otherwise get (measured: +10-15 ms per spaced cell on a loaded 2-CPU host).
+DEFER_WHILE_READY = 1.0
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +107,17 @@ class CellService:
         self._jobs: queue.Queue[socket.socket | None] = queue.Queue()
         self._conn: socket.socket | None = None  # the connection the worker is serving
         self._errors_logged = 0
-        # One sandbox per kind in WARM_KINDS, started ahead for the next option-less cell (so a
-        # cell does not wait for bwrap): planned and confined exactly like a cold one, idle
-        # until the cell body arrives on its stdin.
-        self._warm: dict[str, SandboxProcess] = {}
+        # Up to WARM_POOL[kind] sandboxes per kind, started ahead for the next
+        # option-less cells (so a cell does not wait for bwrap): planned and confined exactly
+        # like a cold one, idle until the cell body arrives on its stdin. A replacement is
+        # requested as soon as one is taken (it starts at once if none is left ready, else when
+        # the cell is over); a cold cell leaves them alone.
+        self._warm: dict[str, list[SandboxProcess]] = {kind: [] for kind in WARM_POOL}
+        self._warming: set[str] = set(WARM_FROM_START)  # kinds kept ready (the worker adds)
         self._warm_lock = threading.Lock()
         self._warm_requests: queue.Queue[str | None] = queue.Queue()
+        self._no_cell_running = threading.Event()
+        self._no_cell_running.set()
         # bwrap --die-with-parent ties a sandbox to the *thread* that spawned it: sandboxes
         # come from these long-lived threads only (warm ones from the first, cold from the
         # worker), never from a short-lived one.
@@ -112,8 +126,9 @@ class CellService:
                                               ("accept", self._accept_loop))]
         for thread in self._threads:
             thread.start()
-        for kind in WARM_KINDS:
-            self._warm_requests.put(kind)
+        for kind in WARM_FROM_START:
+            for _ in range(WARM_POOL[kind]):
+                self._warm_requests.put(kind)
 
     def close(self) -> None:
         """Stop serving. A running cell is killed (the worker sees ``_closed`` within 0.1 s)
@@ -121,6 +136,7 @@ class CellService:
         if self._closed.is_set():
             return
         self._closed.set()
+        self._no_cell_running.set()  # a waiting replacement gives up at once
         prewarm, worker, accept = self._threads
         try:
             self._sock.shutdown(socket.SHUT_RDWR)  # wakes accept()
@@ -144,7 +160,9 @@ class CellService:
         self._warm_requests.put(None)
         prewarm.join(CLOSE_WAIT)
         with self._warm_lock:
-            warm, self._warm = list(self._warm.values()), {}
+            warm = [proc for pool in self._warm.values() for proc in pool]
+            for pool in self._warm.values():
+                pool.clear()
         for proc in warm:
             proc.close()
 
@@ -177,6 +195,7 @@ class CellService:
 
     def _serve(self, conn: socket.socket) -> None:
         send = _Sender(conn)
+        self._no_cell_running.clear()
         try:
             final = self._answer(conn, send)
         except Exception:  # a bug, never the kernel's input: the kernel still gets an answer
@@ -185,6 +204,7 @@ class CellService:
         finally:
             self._slot.release()
         send(final)
+        self._no_cell_running.set()  # after the reply: a replacement starting now does not delay it
 
     def _log_internal_error(self, what: str = "serving a request") -> None:
         if self._errors_logged < MAX_LOGGED_ERRORS:
@@ -218,6 +238,10 @@ class CellService:
             except (LaunchError, OSError) as e:  # egress, cgroup or session set-up failed: nothing ran
                 log.warning("%%%%%s cell: its sandbox could not be set up: %s", request.kind, e)
                 return {"t": "error", "problems": [["cell", f"the cell's sandbox could not be set up: {e}"]]}
+            if not request.options and request.kind in WARM_POOL and request.kind not in self._warming:
+                self._warming.add(request.kind)  # this kernel uses the kind: keep one ready from now on
+                for _ in range(WARM_POOL[request.kind]):
+                    self._warm_requests.put(request.kind)
         # The kernel cancels by hanging up (it does on interrupt); a kernel that stops reading
         # the output, or a kernel restart or shutdown (close()), cancels too.
         result = communicate(
@@ -225,8 +249,6 @@ class CellService:
             interrupted=lambda: self._closed.is_set() or send.broken or _kernel_hung_up(conn),
             on_output=lambda stream, data: send({"t": "out", "stream": stream, "data": base64.b64encode(data).decode()}),
         )
-        if request.kind in WARM_KINDS:
-            self._warm_requests.put(request.kind)
         report = result.report
         log.debug("%%%%%s cell done: exit %s, killed %s, %.2f s", request.kind, result.exit_code, result.killed_reason,
                   result.durations.get("run", 0.0))
@@ -246,8 +268,17 @@ class CellService:
         log.debug("%%%%%s cell planned: %s", kind, layers_summary(plan.report))
         return start(plan, stdin=subprocess.PIPE, session=self.session if spec.scratch_source else None)
 
+    def warm_count(self, kind: str) -> int:
+        """How many sandboxes of ``kind`` wait ready (for tests and benchmarks)."""
+        with self._warm_lock:
+            return len(self._warm.get(kind, ()))
+
     def _prewarm_loop(self) -> None:
         while (kind := self._warm_requests.get()) is not None:
+            if self.warm_count(kind) > 0:  # the next cell finds one ready: do not slow this one down
+                self._no_cell_running.wait(DEFER_WHILE_READY)
+            if self._closed.is_set() or self.warm_count(kind) >= WARM_POOL[kind]:
+                continue
             try:
                 proc = self._spawn(kind, self.kernel_policy)
             except (SandboxKernelError, OSError) as e:  # the cell will take the cold path and report it
@@ -257,20 +288,26 @@ class CellService:
                 self._log_internal_error(f"starting a warm %%{kind} sandbox")
                 continue
             with self._warm_lock:
-                old, keep = self._warm.pop(kind, None), not self._closed.is_set()
+                pool = self._warm[kind]
+                keep = not self._closed.is_set() and len(pool) < WARM_POOL[kind]
                 if keep:
-                    self._warm[kind] = proc
-            for p in (old, None if keep else proc):
-                if p is not None:
-                    p.close()
+                    pool.append(proc)
+            if not keep:
+                proc.close()
 
     def _take_warm(self, kind: str) -> SandboxProcess | None:
-        with self._warm_lock:
-            proc = self._warm.pop(kind, None)
-        if proc is not None and proc.poll() is not None:  # died while idle: use a fresh one
-            proc.close()
-            return None
-        return proc
+        """The longest-waiting ready sandbox of ``kind``, or None; each one taken (or found
+        dead) is replaced at once, so the next cell finds one ready."""
+        while True:
+            with self._warm_lock:
+                pool = self._warm.get(kind)
+                proc = pool.pop(0) if pool else None
+            if proc is None:
+                return None
+            self._warm_requests.put(kind)
+            if proc.poll() is None:
+                return proc
+            proc.close()  # died while idle: try the next one
 
 
 def _read_request(conn: socket.socket) -> tuple[CellRequest, bytearray]:

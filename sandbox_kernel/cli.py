@@ -1,4 +1,7 @@
-"""The ``sandbox-kernel`` command: ``doctor``, ``run``, ``install``, ``policy show|validate``.
+"""The ``sandbox-kernel`` command (also ``jupyter sandbox-kernel``): ``doctor``, ``run``,
+``install``, ``policy show|validate``; ``--generate-config``, ``--help-all``, ``--version``.
+The operator's policy comes from the Jupyter config files the server reads
+(``config.command_line_app``), so ``doctor`` checks what the server enforces.
 
 Exit codes and output are a contract (``docs/architecture.md``, "The command line"): 0 ok,
 1 a notebook failed, 2 bad usage or a bad policy (``field: problem`` lines on stderr), 3 the
@@ -13,7 +16,9 @@ import os
 import sys
 import textwrap
 
-from .policy import PolicyError, load_policy_file, secure_default
+from .policy import PolicyError, load_policy_file
+
+TABLE_FORMATS = ("text", "markdown", "csv")  # executor.TABLE_FORMATS, without importing it for --help
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNENFORCEABLE = 0, 1, 2, 3
 
@@ -41,20 +46,30 @@ def doctor_data(caps, policy, policy_source: str) -> dict:
             "host_shape": [f.to_dict() for f in host_shape.detect(caps)]}
 
 
+def configured_policy():
+    """The operator's policy from the Jupyter config files, and where it came from."""
+    from .config import SandboxPolicyConfig, command_line_app, operator_policy
+
+    config = command_line_app().config
+    source = "jupyter-config" if SandboxPolicyConfig.__name__ in config else "secure-default"
+    return operator_policy(config), source
+
+
 def cmd_doctor(args) -> int:
     from . import host_shape
     from .capabilities import detect
 
-    caps = detect()
-    policy = load_policy_file(args.policy) if args.policy else secure_default()
+    policy, source = (load_policy_file(args.policy), "file") if args.policy else configured_policy()
+    caps = detect(policy.resources.cgroup_parent)
     if args.json:
-        out = doctor_data(caps, policy, "file" if args.policy else "secure-default")
+        out = doctor_data(caps, policy, source)
         print(json.dumps(out, indent=2))
         return EXIT_OK if out["enforceable"] else EXIT_UNENFORCEABLE
     report = _readiness(caps, policy)
     enforceable = not report.downgrades
     shape = host_shape.detect(caps)
-    print(f"sandbox-kernel doctor  (probe took {caps.probe_seconds * 1000:.0f} ms, supervisor uid {caps.euid})\n")
+    print(f"sandbox-kernel doctor  (probe took {caps.probe_seconds * 1000:.0f} ms, supervisor uid {caps.euid}, "
+          f"policy: {args.policy or source})\n")
     print(f"{'layer':<11} {'state':<14} mechanism / reason")
     for name, layer in report.layers.items():
         reasons = [d.reason for d in report.downgrades if d.layer == name]
@@ -80,15 +95,42 @@ def cmd_doctor(args) -> int:
         print(textwrap.fill(f.meaning, 100, initial_indent=" " * 21, subsequent_indent=" " * 21))
         if f.hint:
             print(textwrap.fill(f"hint: {f.hint}", 100, initial_indent=" " * 21, subsequent_indent=" " * 27))
-    print("\n" + ("the policy is fully enforceable on this host" if enforceable
-                  else "NOT fully enforceable: under on_unavailable=fail kernels and runs are refused"))
+    print("\n" + verdict(enforceable, [name for name, cap in caps.probes().items() if not cap.ok]))
     return EXIT_OK if enforceable else EXIT_UNENFORCEABLE
 
 
-def cmd_policy_show(args) -> int:
-    from .config import operator_policy
+def verdict(enforceable: bool, failed_probes: list[str]) -> str:
+    """doctor's last line: never "fully enforceable" after a failed probe (a probe this policy
+    does not need still limits what other policies, a kernelspec's or a cell's, may ask for)."""
+    if not enforceable:
+        return "NOT fully enforceable: under on_unavailable=fail kernels and runs are refused"
+    if failed_probes:
+        return (f"the policy is enforceable on this host, but {len(failed_probes)} probe(s) failed "
+                f"({', '.join(failed_probes)}): a policy that needs them is refused here")
+    return "the policy is fully enforceable on this host"
 
-    policy = load_policy_file(args.file) if args.file else operator_policy()
+
+def cmd_delegate(args) -> int:
+    from .launch.cgroup import CgroupError, delegate, undelegate
+
+    if os.geteuid() != 0:
+        print("delegate: must run as root (it creates cgroups and gives them to --user)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        paths = undelegate(args.user) if args.remove else delegate(args.user)
+    except KeyError:
+        print(f"--user: no such user {args.user!r}", file=sys.stderr)
+        return EXIT_USAGE
+    except CgroupError as e:
+        print(str(e), file=sys.stderr)
+        return EXIT_UNENFORCEABLE
+    for path in paths:
+        print(f"{'removed' if args.remove else 'delegated to ' + args.user}: {path}")
+    return EXIT_OK
+
+
+def cmd_policy_show(args) -> int:
+    policy = load_policy_file(args.file) if args.file else configured_policy()[0]
     print(policy.to_json())
     return EXIT_OK
 
@@ -100,7 +142,9 @@ def cmd_policy_validate(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .config import operator_policy
+    from .startup import skip_unused_format_checkers
+
+    skip_unused_format_checkers()  # before the executor imports nbformat (and so jsonschema)
     from .executor import DEFAULT_NOTEBOOK_SECONDS, batch_exit_code, default_notebook_output, format_table, run_batch
     from .capabilities import detect
     from .kernel_sandbox import plan_kernel
@@ -108,11 +152,12 @@ def cmd_run(args) -> int:
     from .policy import parse_size
     from .report import SandboxUnavailable
 
-    policy = load_policy_file(args.policy) if args.policy else operator_policy()
+    policy = load_policy_file(args.policy) if args.policy else configured_policy()[0]
     names = {}
     for nb in args.notebooks:
-        if not os.path.lexists(nb):
-            print(f"notebook: {nb!r} does not exist", file=sys.stderr)
+        problem = _notebook_problem(nb, args.any_language)
+        if problem:
+            print(f"notebook: {nb!r}: {problem}", file=sys.stderr)
             return EXIT_USAGE
         other = names.setdefault(os.path.basename(nb), nb)
         if other != nb:
@@ -124,6 +169,13 @@ def cmd_run(args) -> int:
             return EXIT_USAGE
     if args.jobs < 1:
         print("--jobs: must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    from .parameters import ParameterError, collect
+
+    try:
+        parameters = collect(files=args.parameters_file, yamls=args.parameters_yaml, values=args.parameters, raws=args.parameters_raw)
+    except ParameterError as e:
+        print(str(e), file=sys.stderr)
         return EXIT_USAGE
     for name in ("cell_timeout", "notebook_timeout"):
         value = getattr(args, name)
@@ -145,7 +197,7 @@ def cmd_run(args) -> int:
             return EXIT_USAGE
     try:
         if not args.dask_scheduler:
-            plan_kernel(policy, detect())  # refuse before any kernel starts
+            plan_kernel(policy, detect(policy.resources.cgroup_parent))  # refuse before any kernel starts
     except SandboxUnavailable as e:
         print(str(e), file=sys.stderr)
         return EXIT_UNENFORCEABLE
@@ -160,25 +212,33 @@ def cmd_run(args) -> int:
         print(f"--summary: {e}", file=sys.stderr)
         return EXIT_USAGE
     try:
+        if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+            raise UnsafeResultPath(f"{args.output_dir} is a file; give a directory (it is created if missing)")
         output_dir = ResultDir.open(args.output_dir)
+        try:
+            _check_output_dir(output_dir, args.notebooks)
+        except UnsafeResultPath:
+            output_dir.close()
+            raise
     except UnsafeResultPath as e:
         if summary_dir is not None:
             summary_dir.close()
         print(f"--output-dir: {e}", file=sys.stderr)
         return EXIT_USAGE
-    progress = _Progress(len(args.notebooks))
+    progress = _Progress(len(args.notebooks), log_output=args.log_output)
     try:
         results = run_batch(
             args.notebooks, policy=policy, output_dir=output_dir, jobs=args.jobs, dask_scheduler=args.dask_scheduler,
             on_result=progress, cell_timeout=args.cell_timeout, notebook_timeout=args.notebook_timeout or DEFAULT_NOTEBOOK_SECONDS,
             allow_errors=args.allow_errors, inputs=args.inputs, data=tuple(args.data), summary=args.summary,
-            max_notebook_output=notebook_cap,
+            max_notebook_output=notebook_cap, parameters=parameters, any_language=args.any_language,
+            on_progress=progress.event,
         )
     finally:
         progress.close()
         output_dir.close()
     code = batch_exit_code(results)
-    print(format_table(results))
+    print(format_table(results, args.table_format))
     if code == EXIT_UNENFORCEABLE:
         for r in results:
             if r.status == "refused":
@@ -188,6 +248,38 @@ def cmd_run(args) -> int:
             summary_dir.write_json(os.path.basename(args.summary), {
                 "exit_code": code, "policy": policy.to_dict(), "notebooks": [r.to_dict() for r in results]})
     return code
+
+
+def _notebook_problem(path: str, any_language: bool) -> str | None:
+    """What makes ``path`` no notebook to run, found before anything starts; None when it
+    looks runnable. A notebook that cannot be read is left to its row (status ``invalid``):
+    in a batch of untrusted notebooks one bad file must not stop the others."""
+    from .intake import UntrustedInput, language_problem, read_notebook
+
+    if not os.path.lexists(path):
+        return "it does not exist (give the path of an .ipynb file)"
+    if os.path.isdir(path):
+        return f"it is a directory; give the notebooks in it (e.g. {os.path.join(path, '*.ipynb')})"
+    if any_language:
+        return None
+    try:
+        return language_problem(read_notebook(path))
+    except UntrustedInput:
+        return None
+
+
+def _check_output_dir(output_dir, notebooks: list[str]) -> None:
+    """Raise UnsafeResultPath when results could not go into ``output_dir``, or would replace
+    one of the input notebooks. Something not ours under one notebook's name (a planted link)
+    is that notebook's row, not a refusal of the batch: the dir may be shaped by submitters."""
+    from .launch.results import UnsafeResultPath
+
+    output_dir.check_writable()
+    for nb in notebooks:
+        name = os.path.basename(nb)
+        if os.path.realpath(os.path.join(output_dir.path, name)) == os.path.realpath(nb):
+            raise UnsafeResultPath(f"{output_dir.path} holds {nb!r} itself, which its executed copy would replace; "
+                                   "give another directory")
 
 
 def _runner_memory_problem(cell_cap, notebook_cap: int, jobs: int, field: str | None) -> str | None:
@@ -218,40 +310,151 @@ def _available_memory() -> int | None:
     return None
 
 
-class _Progress:
-    """A progress bar on a terminal, plain lines otherwise."""
+LOG_LINE_CHARS = 64 * 1024  # --log-output holds at most this much of an unfinished line per stream
 
-    def __init__(self, total: int):
-        self.total, self.done, self.bar = total, 0, None
+
+class _Progress:
+    """Progress on stderr: on a terminal a tqdm bar for the batch and one per running notebook
+    (its code cells); otherwise one plain line per cell and per notebook. ``--log-output``
+    also copies each notebook's stream output, prefixed with its name. Everything a notebook
+    printed is shown as plain text: a notebook must not drive the operator's terminal."""
+
+    def __init__(self, total: int, log_output: bool = False):
+        import threading
+
+        self.total, self.done, self.log_output = total, 0, log_output
+        self.lock = threading.Lock()  # events come from each notebook's runner thread
+        self.bar, self.cell_bars, self.partial = None, {}, {}
         if sys.stderr.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, unit="notebook", file=sys.stderr)
+            # A terminal that does not say its size (0x0) would get no bars at all from tqdm.
+            size = os.get_terminal_size(sys.stderr.fileno())
+            self.tqdm = lambda **kw: tqdm(file=sys.stderr, ncols=size.columns or 100, nrows=size.lines or 24, **kw)
+            self.bar = self.tqdm(total=total, unit="notebook", position=0)
 
     def __call__(self, result) -> None:
-        self.done += 1
+        with self.lock:
+            self.done += 1
+            self._flush_output(result.path)
+            cell_bar = self.cell_bars.pop(result.path, None)
+            if cell_bar is not None:
+                cell_bar.close()
+            line = f"[{self.done}/{self.total}] {result.path}: {result.status} ({result.duration:.1f}s)"
+            if self.bar is not None:
+                self.bar.set_postfix_str(f"{os.path.basename(result.path)}: {result.status}")
+                self.bar.update(1)
+            else:
+                print(line, file=sys.stderr, flush=True)
+
+    def event(self, event: dict) -> None:
+        from .executor import plain_text
+
+        with self.lock:
+            path = event["path"]
+            if event["event"] == "output":
+                if self.log_output:
+                    # whole lines only, so that two notebooks' (or streams') output never mixes in a line
+                    key = (path, event["stream"])
+                    text = self.partial.pop(key, "") + plain_text(event["text"] or "").replace("\r", "")
+                    *lines, self.partial[key] = text.split("\n")
+                    if len(self.partial[key]) > LOG_LINE_CHARS:  # a line without end is shown in pieces
+                        lines.append(self.partial.pop(key))
+                    for line in lines:
+                        self._write(f"[{os.path.basename(path)}] {line}")
+                return
+            self._flush_output(path)
+            if self.bar is None:
+                self._write(f"{path}: cell {event['index']}/{event['of']} {event['status']}")
+                return
+            cell_bar = self.cell_bars.get(path)
+            if cell_bar is None:
+                cell_bar = self.cell_bars[path] = self.tqdm(
+                    total=event["of"], unit="cell", desc=os.path.basename(path), leave=False,
+                    position=1 + len(self.cell_bars))
+            cell_bar.update(1)
+
+    def _flush_output(self, path: str) -> None:
+        for stream in ("stdout", "stderr"):
+            rest = self.partial.pop((path, stream), "")
+            if rest:
+                self._write(f"[{os.path.basename(path)}] {rest}")
+
+    def _write(self, line: str) -> None:
         if self.bar is not None:
-            self.bar.set_postfix_str(f"{os.path.basename(result.path)}: {result.status}")
-            self.bar.update(1)
+            self.bar.write(line, file=sys.stderr)
         else:
-            print(f"[{self.done}/{self.total}] {result.path}: {result.status} ({result.duration:.1f}s)", file=sys.stderr, flush=True)
+            print(line, file=sys.stderr, flush=True)
 
     def close(self) -> None:
+        for cell_bar in self.cell_bars.values():
+            cell_bar.close()
         if self.bar is not None:
             self.bar.close()
 
 
 def cmd_install(args) -> int:
+    import re
+
     from .kernelspec import install
 
-    path = install(name=args.name, user=args.user, sys_prefix=args.sys_prefix, policy_file=args.policy)
-    print(f"installed kernelspec {args.name!r} in {path}")
+    if not re.fullmatch(r"[a-zA-Z0-9._-]+", args.name):  # what jupyter_client accepts as a kernelspec name
+        print(f"--name: {args.name!r} is not a kernelspec name (letters, digits, '.', '_', '-')", file=sys.stderr)
+        return EXIT_USAGE
+    env = {}
+    for item in args.env:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            print(f"--env: {item!r} is not KEY=VALUE", file=sys.stderr)
+            return EXIT_USAGE
+        env[key] = value
+    try:
+        path = install(name=args.name, user=args.user, sys_prefix=args.sys_prefix, prefix=args.prefix, policy_file=args.policy,
+                       display_name=args.display_name, env=env, operator=configured_policy()[0])
+    except OSError as e:
+        print(f"install: cannot write the kernelspec ({e.strerror}: {e.filename}); try --user", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"installed kernelspec {args.name!r} ({args.display_name}) in {path}")
     return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sandbox-kernel", description="Run untrusted notebooks in an OS-level sandbox.")
-    sub = parser.add_subparsers(dest="command", required=True)
+def cmd_generate_config(args) -> int:
+    """Write the policy's config file (every trait, commented out) into the user's Jupyter
+    config dir; never over an existing one."""
+    from .config import SandboxPolicyConfig, command_line_app
+
+    app = command_line_app()
+    path = os.path.join(app.config_dir, app.config_file_name + ".py")
+    if os.path.lexists(path):
+        print(f"--generate-config: {path} exists; edit it, or move it away and run again", file=sys.stderr)
+        return EXIT_USAGE
+    os.makedirs(app.config_dir, exist_ok=True)
+    with open(path, "x") as f:
+        f.write(app.generate_config_file(classes=[SandboxPolicyConfig]))
+    print(f"wrote {path}")
+    return EXIT_OK
+
+
+def cmd_help_all(parser) -> int:
+    """The command's help, then every config trait (``c.SandboxPolicyConfig.<trait>``)."""
+    from .config import SandboxPolicyConfig
+
+    parser.print_help()
+    print("\nConfiguration: c.SandboxPolicyConfig.<trait> in jupyter_server_config.py (or "
+          "jupyter_sandbox_kernel_config.py) in a Jupyter config dir (jupyter --paths):\n")
+    print(SandboxPolicyConfig.class_get_help())
+    return EXIT_OK
+
+
+def build_parser(prog: str = "sandbox-kernel") -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog=prog, description="Run untrusted notebooks in an OS-level sandbox.")
+    parser.add_argument("--version", action="version", version=__version__)
+    parser.add_argument("--help-all", action="store_true", help="this help and every config trait of the policy")
+    parser.add_argument("--generate-config", action="store_true",
+                        help="write jupyter_sandbox_kernel_config.py (every policy trait) into the Jupyter config dir")
+    sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("run", help="execute untrusted notebooks, each in its own sandboxed kernel")
     run.add_argument("notebooks", nargs="+", metavar="NOTEBOOK")
     run.add_argument("--policy", metavar="FILE", help="policy file (default: the Jupyter config's policy, else the secure default)")
@@ -269,19 +472,44 @@ def build_parser() -> argparse.ArgumentParser:
                      help="output kept per notebook (default: 4 times the policy's max_output_bytes, at most 1G)")
     run.add_argument("--summary", metavar="FILE.json", help="also write the result table as JSON")
     run.add_argument("--allow-errors", action="store_true", help="keep going after a failing cell; exit 0 if only cells errored")
+    run.add_argument("--log-output", action="store_true",
+                     help="also copy each notebook's printed output to stderr as it runs, prefixed with its name (as papermill's)")
+    run.add_argument("--table-format", choices=TABLE_FORMATS, default="text",
+                     help="the result table on stdout: text (default), markdown (e.g. for a CI job summary) or csv")
+    run.add_argument("--any-language", action="store_true",
+                     help="run notebooks whose kernelspec language is not Python (their cells run as Python)")
     run.add_argument("--dask-scheduler", metavar="ADDRESS", help="run each notebook as a task on this Dask cluster")
+    # papermill's parameter options, with its meaning (sandbox_kernel/parameters.py)
+    run.add_argument("-p", "--parameters", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                     help="a notebook parameter, typed like papermill's -p (repeatable)")
+    run.add_argument("-r", "--parameters-raw", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                     help="a notebook parameter, always a string (repeatable)")
+    run.add_argument("-f", "--parameters-file", action="append", default=[], metavar="FILE.yaml",
+                     help="notebook parameters from a YAML file (repeatable)")
+    run.add_argument("-y", "--parameters-yaml", action="append", default=[], metavar="YAML",
+                     help="notebook parameters as a YAML string (repeatable)")
     run.set_defaults(func=cmd_run)
     install = sub.add_parser("install", help="install the python3-sandboxed kernelspec")
     where = install.add_mutually_exclusive_group()
     where.add_argument("--user", action="store_true", help="for the current user")
     where.add_argument("--sys-prefix", action="store_true", help="into this Python environment")
+    where.add_argument("--prefix", metavar="DIR", help="into DIR/share/jupyter/kernels (e.g. another environment's prefix)")
     install.add_argument("--name", default="python3-sandboxed", help="kernelspec name (default python3-sandboxed)")
-    install.add_argument("--policy", metavar="FILE", help="policy keys that tighten the operator's policy for this kernelspec")
+    install.add_argument("--display-name", default="Python 3 (sandboxed)", metavar="TEXT",
+                         help="the name shown in Jupyter's launcher and kernel menu (default 'Python 3 (sandboxed)')")
+    install.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                         help="an environment variable of the kernel (repeatable; the sandbox's env policy still applies)")
+    install.add_argument("--policy", metavar="FILE",
+                         help="policy keys that tighten the operator's policy for this kernelspec (refused if they loosen it)")
     install.set_defaults(func=cmd_install)
     doctor = sub.add_parser("doctor", help="probe this host and show which mechanism enforces each layer")
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
-    doctor.add_argument("--policy", metavar="FILE", help="check this policy instead of the secure default")
+    doctor.add_argument("--policy", metavar="FILE", help="check this policy file instead of the Jupyter config's policy")
     doctor.set_defaults(func=cmd_doctor)
+    delegate = sub.add_parser("delegate", help="(root) give a user's rootless supervisor a cgroup of its own for its kernels")
+    delegate.add_argument("--user", required=True, help="the account the user's Jupyter server runs as")
+    delegate.add_argument("--remove", action="store_true", help="remove the user's delegated cgroup instead")
+    delegate.set_defaults(func=cmd_delegate)
     policy = sub.add_parser("policy", help="show or validate a policy")
     psub = policy.add_subparsers(dest="policy_command", required=True)
     show = psub.add_parser("show", help="print the effective policy (defaults merged) as JSON")
@@ -294,12 +522,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    # `jupyter sandbox-kernel` runs the `jupyter-sandbox-kernel` script: say that name back.
+    script = os.path.basename(sys.argv[0])
+    parser = build_parser("jupyter sandbox-kernel" if script.startswith("jupyter-") else "sandbox-kernel")
     try:
         args = parser.parse_args(argv)
+        if args.command is None and not (args.help_all or args.generate_config):
+            parser.error("a command is required (doctor, run, install, policy)")
     except SystemExit as e:
         return EXIT_USAGE if e.code not in (0, None) else EXIT_OK
     try:
+        if args.help_all:
+            return cmd_help_all(parser)
+        if args.generate_config:
+            return cmd_generate_config(args)
         return args.func(args)
     except PolicyError as e:
         for field, problem in e.problems:

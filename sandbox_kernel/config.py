@@ -29,7 +29,7 @@ TRAIT_FIELDS = {
     "cpu_seconds": ("resources", "cpu_seconds"), "memory_bytes": ("resources", "memory_bytes"),
     "max_processes": ("resources", "max_processes"), "max_open_files": ("resources", "max_open_files"),
     "max_file_size_bytes": ("resources", "max_file_size_bytes"), "max_output_bytes": ("resources", "max_output_bytes"),
-    "wall_seconds": ("resources", "wall_seconds"),
+    "wall_seconds": ("resources", "wall_seconds"), "cgroup_parent": ("resources", "cgroup_parent"),
     "filesystem_mode": ("filesystem", "mode"), "read_only_paths": ("filesystem", "read_only_paths"),
     "scratch_bytes": ("filesystem", "scratch_bytes"),
     "outputs_enabled": ("filesystem", "outputs", "enabled"), "outputs_dir": ("filesystem", "outputs", "dir"),
@@ -63,6 +63,11 @@ class SandboxPolicyConfig(Configurable):
     wall_seconds = Union([Float(), Unicode()], default_value=None, allow_none=True,
                          help="Wall-clock limit per run (per cell in a kernel), seconds, or 'unlimited'. "
                               "Secure default: 600.").tag(config=True)
+    cgroup_parent = Unicode(None, allow_none=True,
+                            help="The cgroup kernels' cgroups are created below, relative to each hierarchy's root, "
+                                 "e.g. 'sandbox-kernel/user-alice' (`sandbox-kernel delegate --user alice` makes it). "
+                                 "Unset: the supervisor's own cgroup if delegated to it, else <root>/sandbox-kernel/"
+                                 "user-<name> if that is its, else <root>/sandbox-kernel.").tag(config=True)
     filesystem_mode = Enum(["off", "scratch-only", "scratch-plus-ro"], default_value=None, allow_none=True,
                            help="What the sandbox sees. Secure default: 'scratch-plus-ro'.").tag(config=True)
     read_only_paths = List(Unicode(), default_value=None, allow_none=True,
@@ -181,3 +186,54 @@ def load_jupyter_config(basenames: tuple[str, ...] = (CONFIG_BASENAME,)) -> Conf
 
 def operator_policy(config: Config | None = None) -> SandboxPolicy:
     return SandboxPolicyConfig(config=config if config is not None else load_jupyter_config()).policy()
+
+
+SERVER_CONFIG_BASENAME = "jupyter_server_config"
+
+
+def _app_class():
+    from jupyter_core.application import JupyterApp
+    from traitlets.config import Application
+
+    from . import __version__
+
+    class SandboxKernelApp(JupyterApp):
+        """The command line's configuration, read as ``jupyter server`` reads its own: the
+        same config path (``jupyter --paths``, ``JUPYTER_CONFIG_DIR``), ``jupyter_config``,
+        then ``jupyter_sandbox_kernel_config``, then ``jupyter_server_config`` (which wins,
+        as it does for the server's kernels), ``.py`` then ``.json`` in each directory."""
+
+        name = "jupyter-sandbox-kernel"
+        description = "Run untrusted notebooks in an OS-level sandbox."
+        version = __version__
+        classes = [SandboxPolicyConfig]
+        config_file_name = Unicode(CONFIG_BASENAME)  # what --generate-config writes
+        raise_config_file_errors = True  # a broken config file is an error, not a warning
+
+        def load_config_file(self, suppress_errors: bool = False) -> None:
+            super().load_config_file(suppress_errors=False)
+            Application.load_config_file(self, SERVER_CONFIG_BASENAME, path=self.config_file_paths)
+
+    return SandboxKernelApp
+
+
+def command_line_app():
+    """The ``SandboxKernelApp`` with every Jupyter config file loaded. A config file that
+    cannot be run raises PolicyError naming it."""
+    app = _app_class()()
+    try:
+        app.load_config_file()
+    except PolicyError:
+        raise
+    except Exception as e:  # a config file is Python: anything it raises means "fix that file"
+        raise PolicyError("config", f"{_short_error(e)} (in {', '.join(_config_names())} on the Jupyter config path)") from None
+    return app
+
+
+def _short_error(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[-1] if text else ''}"[:300]
+
+
+def _config_names() -> list[str]:
+    return ["jupyter_config", CONFIG_BASENAME, SERVER_CONFIG_BASENAME]

@@ -28,6 +28,7 @@ import atexit
 import logging
 import math
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,7 +43,7 @@ from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernel
 from traitlets import Any as AnyTrait
 from traitlets import Int, Type, default
 
-from .intake import SandboxKernelClient, UntrustedInput, read_notebook
+from .intake import SandboxKernelClient, UntrustedInput, language_problem, read_notebook
 from .kernelspec import KERNEL_NAME, kernelspec
 from .launch.channel_guard import ChannelGuard
 from .launch.results import ResultDir, dump_json
@@ -185,11 +186,14 @@ class SandboxNotebookClient(NotebookClient):
     max_output_bytes = Int(None, allow_none=True, help="Output bytes kept per cell (serialized size of its messages).").tag(config=True)
     max_notebook_output_bytes = Int(None, allow_none=True, help="Output bytes kept per notebook.").tag(config=True)
 
-    def __init__(self, nb, policy: SandboxPolicy | None = None, inputs: dict | None = None, outputs: str | None = None,
-                 **kw):
+    def __init__(self, nb, policy: SandboxPolicy | None = None, inputs: dict | None = None, on_progress=None,
+                 outputs: str | None = None, **kw):
         self.sandbox_policy = policy or secure_default()
         self.sandbox_inputs = inputs
         self.sandbox_outputs = outputs
+        # on_progress(event): {"event": "cell", "index", "of", "status"} as each code cell ends,
+        # {"event": "output", "stream", "text"} for stream output kept in the notebook.
+        self.on_progress = on_progress
         super().__init__(nb, km=None, kernel_manager_class=SandboxKernelManager, **kw)
         if self.max_output_bytes is None:
             self.max_output_bytes = self.sandbox_policy.resources.max_output_bytes
@@ -319,6 +323,8 @@ class SandboxNotebookClient(NotebookClient):
             s.chunks.append(msg["content"].get("text", ""))
             return s.node
         self._close_stream()
+        if msg["msg_type"] == "stream" and self.on_progress is not None:
+            self.on_progress({"event": "output", "stream": msg["content"].get("name"), "text": msg["content"].get("text", "")})
         out = super().output(outs, msg, display_id, cell_index)
         if out is not None and out.get("output_type") == "stream" and outs and outs[-1] is out:
             self._stream = _Stream(outs, out)
@@ -347,6 +353,10 @@ class SandboxNotebookClient(NotebookClient):
             status = status if status in ("ok", "error", "timeout") else "error"
         truncated = bool(self._cut.get(cell_index))
         self.cell_records[cell_index] = CellRecord(cell_index, status, truncated)
+        if self.on_progress is not None:
+            order = [i for i, c in enumerate(self.nb.cells) if c.cell_type == "code"]
+            self.on_progress({"event": "cell", "index": order.index(cell_index) + 1 if cell_index in order else len(self.cell_records),
+                              "of": len(order), "status": status})
         kernel_said = (execute_reply or {}).get("metadata", {}).get("sandbox")
         extra = {}
         if isinstance(kernel_said, dict) and kernel_said.get("scope") == "cell":
@@ -404,17 +414,28 @@ def _death_reason(client: SandboxNotebookClient) -> str:
     return reason() if callable(reason) else "the kernel died"
 
 
+# Terminal escapes (CSI/OSC sequences) and other control characters: IPython colours its
+# tracebacks, and a reason goes into a table, a log and summary.json as plain text.
+_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]|[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def plain_text(text: str | None) -> str | None:
+    """``text`` without terminal escapes or control characters (newlines kept)."""
+    return _ESCAPES.sub("", text) if text else text
+
+
 def _last_line(text: str, limit: int = 500) -> str:
     """The last line of an error text (the exception itself), bounded; never splits all of a
     text a kernel made as long as it liked."""
-    line = (text[-8 * limit:].strip().splitlines() or ["cell error"])[-1]
+    line = (plain_text(text[-8 * limit:]).strip().splitlines() or ["cell error"])[-1]
     return line if len(line) <= limit else line[:limit] + "..."
 
 
 async def execute_notebook_async(nb, *, policy: SandboxPolicy | None = None, cwd: str | None = None,
                                  cell_timeout: float | None = None, notebook_timeout: float | None = DEFAULT_NOTEBOOK_SECONDS,
                                  allow_errors: bool = False, path: str = "<notebook>", inputs: dict | None = None,
-                                 max_notebook_output: int | None = None, outputs: str | None = None) -> tuple[Any, NotebookResult]:
+                                 max_notebook_output: int | None = None, on_progress=None,
+                                 outputs: str | None = None) -> tuple[Any, NotebookResult]:
     """Execute ``nb`` (already read with ``intake.read_notebook``) in its own sandboxed kernel.
     ``cwd``: the directory whose entries it sees (None: none); ``inputs``: exclusions and data
     paths for that listing. The per-cell clock is the smaller of ``cell_timeout`` and the
@@ -428,6 +449,7 @@ async def execute_notebook_async(nb, *, policy: SandboxPolicy | None = None, cwd
         interrupt_on_timeout=True, allow_errors=allow_errors, record_timing=True, shutdown_kernel="immediate",
         error_on_timeout={"ename": "CellTimeoutError", "evalue": f"cell exceeded the {cell_timeout} s timeout", "traceback": []},
         resources={"metadata": {"path": cwd}} if cwd else {}, max_notebook_output_bytes=max_notebook_output,
+        on_progress=(lambda event: on_progress({**event, "path": path})) if on_progress else None,
     )
     result = NotebookResult(path=path, status="ok", timeouts={"cell": cell_timeout, "notebook": notebook_timeout})
     t0 = time.monotonic()
@@ -479,6 +501,7 @@ async def execute_notebook_async(nb, *, policy: SandboxPolicy | None = None, cwd
     if result.status == "ok" and result.cells_errored and not allow_errors:
         result.status = "error"
     client.stamp_not_run(result.status)
+    result.reason = plain_text(result.reason)
     result.output_bytes = client._notebook_used
     result.output_truncated = bool(client._cut)
     report = client.kernel_report
@@ -508,14 +531,24 @@ def execute_notebook(path_or_nb, *, policy: SandboxPolicy | None = None, **kwarg
 # ----------------------------------------------------------------------------- batch
 
 
+def read_runnable(path: str, any_language: bool = False, parameters: dict | None = None):
+    """``read_notebook``, the language check, then papermill's parameters injected. Raises
+    UntrustedInput with the reason."""
+    nb = read_notebook(path)
+    problem = None if any_language else language_problem(nb)
+    if problem:
+        raise UntrustedInput(problem)
+    return _parameterize(nb, parameters)
+
+
 def run_one(path: str, *, policy: SandboxPolicy, results: ResultDir, inputs: dict | None, expose_dir: bool = True,
-            **options) -> NotebookResult:
+            parameters: dict | None = None, any_language: bool = False, **options) -> NotebookResult:
     """One notebook of a batch, start to saved result. Never raises: whatever goes wrong is
-    its row's status and reason."""
+    its row's status and reason. ``parameters``: papermill's, injected (``parameters.py``)."""
     try:
-        nb = read_notebook(path)
+        nb = read_runnable(path, any_language, parameters)
     except UntrustedInput as e:
-        return NotebookResult(path=path, status="invalid", reason=str(e))
+        return NotebookResult(path=path, status="invalid", reason=plain_text(str(e)))
     cwd = os.path.dirname(os.path.abspath(path)) if expose_dir else None
     try:
         # Its results (what it wrote under /scratch/outputs) go beside the executed notebook.
@@ -532,6 +565,17 @@ def files_dir_name(path: str) -> str:
     """``<notebook>_files``: where ``run`` puts a notebook's results (as nbconvert names its
     extracted files)."""
     return os.path.splitext(os.path.basename(path))[0] + "_files"
+
+
+def _parameterize(nb, parameters: dict | None):
+    if parameters:
+        from .parameters import parameterize
+
+        try:
+            nb = parameterize(nb, parameters)
+        except Exception as e:  # whatever this notebook's shape made papermill trip on: its row says so
+            raise UntrustedInput(f"the parameters could not be injected: {type(e).__name__}: {_last_line(str(e))}") from None
+    return nb
 
 
 def save(results: ResultDir, path: str, result: NotebookResult, write) -> NotebookResult:
@@ -559,11 +603,13 @@ def dask_task(nb_json: str, name: str, policy_json: str, options: dict) -> tuple
 
 def run_batch(paths: list[str], *, policy: SandboxPolicy, output_dir: str | ResultDir, jobs: int = 1,
               dask_scheduler: str | None = None, on_result=None, inputs: str = "dir", data: tuple[str, ...] = (),
-              summary: str | None = None, **options) -> list[NotebookResult]:
+              summary: str | None = None, parameters: dict | None = None, any_language: bool = False,
+              **options) -> list[NotebookResult]:
     """Execute every notebook; results come back in input order, one per notebook whatever
     happens to it. ``on_result`` is called as each one finishes (progress display).
     ``inputs``: "dir" (each notebook sees its directory, minus the other notebooks of the run
-    and the runner's output paths) or "none"; ``data``: extra read-only paths for every one."""
+    and the runner's output paths) or "none"; ``data``: extra read-only paths for every one;
+    ``any_language``: run notebooks whose kernelspec language is not Python (as Python)."""
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
     results_dir = output_dir if isinstance(output_dir, ResultDir) else ResultDir.open(output_dir)
@@ -572,20 +618,23 @@ def run_batch(paths: list[str], *, policy: SandboxPolicy, output_dir: str | Resu
     results: dict[int, NotebookResult] = {}
 
     def done(i: int, result: NotebookResult) -> None:
+        result.reason = plain_text(result.reason)
         results[i] = result
         if on_result:
             on_result(result)
 
     try:
         if dask_scheduler:
-            _run_on_dask(paths, policy, results_dir, dask_scheduler, options, done)
+            options.pop("on_progress", None)  # a callback does not travel to the workers
+            _run_on_dask(paths, policy, results_dir, dask_scheduler, options, done, parameters, any_language)
         else:
             with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
                 futures = {}
                 for i, p in enumerate(paths):
                     listing = {"exclude": [q for j, q in enumerate(everyone) if j != i] + runner_paths, "data": list(data)}
                     futures[pool.submit(run_one, p, policy=policy, results=results_dir, inputs=listing,
-                                        expose_dir=inputs == "dir", **options)] = i
+                                        expose_dir=inputs == "dir", parameters=parameters, any_language=any_language,
+                                        **options)] = i
                 for fut in as_completed(futures):
                     done(futures[fut], fut.result())
     finally:
@@ -595,7 +644,8 @@ def run_batch(paths: list[str], *, policy: SandboxPolicy, output_dir: str | Resu
             for i, p in enumerate(paths)]
 
 
-def _run_on_dask(paths, policy, results_dir: ResultDir, scheduler: str, options: dict, done) -> None:
+def _run_on_dask(paths, policy, results_dir: ResultDir, scheduler: str, options: dict, done, parameters: dict | None = None,
+                 any_language: bool = False) -> None:
     from distributed import Client
     from distributed import as_completed as dask_completed
 
@@ -603,7 +653,7 @@ def _run_on_dask(paths, policy, results_dir: ResultDir, scheduler: str, options:
         futures = {}
         for i, p in enumerate(paths):
             try:
-                nb = read_notebook(p)
+                nb = read_runnable(p, any_language, parameters)
             except UntrustedInput as e:
                 done(i, NotebookResult(path=p, status="invalid", reason=str(e)))
                 continue
@@ -627,15 +677,34 @@ def batch_exit_code(results: list[NotebookResult]) -> int:
     return 0 if all(r.status == "ok" for r in results) else 1
 
 
-def format_table(results: list[NotebookResult]) -> str:
-    rows = [("notebook", "status", "cells run", "errored", "duration", "output", "downgrades")]
+TABLE_HEADERS = ("notebook", "status", "cells run", "errored", "duration", "output", "downgrades", "reason")
+TABLE_FORMATS = ("text", "markdown", "csv")
+
+
+def format_table(results: list[NotebookResult], fmt: str = "text") -> str:
+    """The result table: ``text`` for a terminal (then each failure's reason and the layers in
+    force), ``markdown`` (a GitHub table, for CI job summaries) or ``csv``. Tables are drawn by
+    tabulate: alignment and Markdown escaping done once, well, by a small pure-Python library."""
+    import csv
+    import io
+
+    from tabulate import tabulate
+
+    rows = []
     for r in results:
         downs = ", ".join(sorted({d["layer"] for d in r.downgrades})) or "-"
         output = _human(r.output_bytes) + (" (cut)" if r.output_truncated else "") if r.output_bytes else "-"
-        rows.append((r.path, r.status, str(r.cells_run), str(r.cells_errored), f"{r.duration:.1f}s", output, downs))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+        rows.append([r.path, r.status, r.cells_run, r.cells_errored, f"{r.duration:.1f}s", output, downs,
+                     plain_text(r.reason) if r.status != "ok" and r.reason else ""])
+    if fmt == "csv":
+        out = io.StringIO()
+        csv.writer(out, lineterminator="\n").writerows([TABLE_HEADERS, *rows])
+        return out.getvalue().rstrip("\n")
+    if fmt == "markdown":
+        escaped = [[str(c).replace("|", "\\|").replace("\n", " ") for c in row] for row in rows]
+        return tabulate(escaped, headers=TABLE_HEADERS, tablefmt="github", disable_numparse=True)
+    lines = tabulate([row[:-1] for row in rows], headers=TABLE_HEADERS[:-1], tablefmt="simple",
+                     disable_numparse=True).splitlines()
     for r in results:
         if r.reason and r.status != "ok":
             lines.append(f"{r.path}: {r.reason}")

@@ -21,9 +21,10 @@ __all__ = ["Capability", "HostCapabilities", "TOOLS", "APT_PACKAGE", "CGROUP_PAR
            "find_tools", "host_layout", "host_addresses", "hidden_dirs", "missing_tool"]
 
 CGROUP_PARENT = "sandbox-kernel"  # the product's cgroup below each hierarchy's root
-TOOLS = ("bwrap", "setpriv", "prlimit", "unshare", "nsenter", "nft", "slirp4netns", "pasta")
+TOOLS = ("bwrap", "setpriv", "prlimit", "unshare", "nsenter", "nft", "slirp4netns", "pasta", "dnsmasq")
 APT_PACKAGE = {"bwrap": "bubblewrap", "nft": "nftables", "slirp4netns": "slirp4netns", "pasta": "passt",
-               "setpriv": "util-linux", "prlimit": "util-linux", "unshare": "util-linux", "nsenter": "util-linux"}
+               "setpriv": "util-linux", "prlimit": "util-linux", "unshare": "util-linux", "nsenter": "util-linux",
+               "dnsmasq": "dnsmasq-base"}
 # The host's system dirs, bound read-only whole into every sandbox (planner/filesystem.py).
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 
@@ -65,6 +66,7 @@ class HostCapabilities:
     prlimit: Capability = NOT_PROBED
     seccomp: Capability = NOT_PROBED
     egress: Capability = NOT_PROBED
+    resolver: Capability = NOT_PROBED  # the filtering resolver of host-name allow entries
     cgroup_memory: Capability = NOT_PROBED
     cgroup_pids: Capability = NOT_PROBED
     landlock: Capability = NOT_PROBED

@@ -28,7 +28,7 @@ from traitlets import Type, default
 
 from .errors import UntrustedInputError
 
-__all__ = ["UntrustedInput", "json_cost", "loads_bounded", "read_notebook", "SandboxKernelClient", "BoundedChannel"]
+__all__ = ["UntrustedInput", "json_cost", "loads_bounded", "read_notebook", "strip_ours", "SandboxKernelClient", "BoundedChannel"]
 
 MAX_DEPTH = 100
 MAX_NOTEBOOK_BYTES = 32 * 2**20
@@ -132,6 +132,26 @@ def _short(e: BaseException, limit: int = 200) -> str:
 # --------------------------------------------------------------------------- input notebooks
 
 
+def notebook_language(nb) -> str | None:
+    """The language a notebook says it is written in (its kernelspec's, else its
+    language_info's), lower case; None when it says nothing (taken as Python)."""
+    for key in ("kernelspec", "language_info"):
+        meta = nb.metadata.get(key)
+        value = meta.get("language" if key == "kernelspec" else "name") if isinstance(meta, dict) else None
+        if isinstance(value, str) and value.strip():
+            return value.strip().lower()[:100]
+    return None
+
+
+def language_problem(nb) -> str | None:
+    """Why a notebook cannot run in the sandboxed Python kernel, or None."""
+    language = notebook_language(nb)
+    if language in (None, "python", "python3"):
+        return None
+    return (f"its kernelspec language is {language!r}, and the sandboxed kernel runs Python only "
+            "(pass --any-language to run its cells as Python anyway)")
+
+
 def read_notebook(path: str) -> nbformat.NotebookNode:
     """Read an input notebook without trusting it: a regular file (never through a final
     symbolic link, which could point the root runner at a file the submitter cannot read),
@@ -143,10 +163,11 @@ def read_notebook(path: str) -> nbformat.NotebookNode:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as e:
         raise UntrustedInput("it is a symbolic link" if e.errno == 40 else f"cannot open it: {e.strerror}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise UntrustedInput("it is a directory, not a notebook" if stat.S_ISDIR(st.st_mode) else "it is not a regular file")
     with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise UntrustedInput("it is not a regular file")
         if st.st_size > MAX_NOTEBOOK_BYTES:
             raise UntrustedInput(f"it is {st.st_size} bytes; the limit is {MAX_NOTEBOOK_BYTES} (clear its outputs)")
         raw = f.read(MAX_NOTEBOOK_BYTES + 1)
@@ -162,6 +183,11 @@ def read_notebook(path: str) -> nbformat.NotebookNode:
         nbformat.validate(nb)
     except Exception as e:  # nbformat raises several kinds for a bad document; all mean invalid
         raise UntrustedInput(f"not a valid notebook: {_short(getattr(e, 'message', None) or e)}") from None
+    return strip_ours(nb)
+
+
+def strip_ours(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """Remove, in place, what only our side writes (see :func:`read_notebook`)."""
     for cell in nb.cells:
         cell.metadata.pop("sandbox", None)
         cell.metadata.pop("execution", None)

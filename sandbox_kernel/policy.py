@@ -150,8 +150,66 @@ def parse_allow_entry(entry: str) -> AllowRule:
     return AllowRule(network, port)
 
 
+# One DNS label: letters, digits, inner hyphens; 1-63 characters (RFC 1035, LDH rule).
+_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
+_NAME_ENTRY = re.compile(rf"^(\*\.)?((?:{_LABEL}\.)+{_LABEL}):([0-9]{{1,5}})\Z", re.ASCII)
+
+
+@dataclass(frozen=True)
+class NameRule:
+    """One parsed host-name ``network.allow`` entry: ``name:port`` or ``*.domain:port``.
+
+    ``*.domain`` means the domain and every name below it (the filtering resolver's suffix
+    match); a plain name means that name only. TCP and UDP on ``port``."""
+
+    name: str  # lower case, no trailing dot, without the "*."
+    port: int
+    wildcard: bool = False
+
+    def __str__(self) -> str:
+        return f"{'*.' if self.wildcard else ''}{self.name}:{self.port}"
+
+    def matches(self, name: str) -> bool:
+        """Whether this entry lets the resolver answer for ``name``."""
+        return name == self.name or (self.wildcard and name.endswith("." + self.name))
+
+    def covers(self, other: "NameRule") -> bool:
+        """True if every name and port ``other`` allows is also allowed by ``self``."""
+        if self.port != other.port:
+            return False
+        if other.wildcard:
+            return self.wildcard and self.matches(other.name)
+        return self.matches(other.name)
+
+
+def parse_name_entry(entry: str) -> NameRule:
+    """Parse ``host.name:port`` or ``*.domain:port``. The name becomes resolver
+    configuration, so only LDH labels pass (no ``/``, ``#``, ``,``, spaces, IDN U-labels)."""
+    raw = entry.strip().lower().replace(".:", ":") if isinstance(entry, str) else ""  # "pypi.org.:443"
+    m = _NAME_ENTRY.match(raw)
+    if not m or len(m.group(2)) > 253 or m.group(2).split(".")[-1].isdigit():
+        raise ValueError(
+            f"allow entry {entry!r} is neither an IPv4/IPv6 address or CIDR with an optional port "
+            "nor a host name or '*.'-wildcard domain with a port "
+            "(examples: '203.0.113.7', '10.0.0.0/8:443', 'pypi.org:443', '*.githubusercontent.com:443')")
+    port = int(m.group(3))
+    if not 1 <= port <= 65535:
+        raise ValueError(f"allow entry {entry!r}: port {port} is outside 1-65535")
+    return NameRule(m.group(2), port, wildcard=bool(m.group(1)))
+
+
+def parse_entry(entry: str) -> AllowRule | NameRule:
+    """An address entry (:func:`parse_allow_entry`) or, failing that, a name entry."""
+    try:
+        return parse_allow_entry(entry)
+    except ValueError as address_error:
+        if not isinstance(entry, str) or "[" in entry or "/" in entry:
+            raise address_error from None
+        return parse_name_entry(entry)
+
+
 def _normalise_allow_entry(entry: str) -> str:
-    return str(parse_allow_entry(entry))
+    return str(parse_entry(entry))
 
 
 AllowEntry = Annotated[str, AfterValidator(_normalise_allow_entry)]
@@ -177,6 +235,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, validate_default=True)
 
 
+def _cgroup_parent(value: str) -> str:
+    parts = value.strip("/").split("/")
+    if not value.strip("/") or any(p in ("", ".", "..") or not re.fullmatch(r"[A-Za-z0-9._@-]+", p) for p in parts):
+        raise ValueError(f"{value!r}: a relative cgroup path of names made of letters, digits and . _ @ -")
+    return "/".join(parts)
+
+
 class ResourcesPolicy(_Strict):
     cpu_seconds: Annotated[int, Field(ge=1, le=7 * 24 * 3600)] | None = Field(
         60, description="CPU time per process tree member (RLIMIT_CPU), seconds"
@@ -200,6 +265,11 @@ class ResourcesPolicy(_Strict):
     # a kernel. A secure default needs one: sleeping code must not hold a batch forever.
     wall_seconds: Annotated[float, Field(gt=0, le=7 * 24 * 3600, allow_inf_nan=False)] | None = Field(
         600.0, description="wall-clock limit per run (per cell in a kernel), seconds"
+    )
+    # Not a cap but where the caps live: the operator's alone (like the sandbox uid).
+    cgroup_parent: Annotated[str, AfterValidator(_cgroup_parent)] | None = Field(
+        None, description="the cgroup runs are created below, relative to each hierarchy's root "
+                          "(e.g. 'sandbox-kernel/user-alice'); unset: detected (see docs/operators.md)"
     )
 
 
@@ -238,7 +308,12 @@ class NetworkPolicy(_Strict):
     block_metadata: bool = True
 
     def rules(self) -> list[AllowRule]:
-        return [parse_allow_entry(e) for e in self.allow]
+        """The address entries (host-name entries are in :meth:`names`)."""
+        return [r for r in map(parse_entry, self.allow) if isinstance(r, AllowRule)]
+
+    def names(self) -> list[NameRule]:
+        """The host-name entries, answered by the filtering resolver."""
+        return [r for r in map(parse_entry, self.allow) if isinstance(r, NameRule)]
 
 
 # Where a root supervisor leases one transient uid (= gid) per kernel from, by default: 64 Ki
@@ -308,6 +383,8 @@ def drop_none_keep_caps(d: dict) -> dict:
     for key in ("uid", "gid"):
         if out.get("privilege", {}).get(key) is None:
             out.get("privilege", {}).pop(key, None)
+    if out.get("resources", {}).get("cgroup_parent", "") is None:  # unset: detected
+        out["resources"].pop("cgroup_parent")
     return out
 
 
@@ -344,7 +421,7 @@ _UNLIMITED = "unlimited"
 
 
 # Fields where None means "no cap", so "unlimited" (TOML has no null) may stand for it.
-_UNLIMITED_OK = {"resources": set(ResourcesPolicy.model_fields), "filesystem": {"scratch_bytes"}}
+_UNLIMITED_OK = {"resources": set(ResourcesPolicy.model_fields) - {"cgroup_parent"}, "filesystem": {"scratch_bytes"}}
 
 
 def _normalise_input(data: dict) -> dict:
@@ -444,7 +521,7 @@ def load_policy_file(path: str | os.PathLike, base: SandboxPolicy | None = None)
 
 _FS_STRICTNESS = {"off": 0, "scratch-plus-ro": 1, "scratch-only": 2}
 _NET_STRICTNESS = {"unrestricted": 0, "allowlist": 1, "deny": 2}
-_CAP_FIELDS = tuple(ResourcesPolicy.model_fields)
+_CAP_FIELDS = tuple(f for f in ResourcesPolicy.model_fields if f != "cgroup_parent")
 
 
 def _path_within(path: str, roots: tuple[str, ...]) -> bool:
@@ -510,11 +587,17 @@ def looser_fields(base: SandboxPolicy, candidate: SandboxPolicy) -> list[tuple[s
         for rule in cn.rules():
             if not any(b.covers(rule) for b in base_rules):
                 problems.append(("network.allow", f"{str(rule)!r} is not within the allowed destinations"))
+        base_names = bn.names()
+        for name in cn.names():
+            if not any(b.covers(name) for b in base_names):
+                problems.append(("network.allow", f"{str(name)!r} is not within the allowed host names"))
     if bn.block_metadata and not cn.block_metadata:
         problems.append(("network.block_metadata", "cannot turn off the metadata block"))
     bp, cp = base.privilege, candidate.privilege
     if bp.mode == "drop-to-uid" and cp.mode == "inherit":
         problems.append(("privilege.mode", "cannot relax 'drop-to-uid' to 'inherit'"))
+    if candidate.resources.cgroup_parent != base.resources.cgroup_parent:
+        problems.append(("resources.cgroup_parent", "the cgroup parent is set by the operator and cannot be overridden"))
     for key in ("uid", "gid", "uid_range"):
         if getattr(cp, key) != getattr(bp, key):
             problems.append((f"privilege.{key}", "the sandbox uid/gid is set by the operator and cannot be overridden"))

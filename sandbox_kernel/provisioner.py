@@ -114,7 +114,7 @@ class SandboxProvisioner(LocalProvisioner):
         fresh = not self.sandbox.is_open
         try:
             policy = self.requested_policy()
-            caps = detect()
+            caps = detect(policy.resources.cgroup_parent)
             dirs = self.sandbox.open(policy, caps)  # SandboxUnavailable if no uid is free
             km = self.parent
             if km is not None:

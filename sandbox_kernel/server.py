@@ -7,6 +7,8 @@ reports come from the provisioner and the cell service, in the server process:
   this server does not run, or one not started by the sandbox provisioner);
 - ``GET /api/sandbox/kernels/<id>/cells/<msg_id>``: the report of a ``%%sh``/``%%node``/
   ``%%sandbox`` cell run by that execute request, if the cell service recorded it;
+- a kernel the sandbox refuses reaches ``POST /api/kernels`` as 503 (with every downgrade) or
+  400 (a bad policy field), not as jupyter_server's bare 500 "Unhandled error";
 - ``GET /api/sandbox/doctor``: the host's readiness under the operator's policy (``doctor
   --json``), authorized as a server-level read (resource ``server``), so deployments with
   granular scopes can keep it to operators.
@@ -29,6 +31,7 @@ from tornado.ioloop import IOLoop
 from .cell_reports import MSG_ID
 from .policy import PolicyError
 from .provisioner import SandboxProvisioner
+from .report import SandboxUnavailable
 
 KERNEL_ID_PATTERN = r"(?P<kernel_id>\w+-\w+-\w+-\w+-\w+)"  # as jupyter_server's kernel routes
 MSG_ID_PATTERN = rf"(?P<msg_id>{MSG_ID.pattern})"
@@ -86,7 +89,7 @@ def _doctor(server_config) -> dict:
         policy = operator_policy(config)
     except PolicyError as e:
         return {"enforceable": False, "policy": "jupyter-config", "problems": [list(p) for p in e.problems]}
-    return doctor_data(detect(), policy, "jupyter-config")
+    return doctor_data(detect(policy.resources.cgroup_parent), policy, "jupyter-config")
 
 
 def _jupyter_server_extension_points():
@@ -102,4 +105,21 @@ def _load_jupyter_server_extension(serverapp) -> None:
         (url_path_join(base, "kernels", KERNEL_ID_PATTERN, "cells", MSG_ID_PATTERN), CellReportHandler),
         (url_path_join(base, "doctor"), DoctorHandler),
     ])
+    _explain_refusals(serverapp.kernel_manager)
     serverapp.log.info("sandbox_kernel.server: serving /api/sandbox/")
+
+
+def _explain_refusals(kernel_manager) -> None:
+    """jupyter_server turns any exception but an HTTPError into 500 "Unhandled error", losing
+    the reason: say why the sandbox refused the kernel instead."""
+    start = kernel_manager.start_kernel
+
+    async def start_kernel(*args, **kwargs):
+        try:
+            return await start(*args, **kwargs)
+        except SandboxUnavailable as e:
+            raise web.HTTPError(503, str(e), reason="Sandbox unavailable") from None
+        except PolicyError as e:
+            raise web.HTTPError(400, str(e), reason="Invalid sandbox policy") from None
+
+    kernel_manager.start_kernel = start_kernel

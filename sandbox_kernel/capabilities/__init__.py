@@ -5,7 +5,8 @@ namespaces, a netns without CAP_NET_ADMIN all pass a PATH check and fail at spaw
 probe runs the real thing, one module per mechanism: bwrap with the planner's own flags as the
 sandbox uid (``probe_bwrap``), a seccomp filter loaded by bwrap (``probe_seccomp``), prlimit
 and setpriv (``probe_rlimits``), a namespace with an nft ruleset and slirp4netns attached, no
-packet sent (``probe_egress``), a cgroup created, limited and removed (``probe_cgroup``), a
+packet sent (``probe_egress``), the filtering resolver answering NXDOMAIN inside such a
+namespace (``probe_resolver``), a cgroup created, limited and removed (``probe_cgroup``), a
 session's scratch tmpfs (``probe_session``), a uid lease (``probe_uids``). Probes run in
 parallel; the result is cached for the life of the process.
 
@@ -27,7 +28,8 @@ from dataclasses import replace
 from ..host import (APT_PACKAGE, CGROUP_PARENT, TOOLS, Capability, HostCapabilities, find_tools, hidden_dirs,
                     host_addresses, host_layout)
 from ..runtime import python_runtime_paths
-from . import probe_bwrap, probe_cgroup, probe_egress, probe_landlock, probe_rlimits, probe_seccomp, probe_session, probe_uids
+from . import (probe_bwrap, probe_cgroup, probe_egress, probe_landlock, probe_resolver, probe_rlimits, probe_seccomp,
+               probe_session, probe_uids)
 
 __all__ = ["detect", "probe", "Capability", "HostCapabilities", "TOOLS", "APT_PACKAGE", "CGROUP_PARENT",
            "python_runtime_paths"]
@@ -35,6 +37,7 @@ __all__ = ["detect", "probe", "Capability", "HostCapabilities", "TOOLS", "APT_PA
 log = logging.getLogger(__name__)
 
 _cache: HostCapabilities | None = None
+_by_parent: dict[str, HostCapabilities] = {}
 _lock = threading.Lock()
 
 
@@ -68,6 +71,7 @@ def _probe_all(tools, euid, egid, layout, uid_range: Capability, lease) -> HostC
         f_prlimit = pool.submit(probe_rlimits.probe_prlimit, tools)
         f_setpriv = pool.submit(probe_rlimits.probe_setpriv, tools, euid, lease)
         f_egress = pool.submit(probe_egress.probe, tools, euid)
+        f_resolver = pool.submit(probe_resolver.probe, tools, euid)
         f_mem = pool.submit(probe_cgroup.probe, "memory", euid)
         f_pids = pool.submit(probe_cgroup.probe, "pids", euid)
         f_session = pool.submit(probe_session.probe, tools, euid)
@@ -79,16 +83,24 @@ def _probe_all(tools, euid, egid, layout, uid_range: Capability, lease) -> HostC
             platform=sys.platform, euid=euid, egid=egid,
             user_name=uid_range.detail.get("name", str(euid)) if euid != 0 else "root",
             tools=tools, host_layout=layout, bwrap=bwrap, setpriv=f_setpriv.result(), prlimit=f_prlimit.result(),
-            seccomp=seccomp, egress=f_egress.result(), cgroup_memory=f_mem.result(), cgroup_pids=f_pids.result(),
+            seccomp=seccomp, egress=f_egress.result(), resolver=f_resolver.result(),
+            cgroup_memory=f_mem.result(), cgroup_pids=f_pids.result(),
             landlock=landlock, uid_range=uid_range, interpreter=interpreter, session=f_session.result(),
             host_addresses=host_addresses(), hidden_dirs=hidden_dirs(),
         )
 
 
-def detect() -> HostCapabilities:
-    """The cached probe result for this process."""
+def detect(cgroup_parent: str | None = None) -> HostCapabilities:
+    """The cached probe result for this process; with ``cgroup_parent`` (a policy's
+    ``resources.cgroup_parent``), its cgroup probes re-run once below that parent."""
     global _cache
     with _lock:
         if _cache is None:
             _cache = probe()
-        return _cache
+        if cgroup_parent is None:
+            return _cache
+        if cgroup_parent not in _by_parent:
+            _by_parent[cgroup_parent] = replace(
+                _cache, cgroup_memory=probe_cgroup.probe("memory", _cache.euid, cgroup_parent),
+                cgroup_pids=probe_cgroup.probe("pids", _cache.euid, cgroup_parent))
+        return _by_parent[cgroup_parent]

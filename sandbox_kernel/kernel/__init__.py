@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 
 from ..cell_protocol import OUTPUTS_KIND, REPORT_ENV, SOCKET_ENV, encode_request
@@ -33,6 +34,14 @@ def kernel_report() -> dict:
 
 OUTPUTS_TIMEOUT = 10.0  # seconds a cell's reply waits for the copy (a later cell collects what it missed)
 MAX_OUTPUTS_REPLY = 1 << 20
+
+
+def results_dir() -> str | None:
+    """The kernel's results dir (``/scratch/outputs``) if results are copied out, else None."""
+    outputs = kernel_report().get("requested", {}).get("filesystem", {}).get("outputs", {})
+    if not isinstance(outputs, dict) or not outputs.get("enabled") or not isinstance(outputs.get("dir"), str):
+        return None
+    return os.path.join(os.environ.get("HOME", "/scratch"), outputs["dir"])
 
 
 def request_outputs() -> dict | None:
@@ -76,6 +85,19 @@ def bound_stream_messages(streams) -> None:
         stream._sandbox_bounded = True
 
 
+_HELP_ONLY = re.compile(r"%%(sh|node|sandbox)((?:\s.*)?\s(?:-h|--help))(?:\s.*)?")
+
+
+def help_only_cell(lines: list[str]) -> list[str]:
+    """``%%sh --help`` alone in a cell prints the help: IPython refuses a cell magic with an
+    empty body before the magic sees its options, so such a cell calls the magic directly."""
+    match = _HELP_ONLY.fullmatch(lines[0].rstrip("\n")) if lines else None
+    if not match or any(line.strip() for line in lines[1:]):
+        return lines
+    name, line = match.group(1), lines[0].rstrip("\n")[len(match.group(1)) + 2:]
+    return [f"get_ipython().magics_manager.magics['cell'][{name!r}]({line!r}, '')\n"]
+
+
 def load_ipython_extension(ip) -> None:
     import sys
 
@@ -85,6 +107,9 @@ def load_ipython_extension(ip) -> None:
 
     pending: dict = {}  # the cell-scope report of a magic cell, until its execute_reply
     ip.register_magics(SandboxMagics(ip, on_report=lambda report: pending.update(cell=report)))
+    cleanup = getattr(ip, "input_transformers_cleanup", None)
+    if cleanup is not None and help_only_cell not in cleanup:
+        cleanup.append(help_only_cell)
     kernel = getattr(ip, "kernel", None)
     if kernel is None or getattr(kernel, "_sandbox_reply_hook", False):
         return
@@ -97,7 +122,9 @@ def load_ipython_extension(ip) -> None:
         metadata["sandbox"] = pending.pop("cell", None) or report
         # After every cell, the supervisor copies the results out (so a file browser shows
         # them when the cell ends); what it did is part of this cell's report.
-        outputs = request_outputs()
+        # Only once the results dir exists: a notebook that writes none pays nothing.
+        where = results_dir()
+        outputs = request_outputs() if where and os.path.isdir(where) else None
         if outputs and (outputs.get("copied_count") or outputs.get("refused_count")):
             metadata["sandbox"] = {**metadata["sandbox"], "outputs": outputs}
         return metadata

@@ -1,6 +1,11 @@
 """``%%sh``, ``%%node`` and ``%%sandbox``: run a cell in its own sandbox, never looser than the
 kernel's. The options are checked here for a quick, friendly error, but the decision is the
 supervisor's (see ``sandbox_kernel.cells``): it tightens its own record of the kernel policy.
+
+``%%sh`` replaces IPython's, so it also takes IPython's ``%%script`` options with their meaning
+(``--out``, ``--err``, ``--no-raise-error``, ``-h``); ``--bg`` and ``--proc`` cannot be honoured
+(the cell's sandbox lives only as long as the cell, and its process is the supervisor's, not
+the kernel's) and are refused saying so. See docs/magics.md.
 """
 
 from __future__ import annotations
@@ -37,9 +42,27 @@ class _Parser(argparse.ArgumentParser):
 
 _ARG_TYPES = {"int": int, "number": float}
 
+# IPython's own %%script options (IPython.core.magics.script), same names and meanings.
+IPYTHON_OPTIONS = ("--out", "--err", "--no-raise-error", "--bg", "--proc", "--help")
+_REFUSED = {
+    "bg": "--bg cannot be honoured: a cell's sandbox lives only as long as the cell (run it in the foreground, "
+          "or start the background work from Python in the kernel)",
+    "proc": "--proc cannot be honoured: the cell's process belongs to the sandbox supervisor, not to this kernel "
+            "(use --out/--err for its output)",
+}
+
 
 def _parser(magic: str) -> _Parser:
-    p = _Parser(prog=f"%%{magic}", add_help=False)
+    p = _Parser(prog=f"%%{magic}", add_help=False,
+                description=f"Run the cell in its own sandbox ({'Python' if magic == 'sandbox' else magic}); each "
+                            "sandbox option may only tighten the kernel's policy.")
+    p.add_argument("--out", metavar="NAME", help="store the cell's stdout in the variable NAME instead of showing it")
+    p.add_argument("--err", metavar="NAME", help="store the cell's stderr in the variable NAME instead of showing it")
+    p.add_argument("--no-raise-error", action="store_false", dest="raise_error",
+                   help="do not raise an error when the script exits with a non-zero status (sandbox limits still raise)")
+    p.add_argument("--bg", action="store_true", help="refused: " + _REFUSED["bg"].partition(": ")[2])
+    p.add_argument("--proc", metavar="NAME", help="refused: " + _REFUSED["proc"].partition(": ")[2])
+    p.add_argument("-h", "--help", action="store_true", help="show this help and do not run the cell")
     for option in CELL_OPTIONS:
         if option.kind == "choice":
             p.add_argument(option.flag, choices=option.choices, help=option.help)
@@ -52,9 +75,22 @@ def _parser(magic: str) -> _Parser:
 
 def options_to_override(magic: str, line: str) -> dict:
     """Cell options as a partial policy (what ``tighten`` takes). UsageError on bad syntax."""
-    from ..policy import parse_allow_entry, parse_size
+    return parse_options(magic, line)[0]
+
+
+def parse_options(magic: str, line: str) -> tuple[dict, dict]:
+    """(the sandbox options as a partial policy, IPython's options: out, err, raise_error,
+    help). UsageError on bad syntax, and for the IPython options that cannot be honoured."""
+    from ..policy import parse_entry, parse_size
 
     args = vars(_parser(magic).parse_args(shlex.split(line)))
+    for name, why in _REFUSED.items():
+        if args[name]:
+            raise UsageError(f"%%{magic}: {why}")
+    local = {k: args[k] for k in ("out", "err", "raise_error", "help")}
+    for name in ("out", "err"):
+        if local[name] is not None and not local[name].isidentifier():
+            raise UsageError(f"%%{magic}: --{name} {local[name]!r} is not a variable name")
     if args["network"] and args["allow"]:
         raise UsageError(f"%%{magic}: --network deny and --allow exclude each other")
     override: dict = {}
@@ -70,13 +106,13 @@ def options_to_override(magic: str, line: str) -> dict:
                 continue
             if option.kind == "allow":
                 put("network.mode", "allowlist")
-                value = [str(parse_allow_entry(a)) for a in value]
+                value = [str(parse_entry(a)) for a in value]
             elif option.kind == "size":
                 value = parse_size(value)
             put(option.field, value)
     except ValueError as e:
         raise UsageError(f"%%{magic}: {e}") from None
-    return override
+    return override, local
 
 
 def kernel_policy():
@@ -97,7 +133,8 @@ class SandboxMagics(Magics):
         self._run("sh", line, cell)
 
     sh.__doc__ = (f"Run the cell as a shell script in its own sandbox. Options: {options_usage()} "
-                  "(each may only tighten the kernel's policy).")
+                  "(each may only tighten the kernel's policy); IPython's --out NAME, --err NAME, --no-raise-error; "
+                  "-h for help.")
 
     @cell_magic
     def node(self, line, cell):
@@ -113,7 +150,10 @@ class SandboxMagics(Magics):
         magic = magic or kind
         from ..policy import PolicyError, tighten
 
-        override = options_to_override(magic, line)
+        override, local = parse_options(magic, line)
+        if local["help"]:
+            print(_parser(magic).format_help())
+            return
         try:
             tighten(kernel_policy(), override)  # early, friendly check; the supervisor decides
         except PolicyError as e:
@@ -135,7 +175,8 @@ class SandboxMagics(Magics):
                 conn.sendall(request)
             except OSError:
                 pass  # the supervisor refused before reading it all: its reply says why
-            final = self._relay(conn)
+            captured = {stream: [] for stream in ("stdout", "stderr") if local[stream[3:]]}
+            final = self._relay(conn, captured)
         finally:
             # On KeyboardInterrupt too: EOF tells the supervisor to kill the cell's whole tree.
             # shutdown(), not just close(): the makefile() reader would keep the fd open.
@@ -144,6 +185,9 @@ class SandboxMagics(Magics):
             except OSError:
                 pass
             conn.close()
+        # As IPython's %%script: the variables are set whatever the outcome, before any error.
+        for stream, chunks in captured.items():
+            self.shell.user_ns[local[stream[3:]]] = "".join(chunks)
         if final["t"] == "error":
             raise SandboxCellError(_problems_text(magic, final["problems"]))
         report = {**final["report"], "reported_by": "kernel"}
@@ -157,7 +201,7 @@ class SandboxMagics(Magics):
             raise SandboxCellError(f"%%{magic}: output exceeded {limit} bytes; the cell was stopped")
         if outcome["killed_reason"] == "oom":
             raise SandboxCellError(f"%%{magic}: killed by the memory cap")
-        if outcome["exit_code"] != 0:
+        if outcome["exit_code"] != 0 and local["raise_error"]:
             sig = outcome.get("signal")
             raise SandboxCellError(f"%%{magic}: exited with status {outcome['exit_code']}" + (f" (signal {sig})" if sig else ""))
 
@@ -167,8 +211,9 @@ class SandboxMagics(Magics):
         header = getattr(self.shell, "parent_header", None) or {}
         return header.get("msg_id")
 
-    def _relay(self, conn: socket.socket) -> dict:
-        """Copy the cell's output into this cell as it arrives; return the final message."""
+    def _relay(self, conn: socket.socket, captured: dict[str, list[str]]) -> dict:
+        """Copy the cell's output into this cell as it arrives (or into ``captured[stream]``
+        for a stream given to --out/--err); return the final message."""
         reader = conn.makefile("rb")
         # Chunks may split a UTF-8 sequence: decode incrementally, per stream.
         decoders = {name: codecs.getincrementaldecoder("utf-8")(errors="replace") for name in ("stdout", "stderr")}
@@ -178,8 +223,12 @@ class SandboxMagics(Magics):
                     break  # cut off: the supervisor gave up on this connection
                 msg = json.loads(raw)
                 if msg["t"] == "out":
+                    text = decoders[msg["stream"]].decode(base64.b64decode(msg["data"]))
+                    if msg["stream"] in captured:
+                        captured[msg["stream"]].append(text)
+                        continue
                     stream = sys.stdout if msg["stream"] == "stdout" else sys.stderr
-                    stream.write(decoders[msg["stream"]].decode(base64.b64decode(msg["data"])))
+                    stream.write(text)
                     stream.flush()
                 else:
                     return msg

@@ -1,8 +1,9 @@
 """Per-run cgroups: create, limit, join (from the child before exec), kill, remove.
 
 v1 (a hierarchy per controller, as on hosts without systemd) and v2 (one hierarchy) are both
-handled. Cgroups are created as siblings under ``<root>/`` (the probe made ``root``), never
-inside the supervisor's own cgroup, so a run's memory cap does not share the supervisor's.
+handled. Cgroups are created as siblings under ``<root>/``, the parent the probe chose: for a
+root supervisor ``<hierarchy>/sandbox-kernel`` (never its own cgroup, so a run's memory cap does
+not share the supervisor's); for a rootless one, a cgroup delegated to its user (``delegate``).
 """
 
 from __future__ import annotations
@@ -14,9 +15,43 @@ import uuid
 from dataclasses import dataclass, field
 
 from ..errors import CgroupError
+from ..host import CGROUP_PARENT
 from ..planner.resources import CgroupPlan
 
-__all__ = ["CgroupError", "RunCgroups", "create"]
+__all__ = ["CgroupError", "RunCgroups", "create", "delegate", "undelegate", "hierarchy"]
+
+DELEGATED_PREFIX = "user-"  # <root>/sandbox-kernel/user-<name>: one user's delegated parent
+
+
+def v2_root() -> str | None:
+    for root in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"):
+        if os.path.isfile(os.path.join(root, "cgroup.controllers")):
+            return root
+    return None
+
+
+def hierarchy(controller: str) -> tuple[str, int] | None:
+    """The mount of the hierarchy that carries ``controller`` and its version, v1 first."""
+    v1 = f"/sys/fs/cgroup/{controller}"
+    if os.path.isfile(os.path.join(v1, "cgroup.procs")) and os.path.isfile(os.path.join(v1, "tasks")):
+        return v1, 1
+    base = v2_root()
+    return (base, 2) if base else None
+
+
+def enable_v2(base: str, root: str, controller: str) -> None:
+    """Enable the controller for children at every level from the hierarchy's root down to
+    ``root`` where it is not yet (a delegated user cannot write the levels above its own)."""
+    rel = os.path.relpath(root, base)
+    levels = [base] + [os.path.join(base, *rel.split("/")[:i]) for i in range(1, len(rel.split("/")) + 1)]
+    for level in levels:
+        os.makedirs(level, exist_ok=True)
+        path = os.path.join(level, "cgroup.subtree_control")
+        with open(path) as f:
+            if controller in f.read().split():
+                continue
+        with open(path, "w") as f:
+            f.write(f"+{controller}")
 
 
 @dataclass
@@ -133,3 +168,50 @@ def create(plan: CgroupPlan) -> RunCgroups:
 def _write(path: str, name: str, value) -> None:
     with open(os.path.join(path, name), "w") as f:
         f.write(str(value))
+
+
+def delegate(user: str) -> list[str]:
+    """Root only: make ``<root>/sandbox-kernel/user-<user>`` in each hierarchy that carries
+    memory or pids, owned by ``user``, so that user's (rootless) supervisor finds it and
+    creates its runs' cgroups there (``capabilities.probe_cgroup``). Idempotent. Returns the
+    directories. Caps set on it (by the operator) bound all of that user's sandboxes together."""
+    import pwd
+
+    entry = pwd.getpwnam(user)  # KeyError: no such user
+    made = []
+    for controller in ("memory", "pids"):
+        found = hierarchy(controller)
+        if found is None:
+            continue
+        base, version = found
+        path = os.path.join(base, CGROUP_PARENT, DELEGATED_PREFIX + user)
+        if path in made:
+            continue  # v2: one directory for both
+        try:
+            os.makedirs(path, exist_ok=True)
+            if version == 2:
+                enable_v2(base, path, controller)
+            # The directory and the files a delegatee writes (cgroup-v2 "Delegation").
+            for name in ("", "cgroup.procs", "tasks", "cgroup.subtree_control", "cgroup.threads"):
+                target = os.path.join(path, name)
+                if os.path.exists(target):
+                    os.chown(target, entry.pw_uid, entry.pw_gid)
+        except OSError as e:
+            raise CgroupError(f"could not delegate {path} to {user}: {e.strerror}") from None
+        made.append(path)
+    return made
+
+
+def undelegate(user: str) -> list[str]:
+    """Remove what :func:`delegate` made for ``user`` (only once no run of theirs is left in it)."""
+    removed = []
+    for controller in ("memory", "pids"):
+        found = hierarchy(controller)
+        path = found and os.path.join(found[0], CGROUP_PARENT, DELEGATED_PREFIX + user)
+        if path and path not in removed and os.path.isdir(path):
+            for child in sorted(os.listdir(path)):
+                if os.path.isdir(os.path.join(path, child)):
+                    RunCgroups([os.path.join(path, child)]).remove()  # runs the user's server left behind
+            RunCgroups([path]).remove()
+            removed.append(path)
+    return removed

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -37,15 +39,73 @@ def contain_mounts(egress: EgressPlan, argv: list[str]) -> list[str]:
     return [egress.unshare, "--mount", "--propagation", "private", "--", *argv]
 
 
+# The resolver runs under a shell that waits on a pipe only the supervisor holds, so it goes
+# when the supervisor closes the pipe or dies (the namespace would otherwise outlive the run
+# while the resolver sits in it); dnsmasq logs to stderr, never to the host's syslog.
+_RESOLVER_WRAPPER = '"$@" & pid=$!; cat >/dev/null; kill $pid 2>/dev/null; wait $pid; exit 0'
+_RESOLVER_STARTED = "started, version"
+
+
+def start_resolver(argv: list[str], enter: list[str], unshare: str) -> subprocess.Popen:
+    """Start the filtering resolver inside the namespace ``enter`` puts a command in, in a
+    fresh mount namespace whose mounts are all private (it mounts nothing, and nothing it
+    could do reaches the host's). Returns once it answers; raises :class:`EgressError`."""
+    cmd = [*enter, unshare, "--mount", "--propagation", "private", "--",
+           "/bin/sh", "-c", _RESOLVER_WRAPPER, "sandbox-resolver", *argv]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            close_fds=True, start_new_session=True)
+    fd, log = proc.stderr.fileno(), b""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline and len(log) < 65536:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        chunk = os.read(fd, 4096) if ready else b""
+        if not chunk:
+            break
+        log += chunk
+        if _RESOLVER_STARTED.encode() in log:
+            # Keep draining its (rare) log lines so a full pipe never stalls it.
+            threading.Thread(target=_drain, args=(proc.stderr,), daemon=True).start()
+            return proc
+    stop_resolver(proc)
+    proc.stderr.close()
+    lines = log.decode(errors="replace").strip().splitlines()
+    raise EgressError("the filtering resolver (dnsmasq) did not start: " + (" | ".join(lines[-3:]) or "timed out"))
+
+
+def _drain(stream) -> None:
+    """Read the resolver's log until it exits (its end of the pipe closes), then close ours."""
+    try:
+        while os.read(stream.fileno(), 4096):
+            pass
+    except OSError:
+        pass
+    finally:
+        stream.close()
+
+
+def stop_resolver(proc: subprocess.Popen) -> None:
+    if proc.stdin and not proc.stdin.closed:
+        proc.stdin.close()  # the wrapper kills dnsmasq and waits for it
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:  # pragma: no cover - the wrapper ignores nothing
+        os.killpg(proc.pid, signal.SIGKILL)  # its own process group: the wrapper and dnsmasq
+        proc.wait()
+
+
 @dataclass
 class EgressHandle:
     holder: subprocess.Popen
+    resolver: subprocess.Popen | None = None
     slirp: subprocess.Popen | None = None
     exit_fd: int | None = None  # write end: closing it (or our death) stops slirp4netns
     join_prefix: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
     def close(self) -> None:
+        if self.resolver is not None:
+            stop_resolver(self.resolver)
+            self.resolver = None
         if self.exit_fd is not None:
             os.close(self.exit_fd)
             self.exit_fd = None
@@ -121,6 +181,9 @@ def bring_up(egress: EgressPlan, session=None) -> EgressHandle:
             err = slirp.stderr.read().decode(errors="replace").strip()
             raise EgressError(f"slirp4netns did not come up: {err or 'timed out'}")
         handle.timings["plumbed"] = time.monotonic() - t0
+        if egress.resolver is not None:
+            handle.resolver = start_resolver(egress.resolver.argv, enter, egress.unshare)
+            handle.timings["resolver"] = time.monotonic() - t0
         handle.join_prefix = session.join_prefix(net=f"/proc/{holder.pid}/ns/net") if session is not None else enter
         return handle
     except BaseException:

@@ -92,6 +92,15 @@ class ResultDir:
                 pass
             raise
 
+    def check_writable(self) -> None:
+        """Refuse now, before anything runs, a directory no result could be written into."""
+        tmp = f".sandbox-kernel-{secrets.token_hex(8)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=self.fd))
+            os.unlink(tmp, dir_fd=self.fd)
+        except OSError as e:
+            raise UnsafeResultPath(f"{self.path} is not writable ({e.strerror}); give a directory this runner can write") from None
+
     def write_json(self, name: str, obj: Any) -> str:
         with self.create(name) as f:
             dump_json(obj, f.write)

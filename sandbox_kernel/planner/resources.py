@@ -4,8 +4,10 @@
 - processes: a pids cgroup where the host gives us one, plus RLIMIT_NPROC applied inside the
   sandbox's fresh user namespace (applied outside it, the limit would count every process of
   the uid, so one run's fork bomb would stop another run of the same uid from forking).
-- memory: a memory cgroup (v1 or v2) where available, else RLIMIT_AS for runtimes that
-  tolerate it (not Node/V8, which reserves huge address ranges), else a downgrade.
+- memory: a memory cgroup (v1 or v2) where available. Without one, RLIMIT_AS still caps each
+  process for runtimes that tolerate it (not Node/V8, which reserves huge address ranges), but
+  the control asks for the *sandbox's* memory and 256 processes may each take the cap: that is
+  a downgrade (refused under ``on_unavailable: fail``), applied as the best there is.
 - output and wall clock: enforced by the supervisor while it streams the run.
 """
 
@@ -52,7 +54,7 @@ def plan_resources(res: ResourcesPolicy, caps: HostCapabilities, runtime: str, i
     sandbox_env: dict[str, str] = {}
 
     def control(name: str, limit, mechanism: str | None, reason: str | None = None):
-        controls[name] = {"limit": limit, "mechanism": mechanism, "state": "enforced" if mechanism else "degraded"}
+        controls[name] = {"limit": limit, "mechanism": mechanism, "state": "degraded" if reason else "enforced"}
         if reason:
             downgrades.append(Downgrade("resources", f"{name}: {reason}"))
 
@@ -96,12 +98,12 @@ def plan_resources(res: ResourcesPolicy, caps: HostCapabilities, runtime: str, i
             control("memory_bytes", res.memory_bytes, f"cgroup-v{caps.cgroup_memory.detail['version']}-memory")
         elif prlimit_ok and runtime in RLIMIT_AS_TOLERANT:
             rlimit_flags.append(f"--as={res.memory_bytes}")
-            control("memory_bytes", res.memory_bytes, "rlimit-as")
+            control("memory_bytes", res.memory_bytes, "rlimit-as",
+                    f"per process via RLIMIT_AS, not per sandbox (no memory cgroup: {caps.cgroup_memory.error})")
+            controls["memory_bytes"]["scope"] = "per-process"
             # glibc reserves 64 MiB of address space per thread arena: a dozen threads (an
             # ipykernel) would spend the cap on reservations alone.
             sandbox_env["MALLOC_ARENA_MAX"] = "2"
-            notes.append(Note("resources", "memory_bytes: no memory cgroup here; RLIMIT_AS caps each process's address space, "
-                                           "not the sandbox total"))
         else:
             why = f"no memory cgroup ({caps.cgroup_memory.error})"
             if runtime not in RLIMIT_AS_TOLERANT:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from .kernels import write_kernelspec
+from . import supervisors
 from .supervisors import run_scenario, supervisor_uid
 from .traces import Traces, become_subreaper
 
@@ -38,6 +39,34 @@ def private_tmpdir():
         shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def delegated_supervisor_cgroups():
+    """Cgroups of this session's own (``sandbox-kernel/itest-<pid>``), owned by the non-root
+    supervisor account; ``supervisors.as_supervisor_account`` starts it inside them. Made
+    before any test's snapshot, removed at the end (once every run in them is gone)."""
+    from sandbox_kernel.launch.cgroup import RunCgroups, hierarchy
+    from sandbox_kernel.host import CGROUP_PARENT
+
+    uid = supervisor_uid()
+    made: list[str] = []
+    for controller in ("memory", "pids"):
+        base, _ = hierarchy(controller)
+        path = os.path.join(base, CGROUP_PARENT, f"itest-{os.getpid()}")
+        if path not in made:
+            os.makedirs(path)
+            for name in ("", "cgroup.procs", "tasks"):
+                if os.path.exists(os.path.join(path, name)):
+                    os.chown(os.path.join(path, name), uid, uid)
+            made.append(path)
+    supervisors.DELEGATED_CGROUPS[:] = made
+    try:
+        yield made
+    finally:
+        supervisors.DELEGATED_CGROUPS.clear()
+        for path in made:
+            RunCgroups([path]).remove()
+
+
 @pytest.fixture(autouse=True)
 def nothing_left_behind():
     """After every test: the host (mounts, host netns nft ruleset, routes and links) is unchanged
@@ -60,7 +89,7 @@ def workdir(supervisor, private_tmpdir):
     """A host dir the scenario's supervisor may write (markers, a PATH of symlinks)."""
     path = tempfile.mkdtemp(prefix="work-", dir=private_tmpdir)
     os.chmod(path, 0o755)
-    if supervisor == "non-root":
+    if supervisor.startswith("non-root"):
         os.chown(path, supervisor_uid(), supervisor_uid())
     yield Path(path)
     shutil.rmtree(path, ignore_errors=True)

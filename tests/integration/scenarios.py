@@ -107,7 +107,10 @@ import errno, json, os, sys
 """ + WRITE_PROBE + r"""
 res = {"cwd": os.getcwd(), "home": os.environ.get("HOME")}
 res["writes"] = {p: write(p) for p in (
-    "/etc/sbx-probe", "/usr/sbx-probe", "/sbx-probe", "/dev/sbx-probe", os.path.join(sys.prefix, "sbx-probe"),
+    "/etc/sbx-probe", "/usr/sbx-probe", "/sbx-probe", "/dev/sbx-probe",
+    # The interpreter's own dirs, bound from the host (its prefix itself is only a mount point,
+    # which lands in the private /tmp when the checkout lives under /tmp).
+    os.path.join(sys.prefix, "bin", "sbx-probe"), os.path.join(sys.prefix, "lib", "sbx-probe"),
     "/scratch/probe", "/tmp/probe", os.path.join(os.environ["HOME"], "home-probe"))}
 res["visible"] = {p: os.path.exists(p) for p in ("/home", "/root", "/srv", "/opt", "/var", "/run", "/etc/shadow", SECRET)}
 # The interpreter's prefix: bin/ and lib*/ only (etc/jupyter holds server tokens on real servers).
@@ -308,11 +311,11 @@ print(json.dumps({"forked": len(pids), "exits": [os.waitpid(p, 0)[1] for p in pi
 """
 
 
-def fork_bomb(max_processes: int, sibling_children: int) -> dict:
+def fork_bomb(max_processes: int, sibling_children: int, memory_bytes="512M") -> dict:
     """A fork bomb in run A; while it holds its limit, run B (same sandbox uid) forks."""
-    bomb = Background({"resources": {"max_processes": max_processes}}, FORK_BOMB_CODE)
+    bomb = Background({"resources": {"max_processes": max_processes, "memory_bytes": memory_bytes}}, FORK_BOMB_CODE)
     holding = bomb.wait_for(b"holding")
-    sibling = sandboxed({}, SIBLING_FORKS_CODE.replace("CHILDREN", str(sibling_children)))
+    sibling = sandboxed({"resources": {"memory_bytes": memory_bytes}}, SIBLING_FORKS_CODE.replace("CHILDREN", str(sibling_children)))
     bomb_result = bomb.finish()
     peak = int(bytes(bomb.seen).split(b"holding ")[1].split()[0]) if holding else None
     return {"holding": holding, "peak": peak, "bomb": outcome(bomb_result), "sibling": outcome(sibling)}
@@ -332,8 +335,11 @@ print("survived", flush=True)
 """
 
 
-def memory_bomb(memory_bytes: int) -> dict:
-    return outcome(sandboxed({"resources": {"memory_bytes": memory_bytes}}, MEMORY_BOMB_CODE))
+def memory_bomb(memory_bytes: int, on_unavailable: str = "fail") -> dict:
+    try:
+        return outcome(sandboxed({"on_unavailable": on_unavailable, "resources": {"memory_bytes": memory_bytes}}, MEMORY_BOMB_CODE))
+    except SandboxUnavailable as e:
+        return {"refused": str(e)}
 
 
 RLIMIT_CODE = {
@@ -496,4 +502,7 @@ def fail_closed(marker: str) -> dict:
 
 if __name__ == "__main__":
     name, args = sys.argv[1], json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
+    if name not in globals():  # scenarios kept in their own module
+        import name_scenarios
+        globals()[name] = getattr(name_scenarios, name)
     print(json.dumps(globals()[name](**args)))

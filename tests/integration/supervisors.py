@@ -19,6 +19,10 @@ SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
 METADATA_TEST_ADDRESS = "169.254.1.1"  # the test puts it on the outer namespace's lo
 HOST_TEST_ADDRESS = "198.51.100.7"  # likewise: the outer namespace's "LAN address"
 RESOLVER_TEST_ADDRESS = "198.51.100.53"  # likewise, and its resolv.conf names it
+# "Remote" addresses: routed to lo and rewritten (nat output) to SERVICES_TEST_ADDRESS, so
+# they are not the outer namespace's own addresses yet reach services the test runs there.
+REMOTE_TEST_NETWORK = "203.0.113.0/24"
+SERVICES_TEST_ADDRESS = "198.51.100.9"
 
 
 class ScenarioFailed(AssertionError):
@@ -29,11 +33,33 @@ def supervisor_uid() -> int:
     return pwd.getpwnam(SUPERVISOR_ACCOUNT).pw_uid
 
 
+# The cgroups (one per v1 hierarchy, or one v2) delegated to the supervisor account for this
+# test session (conftest makes them): a supervisor started in them finds its own cgroup
+# delegated, as under systemd's Delegate=yes, and gives its kernels real memory and pids caps.
+DELEGATED_CGROUPS: list[str] = []
+
+
+def as_supervisor_account(cmd: list[str], *, delegated: bool = True) -> list[str]:
+    """``cmd`` run as the non-root supervisor account; ``delegated``: from inside the
+    session's delegated cgroups (without: rlimits only, the rootless shape with no cgroup)."""
+    uid = supervisor_uid()
+    cmd = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *cmd]
+    if delegated and DELEGATED_CGROUPS:
+        join = " && ".join(f"echo $$ > {path}/cgroup.procs" for path in DELEGATED_CGROUPS)
+        cmd = ["/bin/sh", "-c", join + ' && exec "$@"', "sh", *cmd]
+    return cmd
+
+
 def in_outer_netns(cmd: list[str]) -> list[str]:
     """``cmd`` run inside a network namespace made here: loopback and the test-owned
-    169.254.1.1, 198.51.100.7 and 198.51.100.53 only, no route out. Its private mount
+    169.254.1.1, 198.51.100.7, 198.51.100.9 and 198.51.100.53 only, 203.0.113.0/24 looped
+    back to 198.51.100.9, no route out. Its private mount
     namespace gives it a resolv.conf naming 198.51.100.53 (slirp's DNS forwards there)."""
-    addresses = " && ".join(f"ip addr add {a}/32 dev lo" for a in (METADATA_TEST_ADDRESS, HOST_TEST_ADDRESS, RESOLVER_TEST_ADDRESS))
+    addresses = " && ".join(f"ip addr add {a}/32 dev lo" for a in (METADATA_TEST_ADDRESS, HOST_TEST_ADDRESS, RESOLVER_TEST_ADDRESS,
+                                                                    SERVICES_TEST_ADDRESS))
+    addresses += (f" && ip route add {REMOTE_TEST_NETWORK} dev lo && nft 'add table ip test_remote' && nft 'add chain ip test_remote "
+                  f"out {{ type nat hook output priority -100; }}' && nft 'add rule ip test_remote out ip daddr {REMOTE_TEST_NETWORK} "
+                  f"dnat to {SERVICES_TEST_ADDRESS}'")
     resolv = (f'f=$(mktemp) && echo "nameserver {RESOLVER_TEST_ADDRESS}" > "$f" && chmod 644 "$f" '
               '&& mount --bind "$f" /etc/resolv.conf && rm "$f"')
     # Ports below 1024 for the non-root supervisor too (a per-namespace setting): the resolver.
@@ -52,8 +78,9 @@ def start_scenario(supervisor: str, name: str, *, outer_netns: bool = False, env
     """
     cmd = [sys.executable, str(SCENARIOS), name, json.dumps(args)]
     if supervisor == "non-root":
-        uid = supervisor_uid()
-        cmd = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *cmd]
+        cmd = as_supervisor_account(cmd)
+    elif supervisor == "non-root-undelegated":
+        cmd = as_supervisor_account(cmd, delegated=False)
     if outer_netns:
         cmd = in_outer_netns(cmd)
     full_env = {"PATH": SYSTEM_PATH, "TMPDIR": tempfile.gettempdir(), "LANG": "C.UTF-8", **(env or {})}

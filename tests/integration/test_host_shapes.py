@@ -23,7 +23,8 @@ from sandbox_kernel.launch.cgroup import CgroupError, create
 from sandbox_kernel.planner import CgroupPlan, RunSpec
 from sandbox_kernel.policy import secure_default
 
-from .supervisors import SYSTEM_PATH, supervisor_uid
+from . import supervisors
+from .supervisors import SYSTEM_PATH
 from .traces import changes, mount_table
 
 pytestmark = pytest.mark.integration
@@ -40,10 +41,10 @@ cat /proc/self/mountinfo > "$out/after"
 """
 
 
-def doctor_json(*, as_user: int | None = None, shared_copy_dir=None) -> tuple[int, dict]:
+def doctor_json(*, as_supervisor_account: bool = False, shared_copy_dir=None) -> tuple[int, dict]:
     cmd = [sys.executable, "-m", "sandbox_kernel.cli", "doctor", "--json"]
-    if as_user is not None:
-        cmd = ["setpriv", f"--reuid={as_user}", f"--regid={as_user}", "--clear-groups", *cmd]
+    if as_supervisor_account:
+        cmd = supervisors.as_supervisor_account(cmd)
     env = {"PATH": SYSTEM_PATH, "TMPDIR": tempfile.gettempdir(), "LANG": "C.UTF-8"}
     if shared_copy_dir is None:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd="/", timeout=120)
@@ -61,8 +62,7 @@ def finding(out: dict, name: str) -> dict:
 
 
 def test_doctor_on_shared_propagation_leaves_every_mount(supervisor, tmp_path):
-    uid = supervisor_uid() if supervisor == "non-root" else None
-    rc, out = doctor_json(as_user=uid, shared_copy_dir=tmp_path)
+    rc, out = doctor_json(as_supervisor_account=supervisor == "non-root", shared_copy_dir=tmp_path)
     assert rc == 0, out["report"]["downgrades"]
     # The probes really ran slirp4netns with its own sandbox, and the session holder.
     assert out["capabilities"]["egress"]["ok"] and out["capabilities"]["session"]["ok"]

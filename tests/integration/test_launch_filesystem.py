@@ -36,7 +36,7 @@ def test_writes_land_only_in_scratch_and_tmp(scenario):
     writes = inside["writes"]
     assert writes.pop("/scratch/probe") == writes.pop("/tmp/probe") == writes.pop("/scratch/home-probe") == "ok"
     writes.pop("/dev/sbx-probe")  # see test_dev_is_not_writable
-    # Everything else: the host's /etc, /usr, the root, the interpreter's venv.
+    # Everything else: the host's /etc, /usr, the root, the interpreter's bin/ and lib/.
     assert set(writes.values()) <= REFUSED, writes
 
 

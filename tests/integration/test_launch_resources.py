@@ -7,20 +7,25 @@ import signal
 
 import pytest
 
+from .supervisors import run_scenario
+
 pytestmark = pytest.mark.integration
 
 MiB = 1 << 20
 
 
+@pytest.mark.parametrize("supervisor", ["root", "non-root", "non-root-undelegated"], indirect=True)
 def test_fork_bomb_is_contained_and_a_sibling_run_still_forks(scenario, supervisor):
     limit, sibling_children = 16, 40
-    res = scenario("fork_bomb", max_processes=limit, sibling_children=sibling_children)
+    # Without a cgroup, memory would only be capped per process (refused under fail).
+    memory = "unlimited" if supervisor == "non-root-undelegated" else "512M"
+    res = scenario("fork_bomb", max_processes=limit, sibling_children=sibling_children, memory_bytes=memory)
     assert res["holding"], res["bomb"]
     mechanism = res["bomb"]["resources"]["max_processes"]["mechanism"]
-    if supervisor == "root":
-        assert re.fullmatch(r"cgroup-v[12]-pids\+rlimit-nproc-in-userns", mechanism), mechanism
-    else:
+    if supervisor == "non-root-undelegated":
         assert mechanism == "rlimit-nproc-in-userns"
+    else:  # root, or the non-root supervisor in its delegated cgroup
+        assert re.fullmatch(r"cgroup-v[12]-pids\+rlimit-nproc-in-userns", mechanism), mechanism
     # The bomb really exploded (it reached its cap) and stayed under it; bwrap's own init
     # is the one extra process in the run's pid namespace.
     assert limit // 2 <= res["peak"] <= limit + 1, res["peak"]
@@ -33,15 +38,25 @@ def test_fork_bomb_is_contained_and_a_sibling_run_still_forks(scenario, supervis
 def test_memory_bomb_is_stopped_by_the_named_mechanism(scenario, supervisor):
     res = scenario("memory_bomb", memory_bytes=128 * MiB)
     assert "survived" not in res["stdout_tail"]
-    mechanism = res["resources"]["memory_bytes"]["mechanism"]
-    if supervisor == "root":
-        assert re.fullmatch(r"cgroup-v[12]-memory", mechanism), mechanism
-        assert res["oom_killed"] or res["killed_reason"] == "oom" or res["signal"] == signal.SIGKILL, res
-    else:
-        assert mechanism == "rlimit-as"
-        assert "MemoryError" in res["stdout_tail"] and res["exit_code"] == 3, res
+    memory = res["resources"]["memory_bytes"]
+    # root, or the non-root supervisor in its delegated cgroup: the sandbox's own cgroup
+    assert re.fullmatch(r"cgroup-v[12]-memory", memory["mechanism"]) and memory["state"] == "enforced", memory
+    assert res["oom_killed"] or res["killed_reason"] == "oom" or res["signal"] == signal.SIGKILL, res
     allocated = [int(line.split()[1]) for line in res["stdout_tail"].splitlines() if line.startswith("allocated")]
     assert max(allocated, default=0) <= 128
+
+
+def test_rootless_without_a_cgroup_refuses_memory_per_process_only():
+    """No delegated cgroup: RLIMIT_AS is all there is, per process; fail refuses the run."""
+    res = run_scenario("non-root-undelegated", "memory_bomb", memory_bytes=128 * MiB)
+    assert res["refused"] and "memory_bytes: per process via RLIMIT_AS, not per sandbox" in res["refused"], res
+
+
+def test_rootless_without_a_cgroup_degrades_to_rlimit_as_and_says_so():
+    res = run_scenario("non-root-undelegated", "memory_bomb", memory_bytes=128 * MiB, on_unavailable="degrade")
+    assert res["resources"]["memory_bytes"] == {"limit": 128 * MiB, "mechanism": "rlimit-as", "state": "degraded",
+                                                "scope": "per-process"}
+    assert "MemoryError" in res["stdout_tail"] and res["exit_code"] == 3, res
 
 
 def test_cpu_limit_kills_a_busy_loop(scenario):

@@ -301,14 +301,15 @@ print(json.dumps(res))
 
 
 def test_kernel_and_cells_under_a_non_root_supervisor():
-    """The rootless path end to end: the kernel runs as the supervisor's own uid with
-    RLIMIT_AS for memory, cells share its scratch through the session's user namespace."""
+    """The rootless path end to end: the kernel runs as the supervisor's own uid, in a cgroup
+    below the supervisor's delegated one, cells share its scratch through the session's user
+    namespace."""
     import json
     import subprocess
     import sys
 
     from .kernels import REPO
-    from .supervisors import supervisor_uid
+    from .supervisors import as_supervisor_account, supervisor_uid
 
     import shutil
     import tempfile
@@ -326,14 +327,14 @@ def test_kernel_and_cells_under_a_non_root_supervisor():
     os.makedirs(tmp_path / "rt", exist_ok=True)
     os.chown(tmp_path / "rt", uid, uid)
     try:
-        proc = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", sys.executable, "-c", NON_ROOT],
+        proc = subprocess.run(as_supervisor_account([sys.executable, "-c", NON_ROOT]),
                               capture_output=True, text=True, env=env, cwd=str(REPO), timeout=180)
     finally:
         shutil.rmtree(tmp_path, ignore_errors=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     assert res["uid"] == str(uid) and res["cell"] == [str(uid), "shared"]
-    assert res["kernel_memory"]["mechanism"] == "rlimit-as" and res["cell_memory"]["limit"] == 128 * 2**20
+    assert res["kernel_memory"]["mechanism"] == "cgroup-v1-memory" and res["cell_memory"]["limit"] == 128 * 2**20
 
 
 def test_back_to_back_cells_never_see_busy(kernel):
@@ -575,18 +576,78 @@ print("sent")
         _kill_all_with(token)
 
 
+def _ready_sandboxes(service, kind: str = "sh") -> list:
+    """The sandboxes started ahead for option-less cells of ``kind``, once all of them wait."""
+    deadline = time.monotonic() + 60
+    while service.warm_count(kind) < cells.WARM_POOL[kind]:
+        assert time.monotonic() < deadline, f"fewer than {cells.WARM_POOL[kind]} %%{kind} sandboxes started ahead"
+        time.sleep(0.05)
+    with service._warm_lock:
+        return list(service._warm[kind])
+
+
 def test_option_less_sh_cells_run_in_the_sandbox_started_ahead(kernel):
     km, kc = kernel
     service = km.provisioner.sandbox.cells
-
-    def warm():
-        deadline = time.monotonic() + 30
-        while (proc := service._warm.get("sh")) is None:
-            assert time.monotonic() < deadline, "no %%sh sandbox started ahead"
-            time.sleep(0.05)
-        return proc
-
-    first = warm()
+    first, second = _ready_sandboxes(service)
     assert cell(kc, "%%sh\necho hi")[0].strip() == "hi"
-    assert first.poll() is not None  # it ran the cell
-    assert warm() is not first and cell(kc, "%%sh --timeout 9\necho cold")[0].strip() == "cold"
+    assert first.poll() is not None and second.poll() is None  # the longest-waiting one ran it
+    # A cold cell (with options) leaves the ready ones alone: none is killed and respawned.
+    ready = _ready_sandboxes(service)
+    assert first not in ready and cell(kc, "%%sh --timeout 9\necho cold")[0].strip() == "cold"
+    assert all(p.poll() is None for p in ready) and ready == _ready_sandboxes(service)
+
+
+def test_back_to_back_sh_cells_each_get_a_confined_ready_sandbox(kernel):
+    """A replacement starts when a ready sandbox is taken, so cells sent back to back keep
+    finding ready ones; each is confined and reported like a cold one; at shutdown none is
+    left (the leak check after every test)."""
+    km, kc = kernel
+    service = km.provisioner.sandbox.cells
+    uid = km.provisioner.effective_sandbox["layers"]["privilege"]["uid"]
+    _, _, cold = cell(kc, "%%sh --timeout 30\ntrue")
+    ready = _ready_sandboxes(service)
+    body = "%%sh\necho id $(id -u)\necho x > /usr/evil && echo WROTE\necho procs $(ls /proc | grep -c '^[0-9]')"
+    msg_ids = [kc.execute(body, stop_on_error=False) for _ in range(4)]  # the kernel runs them back to back
+    outputs = {msg_id: "" for msg_id in msg_ids}
+    idle, deadline = set(), time.monotonic() + 120
+    while idle != set(msg_ids):
+        msg = kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
+        parent = msg["parent_header"].get("msg_id")
+        if parent in outputs and msg["msg_type"] == "stream":
+            outputs[parent] += msg["content"]["text"]
+        elif parent in outputs and msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            idle.add(parent)
+    for msg_id in msg_ids:
+        reply = reply_to(kc, msg_id, timeout=60)
+        out, report = outputs[msg_id], reply["metadata"]["sandbox"]
+        assert reply["content"]["status"] == "ok", (reply["content"], out)
+        assert f"id {uid}\n" in out and "WROTE" not in out and "Read-only file system" in out, out
+        assert int(out.split("procs ")[1]) <= 6, out  # its own pid namespace: just its shell, ls, grep
+        assert report["scope"] == "cell" and report["outcome"]["exit_code"] == 0
+        assert report["enforced"] == cold["enforced"] and all(report["enforced"].values())
+        assert {k: v["state"] for k, v in report["layers"].items()} == {k: v["state"] for k, v in cold["layers"].items()}
+    assert all(p.poll() is not None for p in ready)  # both ready sandboxes ran a cell
+    assert len(_ready_sandboxes(service)) == cells.WARM_POOL["sh"]  # bounded: refilled, never more
+
+
+def test_sandbox_and_node_cells_get_an_interpreter_started_ahead_once_used(kernel):
+    """After a first %%sandbox (%%node) cell, one sandbox with its interpreter already started
+    waits for the next: confined and reported like the cold one."""
+    km, kc = kernel
+    service = km.provisioner.sandbox.cells
+    uid = km.provisioner.effective_sandbox["layers"]["privilege"]["uid"]
+    assert service.warm_count("python") == service.warm_count("node") == 0  # not before the kernel uses them
+    for kind, code in (("python", "%%sandbox\nimport os\nprint('uid', os.getuid())\n"
+                                  "try:\n    open('/usr/evil', 'w')\nexcept OSError as e:\n    print(e.strerror)"),
+                       ("node", "%%node\nconsole.log('uid', process.getuid())\n"
+                                "try { require('fs').writeFileSync('/usr/evil', 'x') } catch (e) { console.log(e.code) }")):
+        out, status, cold = cell(kc, code)
+        assert status == "ok" and f"uid {uid}" in out, out
+        (ready,) = _ready_sandboxes(service, kind)
+        out, status, report = cell(kc, code)
+        assert ready.poll() is not None, f"the %%{kind} cell did not run in the sandbox started ahead"
+        assert status == "ok" and f"uid {uid}" in out and ("Read-only file system" in out or "EROFS" in out), out
+        assert report["enforced"] == cold["enforced"] and all(report["enforced"].values())
+        assert {k: v["state"] for k, v in report["layers"].items()} == {k: v["state"] for k, v in cold["layers"].items()}
+        assert len(_ready_sandboxes(service, kind)) == cells.WARM_POOL[kind]

@@ -136,3 +136,13 @@ def test_installed_package_enables_both_extensions():
     lab = subprocess.run([jupyter, "labextension", "list"], capture_output=True, text=True, env=env, timeout=120)
     lines = (lab.stdout + lab.stderr).splitlines()
     assert any("sandbox-kernel" in line and "enabled" in line and "OK" in line for line in lines), lines
+
+
+def test_a_refused_kernel_says_why(tmp_path):
+    from .kernels import path_without
+
+    path = path_without(tmp_path / "path-without-bwrap", "bwrap")
+    with running_server(tmp_path / "server", env={"PATH": path}) as server:
+        code, body = server.request("POST", "/api/kernels", {"name": "python3-sandboxed"})
+    assert code == 503, body
+    assert body["reason"] == "Sandbox unavailable" and "filesystem confinement needs bwrap" in body["message"], body

@@ -364,6 +364,7 @@ def test_every_trait_reaches_its_policy_field():
     values = {
         "enabled": False, "on_unavailable": "degrade", "cpu_seconds": 7, "memory_bytes": "64M", "max_processes": 9,
         "max_open_files": 99, "max_file_size_bytes": "2M", "max_output_bytes": "3K", "wall_seconds": 4.5,
+        "cgroup_parent": "sandbox-kernel/user-alice",
         "filesystem_mode": "scratch-only", "read_only_paths": ["/srv/data"], "scratch_bytes": "32M",
         "outputs_enabled": False, "outputs_dir": "results", "outputs_max_files": 5, "outputs_max_file_bytes": "1M",
         "outputs_max_total_bytes": "2M",
@@ -375,7 +376,8 @@ def test_every_trait_reaches_its_policy_field():
     expected = policy_from_dict({
         "enabled": False, "on_unavailable": "degrade",
         "resources": {"cpu_seconds": 7, "memory_bytes": "64M", "max_processes": 9, "max_open_files": 99,
-                      "max_file_size_bytes": "2M", "max_output_bytes": "3K", "wall_seconds": 4.5},
+                      "max_file_size_bytes": "2M", "max_output_bytes": "3K", "wall_seconds": 4.5,
+                      "cgroup_parent": "sandbox-kernel/user-alice"},
         "filesystem": {"mode": "scratch-only", "read_only_paths": ["/srv/data"], "scratch_bytes": "32M",
                        "outputs": {"enabled": False, "dir": "results", "max_files": 5, "max_file_bytes": "1M",
                                    "max_total_bytes": "2M"}},

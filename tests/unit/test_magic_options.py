@@ -68,10 +68,10 @@ def test_each_cell_option_is_declared_once_and_documented_from_the_table():
     from pathlib import Path
 
     from sandbox_kernel.cell_protocol import CELL_OPTIONS, FIELD_OPTIONS, OPTION_FIELDS, decode_header, encode_request
-    from sandbox_kernel.kernel.magics import SandboxMagics, _parser
+    from sandbox_kernel.kernel.magics import IPYTHON_OPTIONS, SandboxMagics, _parser
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    flags = {a.option_strings[0] for a in _parser("sh")._actions}
+    flags = {a.option_strings[-1] for a in _parser("sh")._actions} - set(IPYTHON_OPTIONS)
     assert flags == set(OPTION_FIELDS) == {o.flag for o in CELL_OPTIONS}
     assert set(FIELD_OPTIONS) == {o.field for o in CELL_OPTIONS}
     for option in CELL_OPTIONS:
@@ -84,3 +84,28 @@ def test_each_cell_option_is_declared_once_and_documented_from_the_table():
         section, key = option.field.split(".")
         assert key in override[section]
         assert decode_header(encode_request("sh", b"", override).split(b"\n")[0]).options == override
+
+
+def test_ipythons_script_options_parse_with_their_meaning():
+    from IPython.core.error import UsageError
+
+    from sandbox_kernel.kernel.magics import parse_options
+
+    override, local = parse_options("sh", "--out v --err e --no-raise-error --memory 64M")
+    assert override == {"resources": {"memory_bytes": 64 * 2**20}}
+    assert local == {"out": "v", "err": "e", "raise_error": False, "help": False}
+    assert parse_options("sh", "-h")[1]["help"] is True
+    assert parse_options("sh", "")[1] == {"out": None, "err": None, "raise_error": True, "help": False}
+    for line, words in (("--bg", "--bg cannot be honoured"), ("--proc p", "--proc cannot be honoured"),
+                        ("--out 2x", "not a variable name")):
+        with pytest.raises(UsageError, match=words):
+            parse_options("sh", line)
+
+
+def test_a_help_only_cell_calls_the_magic_directly():
+    from sandbox_kernel.kernel import help_only_cell
+
+    assert help_only_cell(["%%sh --help\n"]) == ["get_ipython().magics_manager.magics['cell']['sh'](' --help', '')\n"]
+    assert help_only_cell(["%%node -h\n", "\n"])[0].startswith("get_ipython()")
+    for lines in (["%%sh --help\n", "echo hi\n"], ["%%sh --helpful\n"], ["%%shell --help\n"], ["print(1)\n"], []):
+        assert help_only_cell(lines) == lines

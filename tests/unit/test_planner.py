@@ -569,11 +569,12 @@ def test_prlimit_runs_inside_the_sandbox():
 RESOURCE_MATRIX = [
     # id, host variants, runtime, resources policy, {control: mechanism or None(degraded)}, prlimit flags (subset),
     # absent flags, downgrade substrs, note substrs
+    # RLIMIT_AS caps each process, not the sandbox: applied, but a downgrade.
     ("no-cgroups-python", ("no-cgroups",), "python", {},
-     {"max_processes": "rlimit-nproc-in-userns", "memory_bytes": "rlimit-as"},
-     ["--nproc=256", f"--as={512 * MiB}"], [], [], ["max_processes", "memory_bytes"]),
+     {"max_processes": "rlimit-nproc-in-userns", "memory_bytes": ("rlimit-as", "degraded")},
+     ["--nproc=256", f"--as={512 * MiB}"], [], ["memory_bytes: per process via RLIMIT_AS, not per sandbox"], ["max_processes"]),
     ("no-cgroups-shell", ("no-cgroups",), "shell", {},
-     {"memory_bytes": "rlimit-as"}, [f"--as={512 * MiB}"], [], [], ["RLIMIT_AS", "RLIMIT_NPROC"]),
+     {"memory_bytes": ("rlimit-as", "degraded")}, [f"--as={512 * MiB}"], [], ["per process via RLIMIT_AS"], ["RLIMIT_NPROC"]),
     ("no-cgroups-node", ("no-cgroups",), "node", {},
      {"memory_bytes": None}, ["--nproc=256"], ["--as="], ["node runtime"], ["max_processes"]),
     ("no-cgroups-other", ("no-cgroups",), "other", {},
@@ -582,7 +583,8 @@ RESOURCE_MATRIX = [
     ("no-bwrap-cgroups", ("no-bwrap",), "python", {},
      {"max_processes": "cgroup-v1-pids"}, ["--cpu=60"], ["--nproc="], [], []),
     ("no-bwrap-no-cgroups", ("no-bwrap", "no-cgroups"), "python", {},
-     {"max_processes": None, "memory_bytes": "rlimit-as"}, [f"--as={512 * MiB}"], ["--nproc="], ["user namespace"], ["memory_bytes"]),
+     {"max_processes": None, "memory_bytes": ("rlimit-as", "degraded")}, [f"--as={512 * MiB}"], ["--nproc="],
+     ["user namespace", "per process via RLIMIT_AS"], []),
     ("no-prlimit", ("no-prlimit",), "python", {},
      {"cpu_seconds": None, "max_open_files": None, "max_file_size_bytes": None,
       "max_processes": "cgroup-v1-pids", "memory_bytes": "cgroup-v1-memory"}, [], ["--cpu="],
@@ -603,8 +605,9 @@ def test_resources_matrix(variants, runtime, res, mechanisms, flags, absent, dow
     p = run_plan(host(*variants), policy({"resources": res}), runtime=runtime)
     controls = layer(p, "resources")["controls"]
     for name, mech in mechanisms.items():
+        mech, state = mech if isinstance(mech, tuple) else (mech, "enforced" if mech else "degraded")
         assert controls[name]["mechanism"] == mech, name
-        assert controls[name]["state"] == ("enforced" if mech else "degraded")
+        assert controls[name]["state"] == state, name
     got_flags = prlimit_args(p)
     for f in flags:
         assert f in got_flags
@@ -842,7 +845,7 @@ def test_fail_refuses_listing_every_downgrade_and_degrade_reports_them(variants,
 
 @pytest.mark.parametrize("variants,pol", [
     (("non-root",), {"privilege": {"uid": 2000}}),
-    (("no-cgroups",), {}),
+    (("no-cgroups",), {"resources": {"memory_bytes": "unlimited"}}),
     ((), {"network": {"mode": "allowlist", "allow": ["169.254.169.254", "203.0.113.7"]}}),
     ((), {"filesystem": {"read_only_paths": ["/etc"]}}),
     ((), {"filesystem": {"mode": "off"}}),
@@ -850,6 +853,18 @@ def test_fail_refuses_listing_every_downgrade_and_degrade_reports_them(variants,
 def test_notes_never_refuse(variants, pol):
     p = plan(policy(pol, on_unavailable="fail"), host(*variants), spec())
     assert p.report.notes and p.report.downgrades == []
+
+
+def test_rootless_memory_by_rlimit_as_alone_is_refused_under_fail():
+    """The issue's rootless supervisor: no memory cgroup, so memory is per process only."""
+    with pytest.raises(SandboxUnavailable) as exc:
+        plan(policy(on_unavailable="fail"), host("non-root", "no-cgroups"), spec())
+    assert "resources: memory_bytes: per process via RLIMIT_AS, not per sandbox" in str(exc.value)
+    controls = layer(run_plan(host("non-root", "no-cgroups")), "resources")["controls"]
+    assert controls["memory_bytes"] == {"limit": 512 * MiB, "mechanism": "rlimit-as", "state": "degraded", "scope": "per-process"}
+    # RLIMIT_NPROC set inside the sandbox's own user namespace counts that namespace's
+    # processes only: a per-sandbox cap, so not a downgrade.
+    assert controls["max_processes"]["state"] == "enforced"
 
 
 # =========================================================================== argv order
