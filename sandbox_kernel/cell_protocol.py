@@ -30,6 +30,9 @@ MAX_ENV = 64  # --env variables in one cell's options
 MAX_ENV_NAME, MAX_ENV_VALUE = 128, 4096  # characters
 KINDS = ("sh", "node", "python")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+# Not a cell: "copy my results out now" (sent after every cell; the supervisor decides what
+# and how much, and answers {"t": "done", "report": <what was copied and refused>}).
+OUTPUTS_KIND = "outputs"
 
 
 
@@ -144,8 +147,8 @@ def decode_header(line: bytes) -> CellRequest:
     msg_id = header.get("msg_id")
     if msg_id is not None and not (isinstance(msg_id, str) and 0 < len(msg_id) <= MAX_MSG_ID):
         problems.append(["request.msg_id", f"must be a string of 1 to {MAX_MSG_ID} characters"])
-    if kind not in KINDS:
-        problems.append(["request.kind", f"must be one of {', '.join(KINDS)}"])
+    if kind not in (*KINDS, OUTPUTS_KIND):
+        problems.append(["request.kind", f"must be one of {', '.join((*KINDS, OUTPUTS_KIND))}"])
     if not _is_int(size) or not 0 <= size <= MAX_SOURCE:
         problems.append(["request.source_bytes", f"must be an integer from 0 to {MAX_SOURCE}"])
     problems += _option_type_problems(options)

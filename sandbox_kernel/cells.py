@@ -40,7 +40,7 @@ import time
 from dataclasses import replace
 from typing import Callable
 
-from .cell_protocol import MAX_HEADER, SOCKET_NAME, CellRequest, RequestError, decode_header, option_problems
+from .cell_protocol import MAX_HEADER, OUTPUTS_KIND, SOCKET_NAME, CellRequest, RequestError, decode_header, option_problems
 from .errors import LaunchError, PolicyError, RuntimeMissing, SandboxKernelError, SandboxUnavailable
 from .host import HostCapabilities
 from .launch import prepare, start
@@ -85,7 +85,8 @@ class CellService:
     """One per kernel: a Unix-socket server in ``socket_dir``, one request at a time."""
 
     def __init__(self, socket_dir: str, kernel_policy: SandboxPolicy, caps: HostCapabilities, kernel_report: dict,
-                 spec_extras: Callable[[], dict] | None = None, session=None, recorder=None):
+                 spec_extras: Callable[[], dict] | None = None, session=None, recorder=None,
+                 collect_outputs: Callable[[], dict | None] | None = None):
         self.path = os.path.join(socket_dir, SOCKET_NAME)
         self.kernel_policy = kernel_policy
         self.caps = caps  # the host as probed for the kernel: cells are planned against the same
@@ -93,6 +94,7 @@ class CellService:
         self.spec_extras = spec_extras or (lambda: {})
         self.session = session  # the kernel's session: cells share its scratch
         self.recorder = recorder  # CellReports: what the server extension serves per msg_id
+        self.collect_outputs = collect_outputs  # copies the kernel's results out (KernelSandbox)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         if os.path.lexists(self.path):
             os.unlink(self.path)
@@ -218,6 +220,9 @@ class CellService:
             request, source = _read_request(conn)
         except RequestError as e:
             return {"t": "error", "problems": e.problems}
+        if request.kind == OUTPUTS_KIND:
+            outputs = self.collect_outputs() if self.collect_outputs is not None else None
+            return {"t": "done", "report": outputs or {"note": "results are not copied out of this kernel"}}
         try:
             policy = tighten(self.kernel_policy, request.options)
         except PolicyError as e:

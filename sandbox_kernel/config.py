@@ -32,6 +32,10 @@ TRAIT_FIELDS = {
     "wall_seconds": ("resources", "wall_seconds"), "cgroup_parent": ("resources", "cgroup_parent"),
     "filesystem_mode": ("filesystem", "mode"), "read_only_paths": ("filesystem", "read_only_paths"),
     "scratch_bytes": ("filesystem", "scratch_bytes"), "node_modules": ("filesystem", "node_modules"),
+    "outputs_enabled": ("filesystem", "outputs", "enabled"), "outputs_dir": ("filesystem", "outputs", "dir"),
+    "outputs_max_files": ("filesystem", "outputs", "max_files"),
+    "outputs_max_file_bytes": ("filesystem", "outputs", "max_file_bytes"),
+    "outputs_max_total_bytes": ("filesystem", "outputs", "max_total_bytes"),
     "network_mode": ("network", "mode"), "network_allow": ("network", "allow"), "block_metadata": ("network", "block_metadata"),
     "privilege_mode": ("privilege", "mode"), "uid": ("privilege", "uid"), "gid": ("privilege", "gid"),
     "uid_range": ("privilege", "uid_range"),
@@ -72,6 +76,13 @@ class SandboxPolicyConfig(Configurable):
     node_modules = Unicode(None, allow_none=True,
                            help="A host node_modules dir visible read-only to %%node cells, which get NODE_PATH "
                                 "set to it. Secure default: none.").tag(config=True)
+    outputs_enabled = Bool(None, allow_none=True, help="Copy the files code writes under the scratch dir's results "
+                                                       "dir out of the sandbox. Secure default: True.").tag(config=True)
+    outputs_dir = Unicode(None, allow_none=True, help="The results dir: one name inside the scratch dir (and, under "
+                                                      "Jupyter, in the notebook's dir). Default: 'outputs'.").tag(config=True)
+    outputs_max_files = Int(None, allow_none=True, help="Files copied out per kernel. Secure default: 100.").tag(config=True)
+    outputs_max_file_bytes = _SIZE("64M", "Largest result file copied out")
+    outputs_max_total_bytes = _SIZE("256M", "Result bytes copied out per kernel")
     network_mode = Enum(["deny", "allowlist", "unrestricted"], default_value=None, allow_none=True,
                         help="Network policy. Secure default: 'deny'.").tag(config=True)
     network_allow = List(Unicode(), default_value=None, allow_none=True,

@@ -94,6 +94,7 @@ class SandboxKernelManager(AsyncKernelManager):
 
     sandbox_policy = AnyTrait(None, allow_none=True, help="SandboxPolicy the provisioner enforces (operator level).")
     sandbox_inputs = AnyTrait(None, allow_none=True, help="{'exclude': paths, 'data': paths} for the provisioner's input listing.")
+    sandbox_outputs = AnyTrait(None, allow_none=True, help="Host dir the kernel's results are copied to (None: <cwd>/outputs).")
     message_limit = Int(MAX_MESSAGE_BYTES + ENVELOPE_BYTES, help="Largest iopub message accepted from the kernel, in bytes.")
     budget = AnyTrait(None, allow_none=True, help="Passed to clients: answers room() for the running cell.")
     client_factory = Type(SandboxKernelClient)
@@ -186,9 +187,11 @@ class SandboxNotebookClient(NotebookClient):
     max_output_bytes = Int(None, allow_none=True, help="Output bytes kept per cell (serialized size of its messages).").tag(config=True)
     max_notebook_output_bytes = Int(None, allow_none=True, help="Output bytes kept per notebook.").tag(config=True)
 
-    def __init__(self, nb, policy: SandboxPolicy | None = None, inputs: dict | None = None, on_progress=None, **kw):
+    def __init__(self, nb, policy: SandboxPolicy | None = None, inputs: dict | None = None, on_progress=None,
+                 outputs: str | None = None, **kw):
         self.sandbox_policy = policy or secure_default()
         self.sandbox_inputs = inputs
+        self.sandbox_outputs = outputs
         # on_progress(event): {"event": "cell", "index", "of", "status"} as each code cell ends,
         # {"event": "output", "stream", "text"} for stream output kept in the notebook.
         self.on_progress = on_progress
@@ -217,7 +220,7 @@ class SandboxNotebookClient(NotebookClient):
 
     def create_kernel_manager(self):
         self.km = SandboxKernelManager(config=self.config, sandbox_policy=self.sandbox_policy, sandbox_inputs=self.sandbox_inputs,
-                                       message_limit=self.message_limit(), budget=self)
+                                       sandbox_outputs=self.sandbox_outputs, message_limit=self.message_limit(), budget=self)
         return self.km
 
     async def _async_cleanup_kernel(self):
@@ -361,10 +364,25 @@ class SandboxNotebookClient(NotebookClient):
             # A magic cell's own sandbox, as the kernel describes it: untrusted, labelled so.
             # (Bounded: message metadata over the header limit is never parsed.)
             extra["cell_report"] = {**kernel_said, "reported_by": "kernel"}
+        outputs = self._collect_outputs()
+        if outputs is not None:
+            extra["outputs"] = outputs
         self._stamp(cell, {"status": status, "output_truncated": truncated, "timed_out": cell_index in self._timed_out,
                            "output_bytes": self._used.get(cell_index, 0),
                            "output_dropped_bytes": self._dropped.get(cell_index, 0),
                            "output_cut_by": sorted(self._cut.get(cell_index, ()))}, extra)
+
+    def _collect_outputs(self) -> dict | None:
+        """Copy the cell's results out ourselves (the kernel's own request after the cell
+        may never come) and return what this cell's collections copied and refused."""
+        sandbox = getattr(self.provisioner, "sandbox", None)
+        if sandbox is None:
+            return None
+        try:
+            sandbox.collect_outputs()
+        except OSError as e:  # the kernel is gone with its scratch: nothing more to copy
+            log.debug("results not collected: %s", e)
+        return sandbox.take_outputs()
 
     def _stamp(self, cell, outcome: dict, extra: dict | None = None) -> None:
         cell.metadata["sandbox"] = {**(self.kernel_report or {}), "reported_by": "provisioner", "cell_outcome": outcome,
@@ -417,7 +435,8 @@ def _last_line(text: str, limit: int = 500) -> str:
 async def execute_notebook_async(nb, *, policy: SandboxPolicy | None = None, cwd: str | None = None,
                                  cell_timeout: float | None = None, notebook_timeout: float | None = DEFAULT_NOTEBOOK_SECONDS,
                                  allow_errors: bool = False, path: str = "<notebook>", inputs: dict | None = None,
-                                 max_notebook_output: int | None = None, on_progress=None) -> tuple[Any, NotebookResult]:
+                                 max_notebook_output: int | None = None, on_progress=None,
+                                 outputs: str | None = None) -> tuple[Any, NotebookResult]:
     """Execute ``nb`` (already read with ``intake.read_notebook``) in its own sandboxed kernel.
     ``cwd``: the directory whose entries it sees (None: none); ``inputs``: exclusions and data
     paths for that listing. The per-cell clock is the smaller of ``cell_timeout`` and the
@@ -427,7 +446,7 @@ async def execute_notebook_async(nb, *, policy: SandboxPolicy | None = None, cwd
     limits = [t for t in (cell_timeout, policy.resources.wall_seconds) if t]
     cell_timeout = min(limits) if limits else None
     client = SandboxNotebookClient(
-        nb, policy=policy, inputs=inputs, timeout=math.ceil(cell_timeout) if cell_timeout else None,
+        nb, policy=policy, inputs=inputs, outputs=outputs, timeout=math.ceil(cell_timeout) if cell_timeout else None,
         interrupt_on_timeout=True, allow_errors=allow_errors, record_timing=True, shutdown_kernel="immediate",
         error_on_timeout={"ename": "CellTimeoutError", "evalue": f"cell exceeded the {cell_timeout} s timeout", "traceback": []},
         resources={"metadata": {"path": cwd}} if cwd else {}, max_notebook_output_bytes=max_notebook_output,
@@ -533,11 +552,20 @@ def run_one(path: str, *, policy: SandboxPolicy, results: ResultDir, inputs: dic
         return NotebookResult(path=path, status="invalid", reason=plain_text(str(e)))
     cwd = os.path.dirname(os.path.abspath(path)) if expose_dir else None
     try:
-        nb, result = asyncio.run(execute_notebook_async(nb, policy=policy, cwd=cwd, path=path, inputs=inputs, **options))
+        # Its results (what it wrote under /scratch/outputs) go beside the executed notebook.
+        outputs = os.path.join(results.path, files_dir_name(path))
+        nb, result = asyncio.run(execute_notebook_async(nb, policy=policy, cwd=cwd, path=path, inputs=inputs,
+                                                        outputs=outputs, **options))
     except Exception as e:  # a runner bug must cost one row, not the batch
         log.exception("%s: the runner failed", path)
         return NotebookResult(path=path, status="error", reason=f"runner: {type(e).__name__}: {_last_line(str(e))}")
     return save(results, path, result, lambda f: dump_json(nb, f.write))
+
+
+def files_dir_name(path: str) -> str:
+    """``<notebook>_files``: where ``run`` puts a notebook's results (as nbconvert names its
+    extracted files)."""
+    return os.path.splitext(os.path.basename(path))[0] + "_files"
 
 
 def _parameterize(nb, parameters: dict | None):

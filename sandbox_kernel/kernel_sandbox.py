@@ -40,6 +40,7 @@ from .cells import CellService, make_socket_dir
 from .host import HostCapabilities
 from .launch import lease_for, prepare, start
 from .launch.inputs import InputListing, list_inputs
+from .launch.outputs import OutputCollector
 from .launch.process import SandboxProcess, forward_capped, start_janitor, stop_janitor
 from .launch.session import Session, open_session
 from .launch.signals import signal_command
@@ -194,10 +195,13 @@ class KernelSandbox:
     process: SandboxProcess | None = None
     last_exit: dict | None = None  # {"returncode", "oom"} of the last process that ended
     owner: tuple[int, int] | None = None  # (uid, gid) the kernel runs as: its dirs' owner
+    outputs: OutputCollector | None = None  # copies results out of the session scratch, across restarts
     _janitor: subprocess.Popen | None = None
 
     def __init__(self) -> None:
         self.cell_reports = CellReports()  # trusted reports of its recent magic cells, by msg_id
+        self._outputs_lock = threading.Lock()
+        self._outputs_log: list[dict] = []  # collections since the last take_outputs()
 
     # ------------------------------------------------------------------ host-side state
 
@@ -246,17 +250,27 @@ class KernelSandbox:
             os.chmod(path, 0o640, follow_symlinks=False)
 
     def prepare(self, policy: SandboxPolicy, caps: HostCapabilities, argv, *, env: dict[str, str] | None = None,
-                cwd: str | None = None, inputs: dict | None = None) -> Plan:
+                cwd: str | None = None, inputs: dict | None = None, outputs_dest: str | None = None) -> Plan:
         """Plan this start of the kernel (SandboxUnavailable before anything starts) and
         bring up what it needs beside it: the session (first start) and a new cell service.
         ``inputs``: an embedding runner's ``{"exclude": paths, "data": paths}`` for the
-        listing of ``cwd``."""
+        listing of ``cwd``. ``outputs_dest``: the host dir the kernel's results are copied
+        to (None: ``<cwd>/<outputs dir>``, or nowhere without a cwd)."""
         dirs = self.open(policy, caps)
         identity = self.identity()
         _, uid, gid = plan_privilege(policy.privilege, caps, identity).run_as
         want = inputs or {}
+        exclude = tuple(want.get("exclude", ()))
+        results = policy.filesystem.outputs
+        if results.enabled and cwd:
+            # The working dir's own results dir is neither an input (it would be bound
+            # read-only over the kernel's /scratch/outputs) nor seen by the kernel later.
+            exclude += (os.path.join(cwd, results.dir),)
+            outputs_dest = outputs_dest or os.path.join(os.path.realpath(cwd), results.dir)
+        if outputs_dest:
+            exclude += (outputs_dest,)
         # What the kernel (and its cells) see of the working dir, listed once per start.
-        listing = list_inputs(cwd, exclude=want.get("exclude", ()), data=want.get("data", ()), uid=uid, gid=gid)
+        listing = list_inputs(cwd, exclude=exclude, data=want.get("data", ()), uid=uid, gid=gid)
         spec = kernel_run_spec(policy, caps, kernel_command(argv, dirs.ipc_base), dirs, env=env, inputs=listing,
                                identity=identity)
         kernel_plan = with_report(prepare(policy, spec, caps))
@@ -265,14 +279,44 @@ class KernelSandbox:
             os.makedirs(spec.scratch_source, exist_ok=True)
             self.session = open_session(spec.scratch_source, policy.filesystem.scratch_bytes, kernel_plan.run_as[1:],
                                         unshare=caps.tool("unshare"), nsenter=caps.tool("nsenter"))
+        if self.session is not None and results.enabled and outputs_dest and self.outputs is None:
+            # The scratch tmpfs exists only in the session's mount namespace: read it there.
+            self.outputs = OutputCollector(f"/proc/{self.session.pid}/root{spec.scratch_source}", outputs_dest, results)
         if self.cells is not None:
             self.cells.close()
         # The kernel's overrides (the operator's kernelspec env) reach its cells the same way.
         cell_fields = {"inputs": spec.inputs, "scratch_source": spec.scratch_source, "identity": identity,
                        "env": dict(spec.env)}
         self.cells = CellService(dirs.socket_dir, policy, caps, self.report, session=self.session,
-                                 recorder=self.cell_reports, spec_extras=lambda: cell_fields)
+                                 recorder=self.cell_reports, spec_extras=lambda: cell_fields,
+                                 collect_outputs=self.collect_outputs)
         return kernel_plan
+
+    def collect_outputs(self) -> dict | None:
+        """Copy the kernel's new results out now (None: results are not copied for this
+        kernel). Serialised: the kernel's request and the runner's own call may race."""
+        if self.outputs is None:
+            return None
+        with self._outputs_lock:
+            summary = self.outputs.collect()
+            self._outputs_log.append(summary)
+        if summary["copied_count"] or summary["refused_count"]:
+            log.info("kernel results: %d copied to %s, %d refused", summary["copied_count"], summary["dest"],
+                     summary["refused_count"])
+        return summary
+
+    def take_outputs(self) -> dict | None:
+        """What the collections since the last call copied and refused, merged (the batch
+        runner's per-cell record); None if nothing was copied or refused."""
+        with self._outputs_lock:
+            entries, self._outputs_log = self._outputs_log, []
+        copied = [p for e in entries for p in e["copied"]]
+        refused = {r["path"]: r for e in entries for r in e["refused"]}  # the same refusal once
+        if not copied and not refused:
+            return None
+        last = entries[-1]
+        return {**last, "copied": copied, "copied_count": sum(e["copied_count"] for e in entries),
+                "refused": list(refused.values()), "refused_count": len(refused)}
 
     def start(self) -> SandboxProcess:
         """Start the prepared plan. The kernel's own fd 1/2 (not cell output) go to our stderr
@@ -332,6 +376,7 @@ class KernelSandbox:
         if self.session is not None:
             self.session.close()
             self.session = None
+        self.outputs = None
         if self.dirs is not None:
             for path in (self.dirs.run_dir, self.dirs.socket_dir):
                 shutil.rmtree(path, ignore_errors=True)

@@ -273,6 +273,26 @@ class ResourcesPolicy(_Strict):
     )
 
 
+def _results_dir_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}", value) or value in (".", ".."):
+        raise ValueError(f"{value!r} must be one plain directory name (letters, digits, '_', '.', '-'), "
+                         "not a path; it is made inside the scratch dir")
+    return value
+
+
+class OutputsPolicy(_Strict):
+    """Results the supervisor copies out of the scratch dir (regular files only, capped)."""
+
+    enabled: bool = True
+    dir: Annotated[str, AfterValidator(_results_dir_name)] = Field(
+        "outputs", description="directory inside the scratch dir whose files are copied out")
+    max_files: Annotated[int, Field(ge=1, le=10000)] = Field(100, description="files copied per kernel")
+    max_file_bytes: _size_field(1, 16 * GiB) = Field(  # type: ignore[valid-type]
+        64 * MiB, description="largest file copied out")
+    max_total_bytes: _size_field(1, 64 * GiB) = Field(  # type: ignore[valid-type]
+        256 * MiB, description="bytes copied per kernel")
+
+
 class FilesystemPolicy(_Strict):
     mode: Literal["off", "scratch-only", "scratch-plus-ro"] = "scratch-plus-ro"
     read_only_paths: list[AbsPath] = Field(default_factory=list)
@@ -282,6 +302,7 @@ class FilesystemPolicy(_Strict):
     node_modules: AbsPath | None = Field(
         None, description="a host node_modules dir shown read-only to %%node cells, with NODE_PATH set to it"
     )
+    outputs: OutputsPolicy = OutputsPolicy()
 
 
 class NetworkPolicy(_Strict):
@@ -555,6 +576,16 @@ def looser_fields(base: SandboxPolicy, candidate: SandboxPolicy) -> list[tuple[s
         problems.append(
             ("filesystem.scratch_bytes", f"{_show(cf.scratch_bytes, True)} is looser than the allowed {_show(bf.scratch_bytes, True)}")
         )
+    bo, co = bf.outputs, cf.outputs
+    if co.enabled and not bo.enabled:
+        problems.append(("filesystem.outputs.enabled", "cannot copy out results the operator does not allow"))
+    if co.dir != bo.dir:
+        problems.append(("filesystem.outputs.dir", "the results directory is set by the operator and cannot be overridden"))
+    for name in ("max_files", "max_file_bytes", "max_total_bytes"):
+        b, c = getattr(bo, name), getattr(co, name)
+        if c > b:
+            size = name.endswith("_bytes")
+            problems.append((f"filesystem.outputs.{name}", f"{_show(c, size)} is looser than the allowed {_show(b, size)}"))
     bn, cn = base.network, candidate.network
     if _NET_STRICTNESS[cn.mode] < _NET_STRICTNESS[bn.mode] and not (cn.mode == "allowlist" and not cn.allow):
         problems.append(("network.mode", f"{cn.mode!r} is looser than {bn.mode!r}"))

@@ -132,8 +132,12 @@ class SandboxProvisioner(LocalProvisioner):
             # Only what the caller deliberately added (kernelspec env, session name) is a
             # candidate override; the supervisor's own environment never reaches the sandbox.
             overrides = {k: v for k, v in env.items() if os.environ.get(k) != v}
-            plan = self.sandbox.prepare(policy, caps, kwargs.pop("cmd"), env=overrides, cwd=kwargs.get("cwd"),
-                                        inputs=getattr(km, "sandbox_inputs", None))
+            # An embedding runner (the batch executor) lists its inputs itself: no cwd means
+            # none there (`run --inputs none`, Dask workers), not the supervisor's.
+            cwd = kwargs.get("cwd") if hasattr(km, "sandbox_inputs") else working_dir(kwargs.get("cwd"))
+            plan = self.sandbox.prepare(policy, caps, kwargs.pop("cmd"), env=overrides, cwd=cwd,
+                                        inputs=getattr(km, "sandbox_inputs", None),
+                                        outputs_dest=getattr(km, "sandbox_outputs", None))
         except BaseException as e:
             # Refused (SandboxUnavailable, PolicyError) or broken: leave nothing behind.
             log.warning("kernel %s not started: %s: %s", self.kernel_id, type(e).__name__, e)
@@ -175,6 +179,20 @@ class SandboxProvisioner(LocalProvisioner):
         info = await super().get_provisioner_info()
         info["sandbox"] = self.effective_sandbox
         return info
+
+
+def working_dir(cwd: str | None) -> str | None:
+    """The directory whose files the kernel sees: the client's ``cwd``, or, as a plain kernel
+    would inherit it, the supervisor's own (nbconvert with a relative path, nbclient and
+    papermill pass none). The host root is never a notebook's directory: it is not exposed."""
+    if not cwd:
+        try:
+            cwd = os.getcwd()
+        except OSError:  # removed from under us: nothing to expose
+            return None
+        if os.path.realpath(cwd) == "/":
+            return None
+    return cwd
 
 
 FILE_FIELD = "kernel_provisioner.config.kernel_policy_file"

@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 
-from ..cell_protocol import REPORT_ENV
+from ..cell_protocol import OUTPUTS_KIND, REPORT_ENV, SOCKET_ENV, encode_request
 # ipykernel sends what a cell printed in the last 0.2 s as one stream message, however large,
 # and the batch runner drops a message over its limit (at least 8 MiB) whole. Flushing every
 # MiB keeps a print flood in messages whose part within the output cap can be kept.
@@ -29,6 +30,39 @@ def kernel_report() -> dict:
         return json.loads(raw)
     except ValueError:
         return {"version": 1, "scope": "kernel", "state": "unknown", "note": f"unreadable {REPORT_ENV}"}
+
+
+OUTPUTS_TIMEOUT = 10.0  # seconds a cell's reply waits for the copy (a later cell collects what it missed)
+MAX_OUTPUTS_REPLY = 1 << 20
+
+
+def results_dir() -> str | None:
+    """The kernel's results dir (``/scratch/outputs``) if results are copied out, else None."""
+    outputs = kernel_report().get("requested", {}).get("filesystem", {}).get("outputs", {})
+    if not isinstance(outputs, dict) or not outputs.get("enabled") or not isinstance(outputs.get("dir"), str):
+        return None
+    return os.path.join(os.environ.get("HOME", "/scratch"), outputs["dir"])
+
+
+def request_outputs() -> dict | None:
+    """Ask the supervisor to copy this kernel's results (``/scratch/outputs``) out now; its
+    summary of what it copied and refused, or None (no cell service, no answer)."""
+    path = os.environ.get(SOCKET_ENV)
+    if not path:
+        return None
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.settimeout(OUTPUTS_TIMEOUT)
+    try:
+        conn.connect(path)
+        conn.sendall(encode_request(OUTPUTS_KIND, b"", {}))
+        line = conn.makefile("rb").readline(MAX_OUTPUTS_REPLY)
+        reply = json.loads(line)
+    except (OSError, ValueError):
+        return None
+    finally:
+        conn.close()
+    report = reply.get("report") if isinstance(reply, dict) and reply.get("t") == "done" else None
+    return report if isinstance(report, dict) else None
 
 
 def bound_stream_messages(streams) -> None:
@@ -86,6 +120,13 @@ def load_ipython_extension(ip) -> None:
         metadata = original(parent, metadata, reply_content)
         # A magic cell's report is cell-scoped and nests the kernel report.
         metadata["sandbox"] = pending.pop("cell", None) or report
+        # After every cell, the supervisor copies the results out (so a file browser shows
+        # them when the cell ends); what it did is part of this cell's report.
+        # Only once the results dir exists: a notebook that writes none pays nothing.
+        where = results_dir()
+        outputs = request_outputs() if where and os.path.isdir(where) else None
+        if outputs and (outputs.get("copied_count") or outputs.get("refused_count")):
+            metadata["sandbox"] = {**metadata["sandbox"], "outputs": outputs}
         return metadata
 
     kernel.finish_metadata = finish_metadata

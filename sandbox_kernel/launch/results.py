@@ -72,16 +72,16 @@ class ResultDir:
         return st.st_dev, st.st_ino
 
     @contextmanager
-    def create(self, name: str) -> Iterator[IO[str]]:
+    def create(self, name: str, binary: bool = False) -> Iterator[IO]:
         """``with results.create("a.ipynb") as f: f.write(...)``: the file appears under its
-        name only when the block succeeds."""
+        name only when the block succeeds. ``binary``: the file takes bytes."""
         if not name or name in (".", "..") or "/" in name or "\0" in name:
             raise UnsafeResultPath(f"{name!r} is not a plain file name")
         self.check_replaceable(name)
         tmp = f".sandbox-kernel-{secrets.token_hex(8)}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666, dir_fd=self.fd)
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
+            with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8")) as f:
                 yield f
             self.check_replaceable(name)
             os.replace(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)

@@ -31,7 +31,12 @@ DENIED_PREFIXES = (
     "LD_", "DYLD_", "MALLOC_", "GLIBC_", "RESOLV_", "BASH_FUNC_",  # loader, libc, exported functions
     "PYTHON", "IPYTHON", "JUPYTER", "JPY_", "NODE_", "NPM_CONFIG_", "BUN_", "DENO_", "GIT_",
 )
-ALLOWED_DESPITE_PREFIX = frozenset({"PYTHONUNBUFFERED", "PYTHONIOENCODING", "PYTHONDONTWRITEBYTECODE", "PYTHONHASHSEED"})
+ALLOWED_DESPITE_PREFIX = frozenset({
+    "PYTHONUNBUFFERED", "PYTHONIOENCODING", "PYTHONDONTWRITEBYTECODE", "PYTHONHASHSEED",
+    # The notebook's path (jupyter_server sets it; ipykernel makes it ``__session__``): a path,
+    # not a secret, and no startup hook.
+    "JPY_SESSION_NAME",
+})
 PROXY_KEYS = frozenset({"http_proxy", "https_proxy", "ftp_proxy", "all_proxy", "no_proxy", "socks_proxy"})
 _VALID_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 

@@ -112,4 +112,7 @@ def jupyter_dirs(tmp_path, monkeypatch):
     monkeypatch.setenv("JUPYTER_PATH", str(data))
     monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(config))
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
+    # A kernel started without a cwd sees its supervisor's working dir, as a plain kernel
+    # would: make that a private, empty one rather than the repository (hundreds of binds).
+    monkeypatch.chdir(tmp_path)
     return data, config

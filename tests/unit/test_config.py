@@ -367,6 +367,8 @@ def test_every_trait_reaches_its_policy_field():
         "cgroup_parent": "sandbox-kernel/user-alice",
         "filesystem_mode": "scratch-only", "read_only_paths": ["/srv/data"], "scratch_bytes": "32M",
         "node_modules": "/srv/node_modules",
+        "outputs_enabled": False, "outputs_dir": "results", "outputs_max_files": 5, "outputs_max_file_bytes": "1M",
+        "outputs_max_total_bytes": "2M",
         "network_mode": "allowlist", "network_allow": ["192.0.2.0/24"], "block_metadata": True,
         "privilege_mode": "drop-to-uid", "uid": 2000, "gid": 2001, "uid_range": [300000, 300999],
     }
@@ -378,7 +380,9 @@ def test_every_trait_reaches_its_policy_field():
                       "max_file_size_bytes": "2M", "max_output_bytes": "3K", "wall_seconds": 4.5,
                       "cgroup_parent": "sandbox-kernel/user-alice"},
         "filesystem": {"mode": "scratch-only", "read_only_paths": ["/srv/data"], "scratch_bytes": "32M",
-                       "node_modules": "/srv/node_modules"},
+                       "node_modules": "/srv/node_modules",
+                       "outputs": {"enabled": False, "dir": "results", "max_files": 5, "max_file_bytes": "1M",
+                                   "max_total_bytes": "2M"}},
         "network": {"mode": "allowlist", "allow": ["192.0.2.0/24"], "block_metadata": True},
         "privilege": {"mode": "drop-to-uid", "uid": 2000, "gid": 2001, "uid_range": [300000, 300999]},
     }).to_dict()

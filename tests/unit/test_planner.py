@@ -702,7 +702,8 @@ def test_hostile_override_is_dropped_and_reported(key):
     assert p.env["FOO"] == "1"
 
 
-@pytest.mark.parametrize("key,value", [("FOO", "1"), ("PYTHONUNBUFFERED", "1"), ("MPLBACKEND", "Agg"), ("OMP_NUM_THREADS", "2")])
+@pytest.mark.parametrize("key,value", [("FOO", "1"), ("PYTHONUNBUFFERED", "1"), ("MPLBACKEND", "Agg"), ("OMP_NUM_THREADS", "2"),
+                                       ("JPY_SESSION_NAME", "/home/u/nb.ipynb")])
 def test_benign_override_passes(key, value):
     p = run_plan(env={key: value})
     assert p.env[key] == value

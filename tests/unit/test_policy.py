@@ -662,6 +662,9 @@ NARROWING = [
      lambda p: p.privilege.mode == "drop-to-uid"),
     ("uid-same", {"privilege": {"uid": 1000, "gid": 1000}}, {"privilege": {"uid": 1000, "gid": 1000}},
      lambda p: (p.privilege.uid, p.privilege.gid) == (1000, 1000)),
+    ("outputs-off", {}, {"filesystem": {"outputs": {"enabled": False}}}, lambda p: not p.filesystem.outputs.enabled),
+    ("outputs-smaller-caps", {}, {"filesystem": {"outputs": {"max_files": 3, "max_file_bytes": "1K", "max_total_bytes": "2K"}}},
+     lambda p: (p.filesystem.outputs.max_files, p.filesystem.outputs.max_file_bytes) == (3, 1024)),
 ]
 
 
@@ -717,7 +720,25 @@ LOOSENING = [
     ("gid-change", {"privilege": {"uid": 1000, "gid": 1000}}, {"privilege": {"gid": 1001}}, "privilege.gid"),
     ("uid-set", {}, {"privilege": {"uid": 1000}}, "privilege.uid"),
     ("uid-unset", {"privilege": {"uid": 1000}}, {"privilege": {"uid": None}}, "privilege.uid"),
+    ("outputs-on", {"filesystem": {"outputs": {"enabled": False}}}, {"filesystem": {"outputs": {"enabled": True}}},
+     "filesystem.outputs.enabled"),
+    ("outputs-dir", {}, {"filesystem": {"outputs": {"dir": "elsewhere"}}}, "filesystem.outputs.dir"),
+    *[(f"outputs-{cap}-bigger", {}, {"filesystem": {"outputs": {cap: big}}}, f"filesystem.outputs.{cap}")
+      for cap, big in [("max_files", 101), ("max_file_bytes", "65M"), ("max_total_bytes", "257M")]],
 ]
+
+
+@pytest.mark.parametrize("value", ["../etc", "/abs", "a/b", ".", "..", ".hidden", "", "x" * 65, 3])
+def test_outputs_dir_is_one_plain_name(value):
+    with pytest.raises(PolicyError) as info:
+        policy_from_dict({"filesystem": {"outputs": {"dir": value}}})
+    assert info.value.fields == ["filesystem.outputs.dir"]
+
+
+def test_outputs_caps_are_never_unlimited():
+    with pytest.raises(PolicyError) as info:
+        policy_from_dict({"filesystem": {"outputs": {"max_file_bytes": "unlimited", "max_files": None}}})
+    assert set(info.value.fields) == {"filesystem.outputs.max_file_bytes", "filesystem.outputs.max_files"}
 
 
 @pytest.mark.parametrize("base_sections,override,field", [c[1:] for c in LOOSENING], ids=[c[0] for c in LOOSENING])
