@@ -111,9 +111,13 @@ def cmd_doctor(args) -> int:
         print(textwrap.fill(f.meaning, 100, initial_indent=" " * 21, subsequent_indent=" " * 21))
         if f.hint:
             print(textwrap.fill(f"hint: {f.hint}", 100, initial_indent=" " * 21, subsequent_indent=" " * 27))
-    print("\n" + verdict(enforceable, [name for name, cap in caps.probes().items() if not cap.ok]))
-    for hint in doctor_hints(caps.platform, report):
+    hints = doctor_hints(caps.platform, report)
+    if hints:
+        print()
+    for hint in hints:
         print(textwrap.fill(f"hint: {hint}", 100, subsequent_indent="      "))
+    # The verdict is the last line, whatever came before (scripts read it with tail -1).
+    print("\n" + verdict(enforceable, [name for name, cap in caps.probes().items() if not cap.ok]))
     return EXIT_OK if enforceable else EXIT_UNENFORCEABLE
 
 
