@@ -254,7 +254,7 @@ def cmd_run(args) -> int:
             on_result=progress, cell_timeout=args.cell_timeout, notebook_timeout=args.notebook_timeout or DEFAULT_NOTEBOOK_SECONDS,
             allow_errors=args.allow_errors, inputs=args.inputs, data=tuple(args.data), summary=args.summary,
             max_notebook_output=notebook_cap, parameters=parameters, any_language=args.any_language,
-            on_progress=progress.event,
+            on_progress=progress.event, full_reports=args.full_reports,
         )
     finally:
         progress.close()
@@ -494,6 +494,8 @@ def build_parser(prog: str = "sandbox-kernel") -> argparse.ArgumentParser:
                      help="output kept per notebook (default: 4 times the policy's max_output_bytes, at most 1G)")
     run.add_argument("--summary", metavar="FILE.json", help="also write the result table as JSON")
     run.add_argument("--allow-errors", action="store_true", help="keep going after a failing cell; exit 0 if only cells errored")
+    run.add_argument("--full-reports", action="store_true",
+                     help="save the full report in every cell instead of the compact form (the kernel report once)")
     run.add_argument("--log-output", action="store_true",
                      help="also copy each notebook's printed output to stderr as it runs, prefixed with its name (as papermill's)")
     run.add_argument("--table-format", choices=TABLE_FORMATS, default="text",

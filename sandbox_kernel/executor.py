@@ -43,6 +43,7 @@ from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernel
 from traitlets import Any as AnyTrait
 from traitlets import Int, Type, default
 
+from . import saved_form
 from .intake import SandboxKernelClient, UntrustedInput, language_problem, read_notebook
 from .kernelspec import KERNEL_NAME, kernelspec
 from .launch.channel_guard import ChannelGuard
@@ -543,9 +544,11 @@ def read_runnable(path: str, any_language: bool = False, parameters: dict | None
 
 
 def run_one(path: str, *, policy: SandboxPolicy, results: ResultDir, inputs: dict | None, expose_dir: bool = True,
-            parameters: dict | None = None, any_language: bool = False, **options) -> NotebookResult:
+            parameters: dict | None = None, any_language: bool = False, full_reports: bool = False,
+            **options) -> NotebookResult:
     """One notebook of a batch, start to saved result. Never raises: whatever goes wrong is
-    its row's status and reason. ``parameters``: papermill's, injected (``parameters.py``)."""
+    its row's status and reason. ``parameters``: papermill's, injected (``parameters.py``).
+    Saved in the compact form (``saved_form``), or the full form if ``full_reports``."""
     try:
         nb = read_runnable(path, any_language, parameters)
     except UntrustedInput as e:
@@ -559,7 +562,7 @@ def run_one(path: str, *, policy: SandboxPolicy, results: ResultDir, inputs: dic
     except Exception as e:  # a runner bug must cost one row, not the batch
         log.exception("%s: the runner failed", path)
         return NotebookResult(path=path, status="error", reason=f"runner: {type(e).__name__}: {_last_line(str(e))}")
-    return save(results, path, result, lambda f: dump_json(nb, f.write))
+    return save(results, path, result, lambda f: dump_json(saved(nb, full_reports), f.write))
 
 
 def files_dir_name(path: str) -> str:
@@ -579,6 +582,12 @@ def _parameterize(nb, parameters: dict | None):
     return nb
 
 
+def saved(nb, full_reports: bool = False):
+    """The notebook as it is saved: the reports' compact form (the same as JupyterLab writes), or
+    the full form behind a flag."""
+    return nb if full_reports else saved_form.compact_notebook(nb)
+
+
 def save(results: ResultDir, path: str, result: NotebookResult, write) -> NotebookResult:
     try:
         with results.create(os.path.basename(path)) as f:
@@ -589,7 +598,7 @@ def save(results: ResultDir, path: str, result: NotebookResult, write) -> Notebo
     return result
 
 
-def dask_task(nb_json: str, name: str, policy_json: str, options: dict) -> tuple[str, dict]:
+def dask_task(nb_json: str, name: str, policy_json: str, options: dict, full_reports: bool = False) -> tuple[str, dict]:
     """Runs on a Dask worker: execute one notebook in a sandboxed kernel there, send back the
     executed notebook and the result. The worker needs sandbox-kernel installed."""
     import io
@@ -598,14 +607,14 @@ def dask_task(nb_json: str, name: str, policy_json: str, options: dict) -> tuple
     policy = SandboxPolicy.model_validate_json(policy_json)
     nb, result = asyncio.run(execute_notebook_async(nb, policy=policy, path=name, **options))
     out = io.StringIO()
-    dump_json(nb, out.write)
+    dump_json(saved(nb, full_reports), out.write)
     return out.getvalue(), result.to_dict()
 
 
 def run_batch(paths: list[str], *, policy: SandboxPolicy, output_dir: str | ResultDir, jobs: int = 1,
               dask_scheduler: str | None = None, on_result=None, inputs: str = "dir", data: tuple[str, ...] = (),
               summary: str | None = None, parameters: dict | None = None, any_language: bool = False,
-              **options) -> list[NotebookResult]:
+              full_reports: bool = False, **options) -> list[NotebookResult]:
     """Execute every notebook; results come back in input order, one per notebook whatever
     happens to it. ``on_result`` is called as each one finishes (progress display).
     ``inputs``: "dir" (each notebook sees its directory, minus the other notebooks of the run
@@ -627,7 +636,8 @@ def run_batch(paths: list[str], *, policy: SandboxPolicy, output_dir: str | Resu
     try:
         if dask_scheduler:
             options.pop("on_progress", None)  # a callback does not travel to the workers
-            _run_on_dask(paths, policy, results_dir, dask_scheduler, options, done, parameters, any_language)
+            _run_on_dask(paths, policy, results_dir, dask_scheduler, options, done, parameters, any_language,
+                         full_reports)
         else:
             with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
                 futures = {}
@@ -635,7 +645,7 @@ def run_batch(paths: list[str], *, policy: SandboxPolicy, output_dir: str | Resu
                     listing = {"exclude": [q for j, q in enumerate(everyone) if j != i] + runner_paths, "data": list(data)}
                     futures[pool.submit(run_one, p, policy=policy, results=results_dir, inputs=listing,
                                         expose_dir=inputs == "dir", parameters=parameters, any_language=any_language,
-                                        **options)] = i
+                                        full_reports=full_reports, **options)] = i
                 for fut in as_completed(futures):
                     done(futures[fut], fut.result())
     finally:
@@ -646,7 +656,7 @@ def run_batch(paths: list[str], *, policy: SandboxPolicy, output_dir: str | Resu
 
 
 def _run_on_dask(paths, policy, results_dir: ResultDir, scheduler: str, options: dict, done, parameters: dict | None = None,
-                 any_language: bool = False) -> None:
+                 any_language: bool = False, full_reports: bool = False) -> None:
     from distributed import Client
     from distributed import as_completed as dask_completed
 
@@ -660,7 +670,8 @@ def _run_on_dask(paths, policy, results_dir: ResultDir, scheduler: str, options:
                 continue
             text = []
             dump_json(nb, text.append)
-            futures[client.submit(dask_task, "".join(text), p, policy.model_dump_json(), options, pure=False)] = i
+            futures[client.submit(dask_task, "".join(text), p, policy.model_dump_json(), options, full_reports,
+                                  pure=False)] = i
         for fut in dask_completed(futures):
             i = futures[fut]
             try:

@@ -19,6 +19,7 @@ from nbclient import NotebookClient
 from tests.servers import running_server
 
 from .kernels import leased_uid
+from .test_run_cli import read_saved
 
 pytestmark = pytest.mark.integration
 
@@ -61,13 +62,13 @@ def test_nbconvert_with_a_relative_path_sees_the_notebooks_neighbours(reachable,
     subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
                     "--ExecutePreprocessor.kernel_name=python3-sandboxed", "--output", "out", "nb.ipynb"],
                    check=True, capture_output=True, timeout=180, cwd=reachable / "proj")
-    assert_read_data(outputs_text(nbformat.read(reachable / "proj" / "out.ipynb", as_version=4)))
+    assert_read_data(outputs_text(read_saved(reachable / "proj" / "out.ipynb")))
 
 
 def test_nbclient_without_cwd_sees_the_supervisors_working_dir(reachable, jupyter_dirs, monkeypatch):
     path = notebook_dir(reachable / "proj", READ_DATA)
     monkeypatch.chdir(path.parent)  # what a plain kernel would inherit
-    nb = nbformat.read(path, as_version=4)
+    nb = read_saved(path)
     NotebookClient(nb, kernel_name="python3-sandboxed", timeout=120, startup_timeout=120).execute()
     assert_read_data(outputs_text(nb))
 
@@ -113,7 +114,7 @@ def test_run_inputs_none_never_falls_back_to_the_runners_working_dir(reachable):
     out = reachable / "out"
     proc = run_cli("run", path, "--inputs", "none", "--output-dir", out, cwd=path.parent)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    text = outputs_text(nbformat.read(out / "nb.ipynb", as_version=4))
+    text = outputs_text(read_saved(out / "nb.ipynb"))
     assert "data.csv" not in text and "listing" in text, text
 
 
@@ -129,7 +130,7 @@ def test_run_copies_results_beside_the_executed_notebook(reachable):
     files = out / "nb_files"
     assert (files / "plot.png").read_bytes() == PNG
     assert (files / "tables" / "t.csv").read_text() == "a,b\n1,2\n"  # an input, processed, comes back out
-    nb = nbformat.read(out / "nb.ipynb", as_version=4)
+    nb = read_saved(out / "nb.ipynb")
     report = cell_outputs_report(nb, 1)
     assert report["dest"] == str(files) and sorted(report["copied"]) == ["plot.png", "tables/t.csv"]
     assert report["refused_count"] == 0 and report["copied_count"] == 2
@@ -144,7 +145,7 @@ def test_links_devices_dotfiles_and_over_cap_files_are_refused_with_a_note(reach
     proc = run_cli("run", path, "--policy", policy, "--output-dir", out)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert sorted(os.listdir(out / "nb_files")) == ["ok.txt"]
-    report = cell_outputs_report(nbformat.read(out / "nb.ipynb", as_version=4), 0)
+    report = cell_outputs_report(read_saved(out / "nb.ipynb"), 0)
     assert report["copied"] == ["ok.txt"]
     reasons = {r["path"]: r["reason"] for r in report["refused"]}
     assert set(reasons) == {"passwd", "big.bin", "pipe", ".hidden"}, reasons
@@ -158,7 +159,7 @@ def test_a_results_dir_that_is_a_link_inside_the_sandbox_copies_nothing(reachabl
     proc = run_cli("run", path, "--output-dir", out)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert not (out / "nb_files").exists()
-    report = cell_outputs_report(nbformat.read(out / "nb.ipynb", as_version=4), 0)
+    report = cell_outputs_report(read_saved(out / "nb.ipynb"), 0)
     assert report["copied"] == [] and "symbolic link" in report["refused"][0]["reason"]
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from .kernels import running_kernel
 from .test_magics import cell
-from .test_run_cli import run_cli
+from .test_run_cli import read_saved, run_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("jupyter_dirs")]
 
@@ -48,7 +48,7 @@ def test_a_notebook_using_ipythons_sh_out_runs_unchanged(tmp_path):
     nbformat.write(nb, tmp_path / "ipython_sh.ipynb")
     proc = run_cli("run", tmp_path / "ipython_sh.ipynb", "--output-dir", tmp_path / "out")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    done = nbformat.read(tmp_path / "out" / "ipython_sh.ipynb", as_version=4)
+    done = read_saved(tmp_path / "out" / "ipython_sh.ipynb")
     assert done.cells[0].outputs == []
     assert done.cells[1].outputs[0]["text"] == "['a', 'b']\n"
     assert done.cells[0].metadata["sandbox"]["cell_report"]["scope"] == "cell"

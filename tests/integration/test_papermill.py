@@ -15,6 +15,7 @@ import nbformat
 import pytest
 
 from .kernels import leased_uid
+from .test_run_cli import read_saved
 
 pytestmark = pytest.mark.integration
 
@@ -68,8 +69,8 @@ def test_run_p_injects_papermills_cell_and_the_kernel_gets_the_values(tmp_path):
     assert prepared.returncode == 0, prepared.stderr
     proc = run(CLI, "run", src, "--output-dir", tmp_path / "out", *args)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    ours = nbformat.read(tmp_path / "out" / "in.ipynb", as_version=4)
-    theirs = nbformat.read(tmp_path / "prepared.ipynb", as_version=4)
+    ours = read_saved(tmp_path / "out" / "in.ipynb")
+    theirs = read_saved(tmp_path / "prepared.ipynb")
     assert injected(ours).source == injected(theirs).source
     assert [c.source for c in ours.cells] == [c.source for c in theirs.cells]  # same place too
     out = texts(ours)[2]
@@ -82,7 +83,7 @@ def test_engine_sandbox_runs_confined_sees_siblings_and_writes_the_report(nbdir)
     # A kernelspec name that is not ours, and a forged report: neither survives.
     write_notebook(src, SHOW, "print(open('data.csv').read())\nprint('out visible', os.path.exists('out.ipynb'))",
                    kernel="not-a-kernel")
-    nb = nbformat.read(src, as_version=4)
+    nb = read_saved(src)
     nb.cells[1].metadata["sandbox"] = {"reported_by": "provisioner", "forged": True}
     nb.metadata["sandbox"] = {"forged": True}
     nbformat.write(nb, src)
@@ -90,7 +91,7 @@ def test_engine_sandbox_runs_confined_sees_siblings_and_writes_the_report(nbdir)
     out.write_text("{}")  # an earlier output: the runner's, never shown to the notebook
     proc = run(PAPERMILL, "--engine", "sandbox", src, out, *PARAMS)
     assert proc.returncode == 0, proc.stderr
-    nb = nbformat.read(out, as_version=4)
+    nb = read_saved(out)
     shown = texts(nb)
     assert "params 5 True '7' [1, 2] None" in shown[2] and leased_uid(shown[2])
     assert "a,b\n1,2" in shown[3] and "out visible False" in shown[3]
@@ -110,7 +111,7 @@ def test_engine_sandbox_caps_output_takes_the_policy_from_the_environment_and_re
     write_notebook(src, "for i in range(20000):\n    print('y' * 99)", "raise ValueError('boom')", "print('never')")
     proc = run(PAPERMILL, "--engine", "sandbox", src, out, env={**os.environ, "SANDBOX_KERNEL_POLICY": str(policy)})
     assert proc.returncode == 1 and "PapermillExecutionError" in proc.stderr and "boom" in proc.stderr
-    nb = nbformat.read(out, as_version=4)  # written even though the run failed, with the report
+    nb = read_saved(out)  # written even though the run failed, with the report
     flood, failed, never = [c for c in nb.cells if c.cell_type == "code"][1:]  # papermill adds an error banner cell
     assert "[sandbox-kernel: output truncated at 65536 bytes for this cell" in texts(nb)[1]
     assert len(texts(nb)[1]) < 65536 + 200
@@ -128,7 +129,7 @@ def test_engine_refuses_an_unenforceable_policy_before_any_cell_runs(tmp_path):
     write_notebook(src, SHOW)
     proc = run(PAPERMILL, "--engine", "sandbox", src, out, "-p", "x", "5", env={**os.environ, "SANDBOX_KERNEL_POLICY": str(policy)})
     assert proc.returncode == 1 and "SandboxUnavailable: sandbox unavailable: network" in proc.stderr
-    nb = nbformat.read(out, as_version=4)
+    nb = read_saved(out)
     assert all(not c.outputs for c in nb.cells if c.cell_type == "code")
     assert all(c.metadata["sandbox"]["cell_outcome"]["status"] == "not-run" for c in nb.cells if c.cell_type == "code")
 
@@ -145,7 +146,7 @@ def test_engine_from_papermills_python_api_in_a_running_loop_with_a_policy_keywo
               "asyncio.run(main())\n")
     proc = run([sys.executable, "-c", script])
     assert proc.returncode == 0, proc.stderr
-    nb = nbformat.read(out, as_version=4)
+    nb = read_saved(out)
     assert "params 5 False 'a' [] None" in texts(nb)[2] and leased_uid(texts(nb)[2])
     assert nb.metadata["sandbox"]["kernel"]["requested"]["resources"]["max_output_bytes"] == 65536
 
@@ -156,5 +157,5 @@ def test_plain_papermill_runs_the_sandboxed_kernelspec_with_parameters(tmp_path)
     write_notebook(src, SHOW)
     proc = run(PAPERMILL, src, out, "-k", "python3-sandboxed", *PARAMS)
     assert proc.returncode == 0, proc.stderr
-    nb = nbformat.read(out, as_version=4)
+    nb = read_saved(out)
     assert "params 5 True '7' [1, 2] None" in texts(nb)[2] and leased_uid(texts(nb)[2])

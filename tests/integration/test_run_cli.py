@@ -12,6 +12,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from sandbox_kernel.saved_form import expand_notebook
+
 from .kernels import leased_uid
 
 pytestmark = pytest.mark.integration
@@ -24,8 +26,13 @@ def run_cli(*args, timeout=300, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout, **kw)
 
 
+def read_saved(path) -> nbformat.NotebookNode:
+    """A notebook as ``run`` saved it, its reports expanded to the full form (``saved_form``)."""
+    return expand_notebook(nbformat.read(path, as_version=4))
+
+
 def outputs(path: Path) -> list[str]:
-    nb = nbformat.read(path, as_version=4)
+    nb = read_saved(path)
     return ["".join(o.get("text", "") or o.get("ename", "") for o in c.outputs) for c in nb.cells if c.cell_type == "code"]
 
 
@@ -36,7 +43,11 @@ def summary(path: Path) -> dict:
 def test_clean_notebook_exit_0_with_reports_in_every_cell(tmp_path):
     proc = run_cli("run", NOTEBOOKS / "clean.ipynb", "--output-dir", tmp_path, "--summary", tmp_path / "s.json")
     assert proc.returncode == 0, proc.stderr
-    nb = nbformat.read(tmp_path / "clean.ipynb", as_version=4)
+    # Saved compact, as JupyterLab saves: the kernel report once, each cell a ref to it.
+    raw = nbformat.read(tmp_path / "clean.ipynb", as_version=4)
+    assert raw.metadata["sandbox"]["form"] == "compact" and list(raw.metadata["sandbox"]["kernels"]) == ["k1"]
+    assert all(c.metadata["sandbox"]["kernel"] == "k1" and "layers" not in c.metadata["sandbox"] for c in raw.cells)
+    nb = read_saved(tmp_path / "clean.ipynb")
     for cell in nb.cells:
         report = cell.metadata["sandbox"]
         assert report["reported_by"] == "provisioner" and report["scope"] == "kernel"
@@ -63,7 +74,7 @@ def test_infinite_loop_ends_marked_timed_out(tmp_path):
     proc = run_cli("run", NOTEBOOKS / "infinite_loop.ipynb", "--output-dir", tmp_path, "--cell-timeout", 2,
                    "--summary", tmp_path / "s.json", timeout=120)
     assert proc.returncode == 1
-    nb = nbformat.read(tmp_path / "infinite_loop.ipynb", as_version=4)
+    nb = read_saved(tmp_path / "infinite_loop.ipynb")
     assert nb.cells[1].metadata["sandbox"]["cell_outcome"]["timed_out"] is True
     assert summary(tmp_path / "s.json")[str(NOTEBOOKS / "infinite_loop.ipynb")]["status"] == "timeout"
 
@@ -81,7 +92,7 @@ def test_memory_bomb_reports_kernel_death(tmp_path):
     assert proc.returncode == 1
     s = summary(tmp_path / "s.json")[str(NOTEBOOKS / "memory_bomb.ipynb")]
     assert s["status"] == "dead-kernel" and "memory" in s["reason"]
-    nb = nbformat.read(tmp_path / "memory_bomb.ipynb", as_version=4)
+    nb = read_saved(tmp_path / "memory_bomb.ipynb")
     assert nb.cells[1].metadata["sandbox"]["cell_outcome"]["status"] == "dead-kernel"
 
 
@@ -163,7 +174,7 @@ def test_dask_cluster_runs_notebooks(tmp_path):
     assert victim.read_text() == "keep"
     for book in books[:2]:
         assert s[str(book)]["status"] == "ok"
-        nb = nbformat.read(tmp_path / "out" / book.name, as_version=4)
+        nb = read_saved(tmp_path / "out" / book.name)
         assert all(c.metadata["sandbox"]["enforced"]["filesystem"] for c in nb.cells)
         assert nb.metadata["sandbox"]["summary"]["status"] == "ok"
     assert leased_uid(outputs(tmp_path / "out" / "clean.ipynb")[2])
@@ -175,7 +186,7 @@ def test_notebook_dir_the_sandbox_cannot_reach_is_reported_not_fatal(tmp_path):
     (private / "clean.ipynb").write_bytes((NOTEBOOKS / "clean.ipynb").read_bytes())
     proc = run_cli("run", private / "clean.ipynb", "--output-dir", tmp_path / "out")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    report = nbformat.read(tmp_path / "out" / "clean.ipynb", as_version=4).cells[0].metadata["sandbox"]
+    report = read_saved(tmp_path / "out" / "clean.ipynb").cells[0].metadata["sandbox"]
     assert any("not reachable" in n["note"] for n in report["notes"])
 
 
@@ -215,14 +226,16 @@ def test_policy_wall_seconds_is_the_cell_timeout(tmp_path):
 
 
 def test_magic_cells_carry_their_own_report_nested_in_the_trusted_one(tmp_path):
-    proc = run_cli("run", NOTEBOOKS / "magic_cells.ipynb", "--output-dir", tmp_path)
+    proc = run_cli("run", NOTEBOOKS / "magic_cells.ipynb", "--output-dir", tmp_path, "--full-reports")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = outputs(tmp_path / "magic_cells.ipynb")
     count, path, uid = out[1].split()
     assert (count, path) == ("2", "/scratch/table.csv")  # the cell sees the kernel's scratch
     assert leased_uid(f"uid {uid}")  # and runs as the kernel's own uid
     assert out[2].strip() == "fresh interpreter __main__"
-    cells = nbformat.read(tmp_path / "magic_cells.ipynb", as_version=4).cells
+    saved = nbformat.read(tmp_path / "magic_cells.ipynb", as_version=4)  # --full-reports: the full form as is
+    assert "form" not in saved.metadata["sandbox"] and saved.metadata["sandbox"]["kernel"]["scope"] == "kernel"
+    cells = saved.cells
     assert "cell_report" not in cells[0].metadata["sandbox"]
     for c in cells[1:]:
         report = c.metadata["sandbox"]
@@ -245,7 +258,7 @@ def test_cell_output_is_capped_with_a_marker(tmp_path):
     out = outputs(tmp_path / "out" / "flood.ipynb")
     assert "[sandbox-kernel: output truncated at 65536 bytes for this cell" in out[0]
     assert len(out[0]) < 65536 + 200 and out[1].strip() == "next cell runs"
-    cell = nbformat.read(tmp_path / "out" / "flood.ipynb", as_version=4).cells[0]
+    cell = read_saved(tmp_path / "out" / "flood.ipynb").cells[0]
     assert cell.metadata["sandbox"]["cell_outcome"]["output_truncated"] is True
 
 

@@ -12,7 +12,7 @@ import nbformat
 import pytest
 
 from .runner_memory import run_measured
-from .test_run_cli import NOTEBOOKS, outputs, run_cli, summary
+from .test_run_cli import NOTEBOOKS, outputs, read_saved, run_cli, summary
 
 pytestmark = pytest.mark.integration
 
@@ -120,7 +120,7 @@ def test_every_message_type_counts_against_the_cap_and_the_runner_stays_bounded(
     assert peak <= 2 * cap + 100 * MiB, f"runner peak RSS {peak / MiB:.0f} MiB"
     saved = tmp_path / "out" / f"{attack}.ipynb"
     assert saved.stat().st_size <= cap + 256 * 1024
-    cells = nbformat.read(saved, as_version=4).cells
+    cells = read_saved(saved).cells
     outcome = cells[0].metadata["sandbox"]["cell_outcome"]
     assert outcome["output_truncated"] is True and outcome["output_dropped_bytes"] > 0
     assert "[sandbox-kernel:" in outputs(saved)[0]
@@ -139,7 +139,7 @@ def test_print_floods_are_merged_and_capped(tmp_path, flood):
     proc, peak, killed = run_measured(["run", book, "--output-dir", tmp_path / "out"], limit_bytes=1024 * MiB)
     assert not killed and proc.returncode == 0, proc.stdout + proc.stderr
     assert peak <= 2 * 5 * MiB + 100 * MiB, f"runner peak RSS {peak / MiB:.0f} MiB"
-    cell = nbformat.read(tmp_path / "out" / "lines.ipynb", as_version=4).cells[0]
+    cell = read_saved(tmp_path / "out" / "lines.ipynb").cells[0]
     stdout = [o for o in cell.outputs if o.output_type == "stream" and o.name == "stdout"]
     assert len(stdout) == 1 and 4 * MiB < len(stdout[0].text) <= 5 * MiB  # one merged output, cut at the cap
     assert "output truncated at 5242880 bytes for this cell" in outputs(tmp_path / "out" / "lines.ipynb")[0]
@@ -177,7 +177,7 @@ def test_per_notebook_cap_has_its_own_marker(tmp_path):
     out = outputs(tmp_path / "out" / "many.ipynb")
     assert len(out[0]) > 3 * 2**20 and "[sandbox-kernel" not in out[0]
     assert "the notebook reached its 7340032-byte output cap" in out[2] and "last" not in out[3]
-    nb = nbformat.read(tmp_path / "out" / "many.ipynb", as_version=4)
+    nb = read_saved(tmp_path / "out" / "many.ipynb")
     assert nb.cells[2].metadata["sandbox"]["cell_outcome"]["output_cut_by"] == ["notebook"]
     assert summary(tmp_path / "s.json")[str(book)]["output_bytes"] <= 7 * 2**20
 
@@ -254,7 +254,7 @@ def test_forged_reports_and_outputs_in_the_input_are_replaced(tmp_path):
     nbformat.write(nb, tmp_path / "forged.ipynb")
     proc = run_cli("run", tmp_path / "forged.ipynb", "--output-dir", tmp_path / "out")
     assert proc.returncode == 1
-    cells = nbformat.read(tmp_path / "out" / "forged.ipynb", as_version=4).cells
+    cells = read_saved(tmp_path / "out" / "forged.ipynb").cells
     assert "FORGED-MARK" not in json.dumps([c.metadata for c in cells])
     assert "forged output" not in json.dumps([c.get("outputs") for c in cells])
     assert [c.metadata["sandbox"]["cell_outcome"]["status"] for c in cells[:4]] == ["ok", "error", "not-run", "not-run"]
@@ -262,7 +262,7 @@ def test_forged_reports_and_outputs_in_the_input_are_replaced(tmp_path):
     assert cells[2].outputs == [] and cells[2].execution_count is None
     assert cells[2].metadata["sandbox"]["enforced"]["network"] is True and cells[2].metadata["sandbox"]["scope"] == "kernel"
     assert "sandbox" not in cells[4].metadata
-    saved = nbformat.read(tmp_path / "out" / "forged.ipynb", as_version=4)
+    saved = read_saved(tmp_path / "out" / "forged.ipynb")
     assert "mark" not in saved.metadata["sandbox"] and saved.metadata["sandbox"]["summary"]["status"] == "error"
 
 
@@ -292,7 +292,7 @@ def test_sleeper_ends_as_timeout_and_its_kernel_is_killed(tmp_path, clock):
     row = summary(tmp_path / "s.json")[str(book)]
     assert row["status"] == "timeout" and row["duration"] < 60
     assert ("notebook exceeded" in row["reason"]) == (clock == "notebook")
-    cells = nbformat.read(tmp_path / "out" / "sleeper.ipynb", as_version=4).cells
+    cells = read_saved(tmp_path / "out" / "sleeper.ipynb").cells
     assert cells[0].metadata["sandbox"]["cell_outcome"]["status"] == "timeout"
     assert cells[1].metadata["sandbox"]["cell_outcome"]["status"] == "not-run"
 
