@@ -481,11 +481,13 @@ def test_session_scratch_is_capped_at_scratch_bytes(jupyter_dirs):
     assert detail["scratch_bytes"] == 8 * 2**20 and "shared" in detail["scratch"]
 
 
-def test_doctor_plans_the_kernel_that_starts(jupyter_dirs, tmp_path):
+def test_doctor_plans_the_kernel_that_starts(jupyter_dirs, tmp_path, monkeypatch):
     """``doctor --json`` for the default kernelspec reports the very sandbox a started kernel
     gets: the same layers, mechanisms, binds, environment keys and notes. Only what is made per
-    kernel differs: the names of its run and cell-socket dirs, and its leased uid."""
+    kernel differs: the names of its run and cell-socket dirs, its leased uid, and the files of
+    its working dir (none here: started from the host root, whose files are never exposed)."""
     _, config = jupyter_dirs
+    monkeypatch.chdir("/")
     env = {**os.environ, "JUPYTER_CONFIG_DIR": str(config)}
     proc = subprocess.run([sys.executable, "-m", "sandbox_kernel.cli", "doctor", "--json"], capture_output=True,
                           text=True, env=env, cwd=tmp_path, timeout=120)
