@@ -58,11 +58,13 @@ def assert_read_data(text: str) -> None:
 
 
 def test_nbconvert_with_a_relative_path_sees_the_notebooks_neighbours(reachable, jupyter_dirs):
-    notebook_dir(reachable / "proj", READ_DATA)
+    notebook_dir(reachable / "proj", READ_DATA, WRITE_PLOT)
     subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
                     "--ExecutePreprocessor.kernel_name=python3-sandboxed", "--output", "out", "nb.ipynb"],
                    check=True, capture_output=True, timeout=180, cwd=reachable / "proj")
     assert_read_data(outputs_text(read_saved(reachable / "proj" / "out.ipynb")))
+    # and what it wrote under /scratch/outputs appears beside it
+    assert (reachable / "proj" / "outputs" / "plot.png").read_bytes() == PNG
 
 
 def test_nbclient_without_cwd_sees_the_supervisors_working_dir(reachable, jupyter_dirs, monkeypatch):

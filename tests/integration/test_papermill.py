@@ -57,6 +57,8 @@ def injected(nb):
     return cells[0]
 
 
+PLOT = b"\x89PNG\r\n\x1a\n not really a plot"
+WRITE_PLOT = f"os.makedirs('/scratch/outputs', exist_ok=True)\nopen('/scratch/outputs/plot.png', 'wb').write({PLOT!r})"
 SHOW = "import os\nprint('uid', os.getuid())\nprint('params', x, flag, repr(name), xs, from_file)"
 
 
@@ -82,7 +84,7 @@ def test_engine_sandbox_runs_confined_sees_siblings_and_writes_the_report(nbdir)
     src, out = nbdir / "in.ipynb", nbdir / "out.ipynb"
     # A kernelspec name that is not ours, and a forged report: neither survives.
     write_notebook(src, SHOW, "print(open('data.csv').read())\nprint('out visible', os.path.exists('out.ipynb'))",
-                   kernel="not-a-kernel")
+                   WRITE_PLOT, kernel="not-a-kernel")
     nb = read_saved(src)
     nb.cells[1].metadata["sandbox"] = {"reported_by": "provisioner", "forged": True}
     nb.metadata["sandbox"] = {"forged": True}
@@ -102,6 +104,9 @@ def test_engine_sandbox_runs_confined_sees_siblings_and_writes_the_report(nbdir)
     assert summary["status"] == "ok" and "data.csv" in summary["inputs"] and "out.ipynb" not in summary["inputs"]
     assert nb.metadata["sandbox"]["kernel"]["enforced"]["network"] is True and "forged" not in nb.metadata["sandbox"]
     assert nb.metadata["papermill"]["parameters"] == {"x": 5, "flag": True, "name": "7", "xs": [1, 2]}
+    # Its results come out beside it, as from a Jupyter session: copied, never written by the sandbox.
+    assert (nbdir / "outputs" / "plot.png").read_bytes() == PLOT
+    assert nb.cells[4].metadata["sandbox"]["outputs"]["copied"]
 
 
 def test_engine_sandbox_caps_output_takes_the_policy_from_the_environment_and_reports_errors(tmp_path):
@@ -152,10 +157,15 @@ def test_engine_from_papermills_python_api_in_a_running_loop_with_a_policy_keywo
 
 
 @pytest.mark.usefixtures("jupyter_dirs")
-def test_plain_papermill_runs_the_sandboxed_kernelspec_with_parameters(tmp_path):
-    src, out = tmp_path / "in.ipynb", tmp_path / "out.ipynb"
-    write_notebook(src, SHOW)
-    proc = run(PAPERMILL, src, out, "-k", "python3-sandboxed", *PARAMS)
+def test_plain_papermill_runs_the_sandboxed_kernelspec_with_parameters(nbdir):
+    """papermill's own client (no cwd given to the kernel, started from the notebook's dir): the
+    kernel sees the notebook's neighbours and its results appear beside it."""
+    src, out = nbdir / "in.ipynb", nbdir / "out.ipynb"
+    write_notebook(src, SHOW, "print(open('data.csv').read())", WRITE_PLOT)
+    (nbdir / "data.csv").write_text("a,b\n3,4\n")
+    proc = run(PAPERMILL, src, out, "-k", "python3-sandboxed", *PARAMS, cwd=nbdir)
     assert proc.returncode == 0, proc.stderr
     nb = read_saved(out)
     assert "params 5 True '7' [1, 2] None" in texts(nb)[2] and leased_uid(texts(nb)[2])
+    assert "a,b\n3,4" in texts(nb)[3]
+    assert (nbdir / "outputs" / "plot.png").read_bytes() == PLOT
