@@ -22,10 +22,12 @@ from typing import Callable
 
 from ..errors import LaunchError
 from ..logs import layers_summary
-from ..planner import FD_PLACEHOLDER, Plan
+from ..planner import ETC_PLACEHOLDER, FD_PLACEHOLDER, Plan
 from ..planner.privilege import UNLEASED
 from ..text_cut import utf8_prefix
 from . import cgroup as cgroups_mod
+from .etc import CACHE as ETC_CACHE
+from .etc import PreparedEtc
 from .egress import EgressHandle, bring_up
 from .seccomp_bpf import filter_fd
 
@@ -127,15 +129,11 @@ def make_staging_dir() -> str:
 
 
 def stage(plan: Plan) -> None:
-    """Write the plan's staged files: read-only, in a dir only the sandbox's group may
-    traverse (bwrap opens them as the sandbox uid). The dir stays the supervisor's."""
+    """Make the run's staging dir one only the sandbox's group may traverse (bwrap opens what
+    it binds from there as the sandbox uid). The dir stays the supervisor's. (The staged /etc
+    files live in the prepared /etc: launch/etc.py.)"""
     _, uid, gid = plan.run_as
     d = plan.staging_dir
-    for name, content in plan.staged_files.items():
-        path = os.path.join(d, name)
-        with open(path, "w") as f:
-            f.write(content)
-        os.chmod(path, 0o444)
     if os.geteuid() == 0 and plan.sandboxed:
         os.chown(d, 0, gid)
         os.chmod(d, 0o710)
@@ -152,6 +150,7 @@ class SandboxProcess:
     seccomp_fd: int | None = None
     args_fd: int | None = None
     janitor: subprocess.Popen | None = None
+    etc: PreparedEtc | None = None
     timings: dict[str, float] = field(default_factory=dict)
     killed_reason: str | None = None
     _closed: bool = False
@@ -223,6 +222,9 @@ class SandboxProcess:
                     os.close(getattr(self, attr))
                     setattr(self, attr, None)
             shutil.rmtree(self.plan.staging_dir, ignore_errors=True)
+            if self.etc is not None:
+                ETC_CACHE.release(self.etc)
+                self.etc = None
             if self.janitor is not None:
                 stop_janitor(self.janitor)
             if self.plan.uid_lease is not None:
@@ -262,6 +264,9 @@ def start(plan: Plan, *, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stder
             raise LaunchError("this plan was made without a uid lease (a dry run): use launch.prepare() to start one")
         stage(plan)
         argv = list(plan.argv)
+        if ETC_PLACEHOLDER in argv:
+            proc.etc = ETC_CACHE.acquire(plan.etc_entries, plan.staged_files, plan.run_as[2])
+            argv = [proc.etc.path if a == ETC_PLACEHOLDER else a for a in argv]
         fds = list(pass_fds)
         if plan.seccomp is not None:
             proc.seccomp_fd = filter_fd(plan.seccomp)

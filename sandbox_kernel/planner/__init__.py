@@ -5,7 +5,11 @@ Argv shape, outer to inner::
 
     [setpriv --reuid ...]  bwrap <namespaces> <mounts> --seccomp FD --  [prlimit ... --]  cmd...
 
-(the launch shell may put ``nsenter`` in front to join an allowlisted network namespace).
+``FD`` and the source of ``--ro-bind {prepared-etc} /etc`` among the mounts are placeholders
+the launch shell fills in (the seccomp filter's descriptor; the prepared /etc directory). In
+front the launch shell may put ``nsenter`` (to join an allowlisted network namespace or a
+kernel session) and, outermost, ``/bin/sh -c`` joining the run's cgroups before it execs the
+rest (``launch.process.JOIN_CGROUPS``).
 """
 
 from __future__ import annotations
@@ -17,13 +21,13 @@ from ..host import HostCapabilities
 from ..policy import SandboxPolicy
 from ..report import Downgrade, EffectiveSandbox, LayerState, Note, SandboxUnavailable
 from .env import plan_env
-from .filesystem import plan_filesystem
+from .filesystem import ETC_PLACEHOLDER, plan_filesystem
 from .network import EgressPlan, plan_network
 from .privilege import plan_privilege
 from .resources import CgroupPlan, plan_resources
 from .seccomp import FD_PLACEHOLDER, SeccompPlan, plan_seccomp
 
-__all__ = ["RunSpec", "Plan", "plan", "EgressPlan", "CgroupPlan", "SeccompPlan", "FD_PLACEHOLDER"]
+__all__ = ["RunSpec", "Plan", "plan", "EgressPlan", "CgroupPlan", "SeccompPlan", "FD_PLACEHOLDER", "ETC_PLACEHOLDER"]
 
 Runtime = Literal["python", "shell", "node", "other"]
 
@@ -33,8 +37,8 @@ class RunSpec:
     """What is being run, and what it needs from the host."""
 
     argv: tuple[str, ...]
-    # Host dir (private to the run) where the launch shell writes staged files: filled in by
-    # launch.prepare(), which makes the dir; left empty by callers.
+    # Host dir private to the run, made and removed by the launch shell: filled in by
+    # launch.prepare(); left empty by callers. (The staged /etc files live in the prepared /etc.)
     staging_dir: str = ""
     runtime: Runtime = "other"
     scope: Literal["kernel", "cell"] = "cell"
@@ -62,7 +66,7 @@ class Plan:
     argv: tuple[str, ...]  # may contain FD_PLACEHOLDER, replaced by the launch shell
     env: dict[str, str]
     cwd: str
-    staged_files: dict[str, str]  # name -> content, written under spec.staging_dir
+    staged_files: dict[str, str]  # /etc name -> content, written into the prepared /etc
     staging_dir: str
     egress: EgressPlan | None
     cgroup: CgroupPlan | None
@@ -73,6 +77,8 @@ class Plan:
     report: EffectiveSandbox
     sandboxed: bool = True
     uid_lease: object | None = None  # the launch shell's lease of run_as's uid, released on close
+    # Host /etc entries the prepared /etc (ETC_PLACEHOLDER) holds copies of, next to staged_files.
+    etc_entries: tuple[str, ...] = ()
 
 
 def _disabled_plan(policy: SandboxPolicy, caps: HostCapabilities, spec: RunSpec) -> Plan:
@@ -99,7 +105,7 @@ def plan(policy: SandboxPolicy, caps: HostCapabilities, spec: RunSpec) -> Plan:
     # caller's NODE_* never passes the env denylist).
     node_modules = policy.filesystem.node_modules if spec.runtime == "node" else None
     fs = plan_filesystem(
-        policy.filesystem, caps, staging_dir=spec.staging_dir, scratch_dir=spec.scratch_dir,
+        policy.filesystem, caps, scratch_dir=spec.scratch_dir,
         runtime_paths=(*spec.runtime_paths, *([node_modules] if node_modules else [])), rw_paths=spec.rw_paths,
         cwd=spec.cwd, run_as=priv.run_as,
         nameserver=net.nameserver, inputs=spec.inputs,
@@ -145,5 +151,6 @@ def plan(policy: SandboxPolicy, caps: HostCapabilities, spec: RunSpec) -> Plan:
         argv=tuple(argv), env=env.env, cwd=fs.cwd, staged_files=staged, staging_dir=spec.staging_dir,
         egress=net.egress, cgroup=res.cgroup, seccomp=sec.plan, run_as=priv.run_as,
         max_output_bytes=res.max_output_bytes, wall_seconds=res.wall_seconds, report=report,
+        etc_entries=fs.etc_entries,
     )
 

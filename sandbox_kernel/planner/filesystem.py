@@ -1,7 +1,8 @@
 """Filesystem layer: the mount table of the sandbox, as bwrap arguments.
 
 ``scratch-plus-ro``: system paths read-only, a curated ``/etc`` (host files programs need plus
-staged passwd/group/hosts/resolv.conf), the caller's runtime paths and the policy's
+staged passwd/group/hosts/resolv.conf, in one directory the launch shell prepares and bwrap
+binds once: see ``ETC_PLACEHOLDER``), the caller's runtime paths and the policy's
 ``read_only_paths`` read-only, a private sized tmpfs for ``/tmp`` and for the scratch dir.
 Never ``/home``, ``/root``, ``/srv``, ``/opt``, ``/var``, ``/run`` of the host.
 ``scratch-only``: the same minus ``read_only_paths`` and the curated host ``/etc`` files.
@@ -28,6 +29,11 @@ CURATED_ETC = (
 MINIMAL_ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives")
 # Written by the launch shell from plan data: never the host's copies.
 STAGED_ETC = ("passwd", "group", "hosts", "hostname", "nsswitch.conf", "resolv.conf")
+# Stands in the argv for the host path of the prepared /etc: a read-only directory holding
+# copies of the curated host entries (``FilesystemDecision.etc_entries``) and the staged files,
+# made by the launch shell (launch/etc.py). One bind instead of one per entry halves bwrap's
+# own start-up time.
+ETC_PLACEHOLDER = "{prepared-etc}"
 # The sandbox's own layout: a read-only path equal to one of these (or to "/"), or inside
 # /etc, /proc or /dev, would replace it (host /etc over the staged passwd, shadow exposed...).
 RESERVED_DIRS = ("/etc", "/proc", "/dev", "/tmp")
@@ -43,6 +49,7 @@ class FilesystemDecision:
     cwd: str
     layer: LayerState
     staged: dict[str, str] = field(default_factory=dict)
+    etc_entries: tuple[str, ...] = ()  # host /etc entries copied into the prepared /etc
     downgrades: list[Downgrade] = field(default_factory=list)
     notes: list[Note] = field(default_factory=list)
 
@@ -96,7 +103,6 @@ def plan_filesystem(
     fs: FilesystemPolicy,
     caps: HostCapabilities,
     *,
-    staging_dir: str,
     scratch_dir: str,
     runtime_paths: tuple[str, ...],
     rw_paths: tuple[str, ...],
@@ -123,8 +129,7 @@ def plan_filesystem(
     mounts = _system_mounts(caps)
     # Config dirs inside the system dirs (/usr/local/etc/jupyter, npm's /usr/etc/npmrc): empty.
     mounts += [a for d in caps.hidden_dirs for a in ("--tmpfs", d, "--remount-ro", d)]
-    mounts += [a for name in etc for a in ("--ro-bind-try", f"/etc/{name}", f"/etc/{name}")]
-    mounts += [a for name in STAGED_ETC for a in ("--ro-bind", f"{staging_dir}/{name}", f"/etc/{name}")]
+    mounts += ["--ro-bind", ETC_PLACEHOLDER, "/etc"]
     # /tmp first: runtime, rw and scratch paths may live under /tmp and must land on top of it.
     size = [] if fs.scratch_bytes is None else ["--size", str(fs.scratch_bytes)]
     mounts += size + ["--tmpfs", "/tmp"]
@@ -169,4 +174,5 @@ def plan_filesystem(
                             "access": "read-only, inside scratch"}
     notes = [Note("filesystem", f"read-only path {p} not bound: it would replace the sandbox's own / /etc /proc /dev or /tmp "
                                 "(host /etc holds shadow and secrets)") for p in refused]
-    return FilesystemDecision(mounts, cwd or scratch_dir, LayerState("enforced", "bwrap", detail), staged=staged, notes=notes)
+    return FilesystemDecision(mounts, cwd or scratch_dir, LayerState("enforced", "bwrap", detail), staged=staged,
+                             etc_entries=etc, notes=notes)

@@ -12,6 +12,7 @@ scenario: it measures the effect from inside and prints its own JSON line.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -116,12 +117,21 @@ res["visible"] = {p: os.path.exists(p) for p in ("/home", "/root", "/srv", "/opt
 # The interpreter's prefix: bin/ and lib*/ only (etc/jupyter holds server tokens on real servers).
 res["prefix"] = sorted(os.listdir(sys.prefix))
 res["config_dirs"] = {d: os.listdir(d) for d in ("/usr/etc", "/usr/local/etc") if os.path.isdir(d)}
+TLS = "/etc/ssl/certs/ca-certificates.crt"
+res["etc"] = {"listing": sorted(os.listdir("/etc")), "passwd": open("/etc/passwd").read(),
+              "read_only": bool(os.statvfs("/etc").f_flag & os.ST_RDONLY),
+              "tls_trust": open(TLS).readline().strip() if os.path.exists(TLS) else None,
+              "ld_so_cache": os.path.getsize("/etc/ld.so.cache") if os.path.exists("/etc/ld.so.cache") else None}
 print(json.dumps(res))
 """
 
 
 def filesystem(secret: str) -> dict:
-    return outcome(sandboxed({}, FILESYSTEM_CODE.replace("SECRET", repr(secret))))
+    from sandbox_kernel.launch.etc import CACHE
+
+    res = outcome(sandboxed({}, FILESYSTEM_CODE.replace("SECRET", repr(secret))))
+    # Where this supervisor keeps its prepared /etc dirs, and that they are there while it lives.
+    return {**res, "prepared_etc": CACHE.root, "prepared_etc_exists": bool(CACHE.root) and os.path.isdir(CACHE.root)}
 
 
 PRIVATE_WRITER_CODE = r"""

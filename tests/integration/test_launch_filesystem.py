@@ -10,6 +10,8 @@ import uuid
 
 import pytest
 
+from sandbox_kernel.planner.filesystem import CURATED_ETC, STAGED_ETC
+
 pytestmark = pytest.mark.integration
 
 REFUSED = {"EROFS", "EACCES", "EPERM"}
@@ -53,6 +55,24 @@ def test_host_data_and_secrets_are_invisible(scenario, secret_in_etc):
     assert os.path.exists(secret_in_etc) and os.path.exists("/etc/shadow")
     assert res["inside"]["visible"] == {p: False for p in (
         "/home", "/root", "/srv", "/opt", "/var", "/run", "/etc/shadow", secret_in_etc)}
+
+
+def test_etc_is_the_prepared_read_only_copy_and_goes_with_its_supervisor(scenario):
+    """/etc is one prepared, read-only dir: the staged passwd, no shadow, the TLS trust and the
+    loader cache there; the dir lives as long as its supervisor (here a scenario process)."""
+    res = scenario("filesystem", secret="/nonexistent")
+    assert res["exit_code"] == 0, res["stderr_tail"]
+    etc = res["inside"]["etc"]
+    names = {line.split(":")[0] for line in etc["passwd"].splitlines()}
+    # Staged: root, the sandbox's account, nobody; none of the host's system accounts.
+    assert len(names) == 3 and {"root", "nobody"} < names and "daemon" not in names, etc["passwd"]
+    assert "shadow" not in etc["listing"] and "gshadow" not in etc["listing"]
+    assert set(etc["listing"]) <= set(CURATED_ETC) | set(STAGED_ETC), etc["listing"]
+    assert etc["read_only"] and res["inside"]["writes"]["/etc/sbx-probe"] in REFUSED
+    if os.path.exists("/etc/ssl/certs/ca-certificates.crt"):
+        assert etc["tls_trust"] == "-----BEGIN CERTIFICATE-----"
+    assert etc["ld_so_cache"] == os.path.getsize("/etc/ld.so.cache")
+    assert res["prepared_etc_exists"] and not os.path.exists(res["prepared_etc"])
 
 
 def test_scratch_tmp_and_processes_are_private_per_run(scenario):

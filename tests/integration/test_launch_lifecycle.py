@@ -3,7 +3,10 @@ tool is missing. What is left afterwards is checked by the autouse fixture in co
 
 from __future__ import annotations
 
+import glob
+import os
 import signal
+import tempfile
 import uuid
 
 import pytest
@@ -63,6 +66,8 @@ def test_killed_supervisor_leaves_nothing(supervisor, nothing_left_behind):
     proc = start_scenario(supervisor, "killed_supervisor", outer_netns=True)
     try:
         assert proc.stdout.readline() == b"running\n"
+        # Its prepared /etc is there (gone after the kill: nothing_left_behind checks temp dirs).
+        assert glob.glob(os.path.join(tempfile.gettempdir(), "sandbox-kernel-etc-*"))
     finally:
         proc.kill()
         proc.wait()

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import pytest
 
-from sandbox_kernel.planner import FD_PLACEHOLDER, plan
+from sandbox_kernel.planner import ETC_PLACEHOLDER, FD_PLACEHOLDER, plan
 from sandbox_kernel.planner.env import BASE_PATH
 from sandbox_kernel.planner.filesystem import CURATED_ETC, MINIMAL_ETC, STAGED_ETC
 from sandbox_kernel.planner.network import build_ruleset
@@ -22,7 +22,7 @@ from sandbox_kernel.planner.resources import PIDS_OVERHEAD
 from sandbox_kernel.policy import MiB, PolicyError, parse_allow_entry
 from sandbox_kernel.report import LAYERS, SandboxUnavailable
 
-from .hosts import (BWRAP, CMD, PRLIMIT, SANDBOX_UID, SETPRIV, STAGE, TOOLS, after_bwrap, bwrap_args, downgrades,
+from .hosts import (BWRAP, CMD, PRLIMIT, SANDBOX_UID, SETPRIV, TOOLS, after_bwrap, bwrap_args, downgrades,
                     enforced, has_seq, host, index_of_seq, layer, notes, pairs, policy, prlimit_args, ruleset_lines,
                     run_plan, spec, triples)
 
@@ -146,15 +146,14 @@ def test_config_dirs_inside_system_dirs_are_masked_read_only(mode):
 def test_etc_is_curated_and_staged(mode, etc_expected, etc_absent):
     p = run_plan(pol=policy({"filesystem": {"mode": mode}}))
     args = bwrap_args(p)
-    tried = triples(args, "--ro-bind-try")
-    for name in etc_expected:
-        assert (f"/etc/{name}", f"/etc/{name}") in tried
-    for name in etc_absent:
-        assert (f"/etc/{name}", f"/etc/{name}") not in tried
-    binds = triples(args, "--ro-bind")
-    for name in STAGED_ETC:
-        assert (f"{STAGE}/{name}", f"/etc/{name}") in binds
-        assert name in p.staged_files
+    # One bind of the prepared /etc, which holds copies of these host entries and the staged files.
+    assert [dst for src, dst in triples(args, "--ro-bind") if src == ETC_PLACEHOLDER] == ["/etc"]
+    assert not any(dst.startswith("/etc/") for flag in ("--ro-bind", "--ro-bind-try", "--bind")
+                   for _, dst in triples(args, flag))
+    assert set(p.etc_entries) == set(etc_expected)
+    assert not set(p.etc_entries) & set(etc_absent)
+    assert set(p.staged_files) == set(STAGED_ETC)
+    assert not set(p.etc_entries) & set(STAGED_ETC)  # a host copy never replaces a staged file
     # The host's own identity, secrets and /etc never show up as a source.
     sources = [src for flag in ("--ro-bind", "--ro-bind-try", "--bind") for src, _ in triples(args, flag)]
     for secret in ("/etc", "/etc/shadow", "/etc/gshadow", "/etc/passwd", "/etc/group", "/etc/sudoers", "/etc/ssh", "/"):
@@ -222,8 +221,9 @@ def test_read_only_path_may_not_replace_the_sandbox_layout(path):
     args = bwrap_args(p)
     assert (path, path) not in triples(args, "--ro-bind-try")
     assert "/etc/shadow" not in args
-    for name in STAGED_ETC:  # the staged files stay in force
-        assert (f"{STAGE}/{name}", f"/etc/{name}") in triples(args, "--ro-bind")
+    # The prepared /etc (staged files in it) stays in force, bound once.
+    assert [src for src, dst in triples(args, "--ro-bind") if dst == "/etc"] == [ETC_PLACEHOLDER]
+    assert set(p.staged_files) == set(STAGED_ETC)
     assert any(path in n for n in notes(p, "filesystem"))
     assert downgrades(p) == []
 
