@@ -1,15 +1,30 @@
-"""Where a cold cell sandbox's start-up goes: the launch chain piece by piece, against bare
-bwrap running `true` with the same mounts, interleaved, medians.
+"""Where a cold cell sandbox's start-up goes: the launch chain piece by piece, and the
+alternatives tried for each piece, against bare bwrap running `true` with the same mounts,
+interleaved, medians.
 
     .venv/bin/python bench/launch_chain.py [-n N]
 
-Rows (each runs `true`; all but the first and last are built from one real plan of an
-`%%sh --memory 256M` cell, staged for real):
-- plain `true`;
-- bare bwrap with the plan's mounts, namespaces and seccomp filter (the baseline);
-- the same with one prepared /etc directory bound once instead of a bind per curated entry;
-- + setpriv (uid switch, no_new_privs); + prlimit (rlimits); + the shell that joins cgroups;
-- the whole launch (`launch.run`: plan, uid lease, staging, cgroups, janitor, chain, teardown).
+All chains run `true` and are built from one real plan of an `%%sh --memory 256M` cell. The
+baseline is bare bwrap with that plan's namespaces, seccomp filter and mounts, /etc bound as
+it was before the prepared /etc (a bind per curated host entry, plus the staged files): the
+same files seen as in every row. Rows that join cgroups get fresh ones each time (made and
+removed outside the timing), as a real run does: a cgroup v1 attach costs what it costs
+depending on how recently someone else attached, so reusing one cgroup would flatter it.
+
+Pieces of the chain the launch shell uses now (marked *), and the alternatives measured:
+- bwrap with the prepared /etc shared by all runs plus the staged files' dir (kept per run
+  identity) on /etc/sandbox-kernel (2 binds)*, or one /etc per run identity with the staged
+  files in it (1 bind, but a copy of the host entries per uid: see "first making");
+- + setpriv (uid switch, no_new_privs)*; + prlimit (rlimits, inside the user namespace)*;
+- + the shell that joins the cgroups writing cgroup.procs (before), or tasks*;
+- the shell applying cpu/nofile/fsize with ulimit so that prlimit goes (rejected: RLIMIT_NPROC
+  set before bwrap's user namespace caps every process of the uid, see planner/resources.py);
+- joining the cgroups from a preexec_fn instead of a shell (forks this small bench process;
+  a real supervisor is larger and threaded);
+- the per-run janitor's start and stop, the prepared /etc lookup (a hit) and its first making,
+  the per-run staging dir it replaces;
+- the whole launch as a cell does it (`launch.run` with `RunSpec.identity` set: the kernel's
+  uid, no lease), and with a uid lease of its own (a batch run, a kernel).
 """
 
 from __future__ import annotations
@@ -22,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -36,30 +52,27 @@ def split_chain(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
     return argv[:at], argv[at:end + 1], prlimit
 
 
-def one_etc(bwrap: list[str], staging: str) -> list[str]:
-    """bwrap's mounts with the curated /etc entries and the staged files replaced by a single
-    bind of one prepared directory holding copies of both."""
-    etc = os.path.join(staging, "etc")
-    os.makedirs(etc, exist_ok=True)
-    out, i = [], 0
-    bound = False
-    while i < len(bwrap):
-        a = bwrap[i]
-        if a in ("--ro-bind", "--ro-bind-try") and bwrap[i + 2].startswith("/etc/"):
-            source, name = bwrap[i + 1], os.path.basename(bwrap[i + 2])
-            if os.path.isdir(source):
-                shutil.copytree(source, os.path.join(etc, name), symlinks=True, dirs_exist_ok=True)
-            elif os.path.lexists(source):
-                shutil.copy2(source, os.path.join(etc, name), follow_symlinks=False)
-            if not bound:
-                out += ["--ro-bind", etc, "/etc"]
-                bound = True
-            i += 3
-            continue
-        out.append(a)
-        i += 1
-    os.chmod(staging, 0o755)
-    return out
+def per_entry_etc(bwrap: list[str], etc_dir: str, entries: tuple[str, ...], staged: dict[str, str],
+                  staging: str) -> list[str]:
+    """bwrap's mounts with the prepared /etc and the staged files' dir on it replaced by what
+    the planner used to emit: a bind per curated host entry and per staged file."""
+    at = bwrap.index(etc_dir)
+    assert bwrap[at - 1] == "--ro-bind" and bwrap[at + 1] == "/etc" and bwrap[at + 3] == staging
+    binds = [a for name in entries for a in ("--ro-bind-try", f"/etc/{name}", f"/etc/{name}")]
+    binds += [a for name in staged for a in ("--ro-bind", f"{staging}/{name}", f"/etc/{name}")]
+    return bwrap[:at - 1] + binds + bwrap[at + 5:]
+
+
+def own_etc(bwrap: list[str], etc_dir: str, staged: dict[str, str], where: str) -> list[str]:
+    """The alternative of one /etc per run identity: a copy of the prepared /etc with the staged
+    files in it instead of links, bound once, no second bind."""
+    shutil.copytree(etc_dir, where, symlinks=True)
+    for name, content in staged.items():
+        os.unlink(os.path.join(where, name))
+        with open(os.path.join(where, name), "w") as f:
+            f.write(content)
+    at = bwrap.index(etc_dir)
+    return bwrap[:at] + [where, "/etc"] + bwrap[at + 5:]
 
 
 def main() -> None:
@@ -68,11 +81,12 @@ def main() -> None:
     n = parser.parse_args().iterations
 
     from sandbox_kernel.capabilities import detect
-    from sandbox_kernel.launch import prepare, run
-    from sandbox_kernel.launch.process import JOIN_CGROUPS, stage
     from sandbox_kernel.launch import cgroup as cgroups_mod
+    from sandbox_kernel.launch import lease_for, prepare, run
+    from sandbox_kernel.launch.etc import CACHE, EtcCache
+    from sandbox_kernel.launch.process import JOIN_CGROUPS, start_janitor, stop_janitor
     from sandbox_kernel.launch.seccomp_bpf import filter_fd
-    from sandbox_kernel.planner import FD_PLACEHOLDER, RunSpec
+    from sandbox_kernel.planner import ETC_PLACEHOLDER, FD_PLACEHOLDER, STAGED_PLACEHOLDER, RunSpec
     from sandbox_kernel.policy import secure_default, tighten
 
     caps = detect()
@@ -80,63 +94,148 @@ def main() -> None:
     true = shutil.which("true")
     spec = RunSpec(argv=(true,), runtime="shell", scope="cell")
     plan = prepare(policy, spec, caps)
-    stage(plan)
+    etc = CACHE.acquire(plan.etc_entries, tuple(plan.staged_files))
+    staged = CACHE.acquire_staged(plan.staged_files, plan.run_as[2])
     fd = filter_fd(plan.seccomp)
-    argv = [str(fd) if a == FD_PLACEHOLDER else a for a in plan.argv]
+    fill = {FD_PLACEHOLDER: str(fd), ETC_PLACEHOLDER: etc.path, STAGED_PLACEHOLDER: staged.path}
+    argv = [fill.get(a, a) for a in plan.argv]
     setpriv, bwrap, prlimit = split_chain(argv)
-    tmp = tempfile.mkdtemp(prefix="sandbox-kernel-bench-")
-    bwrap_one_etc = one_etc(bwrap, tmp)
-    cgroups = cgroups_mod.create(plan.cgroup)
-    procs = [os.path.join(p, "cgroup.procs") for p in cgroups.paths]
-    join = ["/bin/sh", "-c", JOIN_CGROUPS, "sandbox-join", *procs, "--"]
-    variants = {
-        "plain true": [true],
-        "bare bwrap, same mounts (baseline)": [*bwrap, true],
-        "bwrap, one prepared /etc": [*bwrap_one_etc, true],
-        "setpriv + bwrap": [*setpriv, *bwrap, true],
-        "setpriv + bwrap + prlimit": [*setpriv, *bwrap, *prlimit, true],
-        "cgroup shell + setpriv + bwrap + prlimit": [*join, *setpriv, *bwrap, *prlimit, true],
-    }
+    staging = tempfile.mkdtemp(prefix="sandbox-kernel-bench-")
+    os.chmod(staging, 0o755)
+    bwrap_old_etc = per_entry_etc(bwrap, etc.path, plan.etc_entries, plan.staged_files, staged.path)
+    bwrap_own_etc = own_etc(bwrap, etc.path, plan.staged_files, os.path.join(staging, "etc"))
+    # A kernel's identity, leased once, as a cell reuses it.
+    kernel_lease = lease_for(policy, caps)
+    cell_spec = replace(spec, identity=(kernel_lease.uid, kernel_lease.gid)) if kernel_lease else spec
 
-    def spawn(cmd: list[str]):
-        def once() -> None:
+    G = "{cgroups}"  # stands for the cgroup files of fresh cgroups, made for each run
+    join = ["/bin/sh", "-c", JOIN_CGROUPS, "sandbox-join", G, "--"]
+
+    ulimits = {"--cpu": "-t", "--nofile": "-n", "--fsize": "-f"}
+    ulimit_cmds = []
+    for flag in prlimit[1:-1]:
+        name, _, value = flag.partition("=")
+        if name in ulimits:
+            ulimit_cmds.append(f"ulimit -{ulimits[name][1]} {int(value) // 512 if name == '--fsize' else value}")
+    join_ulimit = ('for p; do [ "$p" = -- ] && break; echo 0 > "$p" || exit 125; shift; done; shift; '
+                   + "; ".join(ulimit_cmds) + '; exec "$@"')
+
+    def chain(cmd: list[str], cgroup: str | None = None):
+        def once() -> float:
+            cg = cgroups_mod.create(plan.cgroup) if cgroup else None
+            full = cmd
+            if cg is not None:
+                files = [os.path.join(p, cgroup) for p in cg.paths]
+                full = [c for part in cmd for c in (files if part == G else [part])]
             os.lseek(fd, 0, os.SEEK_SET)  # bwrap reads the filter from the shared offset
-            subprocess.run(cmd, pass_fds=(fd,), env=plan.env, cwd="/", check=True)
+            t0 = time.perf_counter()
+            subprocess.run(full, pass_fds=(fd,), env=plan.env, cwd="/", check=True)
+            took = time.perf_counter() - t0
+            if cg is not None:
+                cg.kill_all()
+                cg.remove()
+            return took
         return once
 
-    def full_launch() -> None:
-        assert run(policy, spec, caps=caps).exit_code == 0
+    def preexec_join() -> float:
+        cg = cgroups_mod.create(plan.cgroup)
 
-    runs = {name: spawn(cmd) for name, cmd in variants.items()}
-    runs["whole launch (launch.run)"] = full_launch
-    times: dict[str, list[float]] = {name: [] for name in runs}
+        def enter() -> None:
+            for p in cg.paths:
+                with open(os.path.join(p, "tasks"), "w") as f:
+                    f.write("0")
+        os.lseek(fd, 0, os.SEEK_SET)
+        t0 = time.perf_counter()
+        subprocess.run([*setpriv, *bwrap, *prlimit, true], pass_fds=(fd,), env=plan.env, cwd="/", check=True,
+                       preexec_fn=enter)
+        took = time.perf_counter() - t0
+        cg.kill_all()
+        cg.remove()
+        return took
+
+    def timed(fn):
+        def once() -> float:
+            t0 = time.perf_counter()
+            fn()
+            return time.perf_counter() - t0
+        return once
+
+    def janitor() -> None:
+        stop_janitor(start_janitor([staging], []))
+
+    def etc_first() -> float:
+        cache = EtcCache()
+        t0 = time.perf_counter()
+        made = cache.acquire(plan.etc_entries, tuple(plan.staged_files))
+        took = time.perf_counter() - t0
+        cache.release(made)
+        cache.close()
+        return took
+
+    def etc_hit() -> None:
+        CACHE.release(CACHE.acquire(plan.etc_entries, tuple(plan.staged_files)))
+        CACHE.release(CACHE.acquire_staged(plan.staged_files, plan.run_as[2]))
+
+    def staging_per_run() -> None:  # what each run did before: a staging dir with its files
+        d = tempfile.mkdtemp(prefix="sandbox-kernel-run-")
+        for name, content in plan.staged_files.items():
+            with open(os.path.join(d, name), "w") as f:
+                f.write(content)
+            os.chmod(os.path.join(d, name), 0o444)
+        os.chmod(d, 0o710)
+        shutil.rmtree(d)
+
+    def whole(which: RunSpec):
+        def once() -> None:
+            assert run(policy, which, caps=caps).exit_code == 0
+        return timed(once)
+
+    rows = {
+        "plain true": chain([true]),
+        "bare bwrap, per-entry /etc binds (baseline)": chain([*bwrap_old_etc, true]),
+        "alt: bare bwrap, one /etc per identity (1 bind)": chain([*bwrap_own_etc, true]),
+        "bare bwrap, shared /etc + staged dir (2 binds) *": chain([*bwrap, true]),
+        "+ setpriv *": chain([*setpriv, *bwrap, true]),
+        "+ setpriv + prlimit *": chain([*setpriv, *bwrap, *prlimit, true]),
+        "+ cgroup shell writing cgroup.procs (before)": chain([*join, *setpriv, *bwrap, *prlimit, true], "cgroup.procs"),
+        "+ cgroup shell writing tasks (v1) *": chain([*join, *setpriv, *bwrap, *prlimit, true], "tasks"),
+        "alt: shell joins tasks + ulimit, no prlimit": chain(["/bin/sh", "-c", join_ulimit, "j", G, "--", *setpriv, *bwrap, true], "tasks"),
+        "alt: preexec_fn joins tasks, no shell": preexec_join,
+        "old chain, per-entry /etc + cgroup.procs": chain([*join, *setpriv, *bwrap_old_etc, *prlimit, true], "cgroup.procs"),
+        "per-run janitor start + stop": timed(janitor),
+        "prepared /etc + staged files, lookup (hit) *": timed(etc_hit),
+        "per-run staging dir + 6 files (before)": timed(staging_per_run),
+        "prepared /etc, first making": etc_first,
+        "whole launch as a cell does it (identity, no lease)": whole(cell_spec),
+        "whole launch with a uid lease": whole(spec),
+    }
+    times: dict[str, list[float]] = {name: [] for name in rows}
     load = os.getloadavg()[0]
     try:
-        for fn in runs.values():
+        for fn in rows.values():
             fn()
         for _ in range(n):
-            for name, fn in runs.items():
-                t0 = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t0)
+            for name, fn in rows.items():
+                times[name].append(fn())
     finally:
-        cgroups.kill_all()
-        cgroups.remove()
+        CACHE.release(etc)
+        CACHE.release(staged)
+        CACHE.close()
         os.close(fd)
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(plan.staging_dir, ignore_errors=True)
-        if plan.uid_lease is not None:
-            plan.uid_lease.release()
+        shutil.rmtree(staging, ignore_errors=True)
+        for lease in (plan.uid_lease, kernel_lease):
+            if lease is not None:
+                lease.release()
     med = {name: statistics.median(t) * 1000 for name, t in times.items()}
-    base = med["bare bwrap, same mounts (baseline)"]
+    base = med["bare bwrap, per-entry /etc binds (baseline)"]
+    one = med["bare bwrap, shared /etc + staged dir (2 binds) *"]
     print(f"launch chain of a cold %%sh --memory 256M cell, medians of {n} (interleaved); "
-          f"load average at start {load:.2f} on {os.cpu_count()} CPUs; "
-          f"{sum(1 for a in bwrap if a.startswith('--ro-bind'))} ro binds, of them "
-          f"{sum(1 for i, a in enumerate(bwrap) if a.startswith('--ro-bind') and bwrap[i + 2].startswith('/etc/'))} in /etc")
-    print(f"{'':44} {'median ms':>10} {'x bare bwrap':>13}")
+          f"load average at start {load:.2f} on {os.cpu_count()} CPUs; cgroup v{plan.cgroup.version if plan.cgroup else '-'}; "
+          f"/etc: {len(plan.etc_entries)} host entries + {len(plan.staged_files)} staged files; * = what the launch shell does now")
+    print(f"{'':52} {'median ms':>10} {'x baseline':>11} {'x 2-bind bwrap':>15}")
     for name, ms in med.items():
-        print(f"{name:44} {ms:>10.2f} {ms / base:>12.2f}x")
-    print("goal: a cold %%sh --memory 256M cell <= 2x bare bwrap")
+        print(f"{name:52} {ms:>10.2f} {ms / base:>10.2f}x {ms / one:>14.2f}x")
+    print("goal: a cold %%sh --memory 256M cell <= 2x bare bwrap with the same mounts")
 
 
 if __name__ == "__main__":

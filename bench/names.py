@@ -92,7 +92,7 @@ def main() -> None:
         caps = detect()
         by_ip = policy_from_dict({"network": {"mode": "allowlist", "allow": [f"{REMOTE}:{port}"]}})
         by_name = policy_from_dict({"network": {"mode": "allowlist", "allow": [f"allowed.test:{port}"]}})
-        spec = RunSpec(argv=("true",), staging_dir="", runtime="shell")
+        spec = RunSpec(argv=("true",), runtime="shell")
 
         def bring_up_ms(policy) -> float:
             egress = plan(policy, caps, spec).egress

@@ -71,7 +71,7 @@ def main() -> None:
 
     caps = detect()
     true = shutil.which("true")
-    spec = RunSpec(argv=(true,), staging_dir="", runtime="shell")
+    spec = RunSpec(argv=(true,), runtime="shell")
     deny = policy_from_dict({})
     allowlist = policy_from_dict({"network": {"mode": "allowlist", "allow": ["10.0.2.2:9"]}})
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import subprocess
 from dataclasses import replace
 
@@ -20,7 +19,7 @@ from ..planner import plan as make_plan
 from ..planner.privilege import leases_uid
 from ..policy import SandboxPolicy
 from ..report import Downgrade
-from .process import RunResult, SandboxProcess, communicate, make_staging_dir, start, truncation_marker
+from .process import RunResult, SandboxProcess, communicate, start, truncation_marker
 from .uids import UidLease, lease_uid
 
 __all__ = ["prepare", "lease_for", "run", "start", "communicate", "RunResult", "SandboxProcess", "truncation_marker"]
@@ -41,21 +40,17 @@ def lease_for(policy: SandboxPolicy, caps: HostCapabilities) -> UidLease | None:
 
 
 def prepare(policy: SandboxPolicy, spec: RunSpec, caps: HostCapabilities) -> Plan:
-    """Plan a run with a fresh private staging dir and, unless ``spec.identity`` names one, a
-    leased uid of its own (released when the run closes). If planning refuses
-    (SandboxUnavailable), both are given back before the error propagates."""
+    """Plan a run with, unless ``spec.identity`` names one, a leased uid of its own (released
+    when the run closes). If planning refuses (SandboxUnavailable), the uid is given back
+    before the error propagates."""
     # The host's addresses as they are now (DHCP, VPNs): the egress ruleset refuses them.
     caps = replace(caps, host_addresses=host_addresses())
     lease = lease_for(policy, caps) if spec.identity is None else None
-    staging = None
     try:
-        staging = make_staging_dir()
         identity = spec.identity if lease is None else (lease.uid, lease.gid)
-        spec = replace(spec, staging_dir=staging, host_env=spec.host_env or dict(os.environ), identity=identity)
+        spec = replace(spec, host_env=spec.host_env or dict(os.environ), identity=identity)
         return replace(make_plan(policy, caps, spec), uid_lease=lease)
     except BaseException:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
         if lease is not None:
             lease.release()
         raise

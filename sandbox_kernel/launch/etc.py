@@ -1,23 +1,29 @@
-"""The prepared /etc: one read-only directory that bwrap binds over the sandbox's /etc in one
-mount (the plan's ``ETC_PLACEHOLDER``), instead of a bind per curated host entry and staged file.
+"""The sandbox's /etc as two read-only directories the supervisor prepares once and its runs
+share, each bound by bwrap in one mount, instead of a bind per curated host entry and per
+staged file (the plan's ``ETC_PLACEHOLDER`` and ``STAGED_PLACEHOLDER``).
 
-It holds copies of the host /etc entries the plan names (``Plan.etc_entries``: regular files,
-directories and symlinks only, and only what every user may read, i.e. what the sandbox could
-read through a bind of the host's) plus the plan's staged files (passwd, group, hosts, ...).
-A supervisor makes one per distinct content (the entry list, the staged files, the sandbox's
-gid: so per filesystem mode, run_as and nameserver) on first use and reuses it for every run
-that asks for the same; runs hold it until they close.
+The prepared /etc holds copies of the host /etc entries the plan names (``Plan.etc_entries``:
+regular files, directories and symlinks only, and only what every user may read, i.e. what the
+sandbox could read through a bind of the host's), an empty ``STAGED_SUBDIR`` and, for each
+staged file (passwd, group, hosts, ...), a symlink into it. Nothing in it is a run's own: one
+per entry list (per filesystem mode), made on first use; a new kernel's uid costs no new copy.
 
-Ownership: the supervisor's, nothing in it writable by group or others. Under a root
-supervisor its group is the sandbox's gid and its mode 0750, like the staging dir: only that
-sandbox (kernel) may enter it. All of them live in one ``sandbox-kernel-etc-*`` temp dir that
-is removed when the supervisor exits (atexit) or, if it dies, by a janitor started with it.
+The staged-files dir holds the plan's staged files, bound on ``STAGED_SUBDIR``: one per
+content and sandbox gid (so per run_as, home and nameserver: a kernel's cells share their
+kernel's). One unused for ``IDLE`` seconds is removed at the next launch.
 
-Stale host files (a CA bundle update, a package upgrade): before every use a copy is checked
-against the host: (inode, mtime, ctime, size) of every top-level entry and every directory it
-was copied from. Package managers and update-ca-certificates write new files and rename them
-into place, which changes the directory, so the next run after such an update gets a fresh
-copy. An in-place edit deep inside an entry changes no directory: a copy older than
+Ownership: the supervisor's; nothing writable by group or others. The prepared /etc is
+readable by all (it only holds what every user may read on the host anyway); a staged-files
+dir under a root supervisor has the sandbox's gid as group and mode 0750, like the per-run
+staging dir it replaces: only that sandbox (kernel) may enter it. All of them live in one
+``sandbox-kernel-etc-*`` temp dir (mode 0711: no listing), removed when the supervisor exits
+(atexit) or, if it dies, by a janitor started with it. Runs hold what they use until they close.
+
+Stale host files (a CA bundle update, a package upgrade): before every use a prepared /etc is
+checked against the host: (inode, mtime, ctime, size) of every top-level entry and every
+directory it was copied from. Package managers and update-ca-certificates write new files and
+rename them into place, which changes the directory, so the next run after such an update gets
+a fresh copy. An in-place edit deep inside an entry changes no directory: a copy older than
 ``MAX_AGE`` seconds is made again anyway. A run that holds an old copy keeps it until it closes.
 """
 
@@ -34,8 +40,10 @@ from dataclasses import dataclass, field
 
 from ..errors import LaunchError
 from ..host import SYSTEM_DIRS
+from ..planner.filesystem import STAGED_SUBDIR
 
 MAX_AGE = 300.0  # seconds a prepared /etc is reused before it is copied again
+IDLE = 600.0  # seconds an unused staged-files dir is kept for the next run of its identity
 MAX_ENTRIES = 10000  # bounds on what one prepared /etc may copy from the host
 MAX_BYTES = 64 * 2**20
 HOST_ETC = "/etc"
@@ -45,11 +53,15 @@ HOST_ETC = "/etc"
 class PreparedEtc:
     path: str
     key: tuple
-    watched: tuple[tuple[str, bool], ...]  # (host path, follow symlinks) whose change makes it stale
-    fingerprint: tuple
     made: float
+    watched: tuple[tuple[str, bool], ...] = ()  # (host path, follow symlinks) whose change makes it stale
+    fingerprint: tuple = ()
     users: int = 0
+    last_used: float = 0.0
     retired: bool = False
+
+    def stale(self, now: float) -> bool:
+        return self.key[0] == "etc" and (now - self.made > MAX_AGE or _fingerprint(self.watched) != self.fingerprint)
 
 
 @dataclass
@@ -103,7 +115,7 @@ def _copy(src: str, dst: str, budget: _Budget, top: bool = False) -> None:
     if top:
         budget.watched.append((src, False))
     if stat.S_ISLNK(st.st_mode):
-        target = os.path.realpath(src)
+        target = os.path.realpath(src) if top else None
         if not top or _inside_sandbox_view(target):
             # Resolved inside the sandbox, against its own /etc and read-only system dirs,
             # exactly as a bind of the host entry would show it.
@@ -129,7 +141,7 @@ def _copy(src: str, dst: str, budget: _Budget, top: bool = False) -> None:
 
 
 class EtcCache:
-    """A supervisor's prepared /etc directories, by content. Thread-safe."""
+    """A supervisor's prepared /etc and staged-files directories, by content. Thread-safe."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -147,27 +159,37 @@ class EtcCache:
         with self._lock:
             return sum(c.users for c in self._copies.values())
 
-    def acquire(self, entries: tuple[str, ...], files: dict[str, str], gid: int) -> PreparedEtc:
-        """The prepared /etc for this content, made or refreshed if need be; hold it until
+    def acquire(self, entries: tuple[str, ...], staged: tuple[str, ...]) -> PreparedEtc:
+        """The prepared /etc with copies of ``entries`` and links to the ``staged`` files,
+        made or made again if need be; hold it until :meth:`release`."""
+        return self._get(("etc", tuple(entries), tuple(staged)), lambda path: _fill_etc(path, entries, staged))
+
+    def acquire_staged(self, files: dict[str, str], gid: int) -> PreparedEtc:
+        """The dir holding the staged ``files`` for a sandbox of group ``gid``; hold it until
         :meth:`release`."""
-        key = (tuple(entries), tuple(sorted(files.items())), gid)
-        with self._lock:
-            copy = self._copies.get(key)
-            if copy is not None and (time.monotonic() - copy.made > MAX_AGE
-                                     or _fingerprint(copy.watched) != copy.fingerprint):
-                self._retire(copy)
-                copy = None
-            if copy is None:
-                copy = self._make(key, entries, files, gid)
-                self._copies[key] = copy
-            copy.users += 1
-            return copy
+        return self._get(("staged", tuple(sorted(files.items())), gid), lambda path: _fill_staged(path, files, gid))
 
     def release(self, copy: PreparedEtc) -> None:
         with self._lock:
             copy.users -= 1
+            copy.last_used = time.monotonic()
             if copy.retired and copy.users == 0:
                 shutil.rmtree(copy.path, ignore_errors=True)
+
+    def _get(self, key: tuple, fill) -> PreparedEtc:
+        now = time.monotonic()
+        with self._lock:
+            for old in [c for c in self._copies.values() if c.key[0] == "staged" and not c.users and now - c.last_used > IDLE]:
+                self._retire(old)
+            copy = self._copies.get(key)
+            if copy is not None and copy.stale(now):
+                self._retire(copy)
+                copy = None
+            if copy is None:
+                copy = self._make(key, fill)
+                self._copies[key] = copy
+            copy.users += 1
+            return copy
 
     def close(self) -> None:
         """Remove every prepared /etc (the supervisor is done: no run holds one)."""
@@ -188,33 +210,45 @@ class EtcCache:
         if copy.users == 0:
             shutil.rmtree(copy.path, ignore_errors=True)
 
-    def _make(self, key: tuple, entries: tuple[str, ...], files: dict[str, str], gid: int) -> PreparedEtc:
+    def _make(self, key: tuple, fill) -> PreparedEtc:
         if self._root is None:
             from .process import start_janitor
 
             root = tempfile.mkdtemp(prefix="sandbox-kernel-etc-")
-            os.chmod(root, 0o711)  # each sandbox's group enters its own copy, lists none
+            os.chmod(root, 0o711)  # every sandbox uid enters its own dirs, none lists them
             self._janitor = start_janitor([root], [])  # removes it if we die without close()
             self._root = root
         path = tempfile.mkdtemp(dir=self._root)
         try:
-            budget = _Budget()
-            for name in entries:
-                _copy(os.path.join(HOST_ETC, name), os.path.join(path, name), budget, top=True)
-            for name, content in files.items():
-                target = os.path.join(path, name)
-                with open(target, "x") as f:  # never a host entry's name (planner.filesystem)
-                    f.write(content)
-                os.chmod(target, 0o444)
-            if os.geteuid() == 0:
-                os.chown(path, 0, gid)
-                os.chmod(path, 0o750)
-            else:
-                os.chmod(path, 0o700)
+            watched = fill(path)
         except BaseException:
             shutil.rmtree(path, ignore_errors=True)
             raise
-        return PreparedEtc(path, key, tuple(budget.watched), _fingerprint(budget.watched), time.monotonic())
+        return PreparedEtc(path, key, time.monotonic(), watched, _fingerprint(watched))
+
+
+def _fill_etc(path: str, entries: tuple[str, ...], staged: tuple[str, ...]) -> tuple:
+    budget = _Budget()
+    for name in entries:
+        _copy(os.path.join(HOST_ETC, name), os.path.join(path, name), budget, top=True)
+    os.mkdir(os.path.join(path, STAGED_SUBDIR), 0o755)
+    for name in staged:  # never a host entry's name (planner.filesystem)
+        os.symlink(f"{STAGED_SUBDIR}/{name}", os.path.join(path, name))
+    os.chmod(path, 0o755)
+    return tuple(budget.watched)
+
+
+def _fill_staged(path: str, files: dict[str, str], gid: int) -> tuple:
+    for name, content in files.items():
+        with open(os.path.join(path, name), "x") as f:
+            f.write(content)
+        os.chmod(os.path.join(path, name), 0o444)
+    if os.geteuid() == 0:
+        os.chown(path, 0, gid)  # bwrap binds it as the sandbox uid: only its group may enter
+        os.chmod(path, 0o750)
+    else:
+        os.chmod(path, 0o700)
+    return ()
 
 
 CACHE = EtcCache()

@@ -1,8 +1,8 @@
-"""Carry out a Plan: stage files, bring up egress, create cgroups, spawn, stream, kill, clean.
+"""Carry out a Plan: fill in /etc, bring up egress, create cgroups, spawn, stream, kill, clean.
 
 All OS work lives here and in its siblings (egress, cgroup, seccomp_bpf); nothing here decides
 policy. Every path (success, refusal, timeout, exception) ends in :meth:`SandboxProcess.close`,
-which kills the whole tree and removes the staging dir, cgroups and namespace. If the
+which kills the whole tree and removes the cgroups and namespace. If the
 supervisor dies without getting there, the run's janitor process does the removing.
 """
 
@@ -11,10 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import selectors
-import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,7 +20,7 @@ from typing import Callable
 
 from ..errors import LaunchError
 from ..logs import layers_summary
-from ..planner import ETC_PLACEHOLDER, FD_PLACEHOLDER, Plan
+from ..planner import ETC_PLACEHOLDER, FD_PLACEHOLDER, STAGED_PLACEHOLDER, Plan
 from ..planner.privilege import UNLEASED
 from ..text_cut import utf8_prefix
 from . import cgroup as cgroups_mod
@@ -40,7 +38,7 @@ log = logging.getLogger(__name__)
 
 # Cleans up after a supervisor that died without close() (SIGKILL, OOM kill, crash): it blocks
 # reading a pipe only the supervisor holds, and on EOF kills what is left in the run's cgroups,
-# removes them and the staging dir. A normal close() tells it "done" and it just exits.
+# removes them and the dirs it was given. A normal close() tells it "done" and it just exits.
 # (The sandbox itself dies with the supervisor: bwrap --die-with-parent; egress has its own.)
 JANITOR = r"""
 read -r word
@@ -124,23 +122,6 @@ def truncation_marker(limit: int) -> bytes:
     return f"\n[sandbox-kernel: output truncated at {limit} bytes; the run was stopped]\n".encode()
 
 
-def make_staging_dir() -> str:
-    return tempfile.mkdtemp(prefix="sandbox-kernel-run-")
-
-
-def stage(plan: Plan) -> None:
-    """Make the run's staging dir one only the sandbox's group may traverse (bwrap opens what
-    it binds from there as the sandbox uid). The dir stays the supervisor's. (The staged /etc
-    files live in the prepared /etc: launch/etc.py.)"""
-    _, uid, gid = plan.run_as
-    d = plan.staging_dir
-    if os.geteuid() == 0 and plan.sandboxed:
-        os.chown(d, 0, gid)
-        os.chmod(d, 0o710)
-    else:
-        os.chmod(d, 0o700)
-
-
 @dataclass
 class SandboxProcess:
     plan: Plan
@@ -150,7 +131,8 @@ class SandboxProcess:
     seccomp_fd: int | None = None
     args_fd: int | None = None
     janitor: subprocess.Popen | None = None
-    etc: PreparedEtc | None = None
+    etc: PreparedEtc | None = None  # the prepared /etc and the staged files it holds
+    staged: PreparedEtc | None = None
     timings: dict[str, float] = field(default_factory=dict)
     killed_reason: str | None = None
     _closed: bool = False
@@ -221,10 +203,10 @@ class SandboxProcess:
                 if getattr(self, attr) is not None:
                     os.close(getattr(self, attr))
                     setattr(self, attr, None)
-            shutil.rmtree(self.plan.staging_dir, ignore_errors=True)
-            if self.etc is not None:
-                ETC_CACHE.release(self.etc)
-                self.etc = None
+            for attr in ("etc", "staged"):
+                if getattr(self, attr) is not None:
+                    ETC_CACHE.release(getattr(self, attr))
+                    setattr(self, attr, None)
             if self.janitor is not None:
                 stop_janitor(self.janitor)
             if self.plan.uid_lease is not None:
@@ -262,11 +244,12 @@ def start(plan: Plan, *, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stder
     try:
         if plan.sandboxed and plan.run_as[1] == UNLEASED:
             raise LaunchError("this plan was made without a uid lease (a dry run): use launch.prepare() to start one")
-        stage(plan)
         argv = list(plan.argv)
         if ETC_PLACEHOLDER in argv:
-            proc.etc = ETC_CACHE.acquire(plan.etc_entries, plan.staged_files, plan.run_as[2])
-            argv = [proc.etc.path if a == ETC_PLACEHOLDER else a for a in argv]
+            proc.etc = ETC_CACHE.acquire(plan.etc_entries, tuple(plan.staged_files))
+            proc.staged = ETC_CACHE.acquire_staged(plan.staged_files, plan.run_as[2])
+            fill = {ETC_PLACEHOLDER: proc.etc.path, STAGED_PLACEHOLDER: proc.staged.path}
+            argv = [fill.get(a, a) for a in argv]
         fds = list(pass_fds)
         if plan.seccomp is not None:
             proc.seccomp_fd = filter_fd(plan.seccomp)
@@ -289,7 +272,8 @@ def start(plan: Plan, *, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stder
             # that would force a slow fork of this (large, threaded) supervisor.
             procs = [os.path.join(p, "tasks" if plan.cgroup.version == 1 else "cgroup.procs") for p in proc.cgroups.paths]
             argv = ["/bin/sh", "-c", JOIN_CGROUPS, "sandbox-join", *procs, "--", *argv]
-        proc.janitor = start_janitor([plan.staging_dir], proc.cgroups.paths if proc.cgroups else [], plan.uid_lease)
+        if proc.cgroups is not None or plan.uid_lease is not None:  # else nothing is left to clean up
+            proc.janitor = start_janitor([], proc.cgroups.paths if proc.cgroups else [], plan.uid_lease)
         proc.popen = subprocess.Popen(
             argv, env=plan.env, cwd="/", stdin=stdin, stdout=stdout, stderr=stderr,
             pass_fds=tuple(fds), start_new_session=True,

@@ -5,8 +5,9 @@ Argv shape, outer to inner::
 
     [setpriv --reuid ...]  bwrap <namespaces> <mounts> --seccomp FD --  [prlimit ... --]  cmd...
 
-``FD`` and the source of ``--ro-bind {prepared-etc} /etc`` among the mounts are placeholders
-the launch shell fills in (the seccomp filter's descriptor; the prepared /etc directory). In
+``FD`` and the sources of ``--ro-bind {prepared-etc} /etc`` and ``--ro-bind {staged-etc}
+/etc/sandbox-kernel`` among the mounts are placeholders the launch shell fills in (the seccomp
+filter's descriptor; the prepared /etc and staged-files directories, launch/etc.py). In
 front the launch shell may put ``nsenter`` (to join an allowlisted network namespace or a
 kernel session) and, outermost, ``/bin/sh -c`` joining the run's cgroups before it execs the
 rest (``launch.process.JOIN_CGROUPS``).
@@ -21,13 +22,14 @@ from ..host import HostCapabilities
 from ..policy import SandboxPolicy
 from ..report import Downgrade, EffectiveSandbox, LayerState, Note, SandboxUnavailable
 from .env import plan_env
-from .filesystem import ETC_PLACEHOLDER, plan_filesystem
+from .filesystem import ETC_PLACEHOLDER, STAGED_PLACEHOLDER, plan_filesystem
 from .network import EgressPlan, plan_network
 from .privilege import plan_privilege
 from .resources import CgroupPlan, plan_resources
 from .seccomp import FD_PLACEHOLDER, SeccompPlan, plan_seccomp
 
-__all__ = ["RunSpec", "Plan", "plan", "EgressPlan", "CgroupPlan", "SeccompPlan", "FD_PLACEHOLDER", "ETC_PLACEHOLDER"]
+__all__ = ["RunSpec", "Plan", "plan", "EgressPlan", "CgroupPlan", "SeccompPlan", "FD_PLACEHOLDER", "ETC_PLACEHOLDER",
+           "STAGED_PLACEHOLDER"]
 
 Runtime = Literal["python", "shell", "node", "other"]
 
@@ -37,9 +39,6 @@ class RunSpec:
     """What is being run, and what it needs from the host."""
 
     argv: tuple[str, ...]
-    # Host dir private to the run, made and removed by the launch shell: filled in by
-    # launch.prepare(); left empty by callers. (The staged /etc files live in the prepared /etc.)
-    staging_dir: str = ""
     runtime: Runtime = "other"
     scope: Literal["kernel", "cell"] = "cell"
     scratch_dir: str = "/scratch"  # in-sandbox path of the private, sized scratch tmpfs
@@ -66,8 +65,7 @@ class Plan:
     argv: tuple[str, ...]  # may contain FD_PLACEHOLDER, replaced by the launch shell
     env: dict[str, str]
     cwd: str
-    staged_files: dict[str, str]  # /etc name -> content, written into the prepared /etc
-    staging_dir: str
+    staged_files: dict[str, str]  # /etc name -> content: the launch shell's STAGED_PLACEHOLDER dir
     egress: EgressPlan | None
     cgroup: CgroupPlan | None
     seccomp: SeccompPlan | None
@@ -77,7 +75,8 @@ class Plan:
     report: EffectiveSandbox
     sandboxed: bool = True
     uid_lease: object | None = None  # the launch shell's lease of run_as's uid, released on close
-    # Host /etc entries the prepared /etc (ETC_PLACEHOLDER) holds copies of, next to staged_files.
+    # Host /etc entries the prepared /etc (ETC_PLACEHOLDER) holds copies of, next to links to
+    # the staged files.
     etc_entries: tuple[str, ...] = ()
 
 
@@ -88,7 +87,7 @@ def _disabled_plan(policy: SandboxPolicy, caps: HostCapabilities, spec: RunSpec)
     # No confinement, but still no supervisor secrets: locale and PATH from the host only.
     host = {k: v for k, v in spec.host_env.items() if k == "PATH" or k.startswith("LC_") or k in ("LANG", "TZ")}
     env = {**host, **spec.env, **spec.sandbox_env}
-    return Plan(tuple(spec.argv), env, spec.cwd or "/", {}, spec.staging_dir, None, None, None,
+    return Plan(tuple(spec.argv), env, spec.cwd or "/", {}, None, None, None,
                 (caps.user_name, caps.euid, caps.egid), None, None, report, sandboxed=False)
 
 
@@ -148,7 +147,7 @@ def plan(policy: SandboxPolicy, caps: HostCapabilities, spec: RunSpec) -> Plan:
     argv += res.prlimit + list(spec.argv)
     staged = fs.staged
     return Plan(
-        argv=tuple(argv), env=env.env, cwd=fs.cwd, staged_files=staged, staging_dir=spec.staging_dir,
+        argv=tuple(argv), env=env.env, cwd=fs.cwd, staged_files=staged,
         egress=net.egress, cgroup=res.cgroup, seccomp=sec.plan, run_as=priv.run_as,
         max_output_bytes=res.max_output_bytes, wall_seconds=res.wall_seconds, report=report,
         etc_entries=fs.etc_entries,

@@ -1,8 +1,8 @@
 """Filesystem layer: the mount table of the sandbox, as bwrap arguments.
 
 ``scratch-plus-ro``: system paths read-only, a curated ``/etc`` (host files programs need plus
-staged passwd/group/hosts/resolv.conf, in one directory the launch shell prepares and bwrap
-binds once: see ``ETC_PLACEHOLDER``), the caller's runtime paths and the policy's
+staged passwd/group/hosts/resolv.conf, two directories the launch shell prepares: see
+``ETC_PLACEHOLDER``), the caller's runtime paths and the policy's
 ``read_only_paths`` read-only, a private sized tmpfs for ``/tmp`` and for the scratch dir.
 Never ``/home``, ``/root``, ``/srv``, ``/opt``, ``/var``, ``/run`` of the host.
 ``scratch-only``: the same minus ``read_only_paths`` and the curated host ``/etc`` files.
@@ -29,11 +29,15 @@ CURATED_ETC = (
 MINIMAL_ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives")
 # Written by the launch shell from plan data: never the host's copies.
 STAGED_ETC = ("passwd", "group", "hosts", "hostname", "nsswitch.conf", "resolv.conf")
-# Stands in the argv for the host path of the prepared /etc: a read-only directory holding
-# copies of the curated host entries (``FilesystemDecision.etc_entries``) and the staged files,
-# made by the launch shell (launch/etc.py). One bind instead of one per entry halves bwrap's
-# own start-up time.
+# Stand in the argv for host paths the launch shell fills in (launch/etc.py), both read-only
+# and reused by the supervisor's runs: the prepared /etc, holding copies of the curated host
+# entries (``FilesystemDecision.etc_entries``), an empty STAGED_SUBDIR and, for each staged
+# file, a symlink into it; and the staged files (``FilesystemDecision.staged``), bound on
+# STAGED_SUBDIR. Two binds instead of one per entry and file save a third of bwrap's own
+# start-up; the shared copy holds nothing of a run's own, so a new uid costs no new copy.
 ETC_PLACEHOLDER = "{prepared-etc}"
+STAGED_PLACEHOLDER = "{staged-etc}"
+STAGED_SUBDIR = "sandbox-kernel"
 # The sandbox's own layout: a read-only path equal to one of these (or to "/"), or inside
 # /etc, /proc or /dev, would replace it (host /etc over the staged passwd, shadow exposed...).
 RESERVED_DIRS = ("/etc", "/proc", "/dev", "/tmp")
@@ -129,7 +133,7 @@ def plan_filesystem(
     mounts = _system_mounts(caps)
     # Config dirs inside the system dirs (/usr/local/etc/jupyter, npm's /usr/etc/npmrc): empty.
     mounts += [a for d in caps.hidden_dirs for a in ("--tmpfs", d, "--remount-ro", d)]
-    mounts += ["--ro-bind", ETC_PLACEHOLDER, "/etc"]
+    mounts += ["--ro-bind", ETC_PLACEHOLDER, "/etc", "--ro-bind", STAGED_PLACEHOLDER, f"/etc/{STAGED_SUBDIR}"]
     # /tmp first: runtime, rw and scratch paths may live under /tmp and must land on top of it.
     size = [] if fs.scratch_bytes is None else ["--size", str(fs.scratch_bytes)]
     mounts += size + ["--tmpfs", "/tmp"]

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from sandbox_kernel.planner.filesystem import CURATED_ETC, STAGED_ETC
+from sandbox_kernel.planner.filesystem import CURATED_ETC, STAGED_ETC, STAGED_SUBDIR
 
 pytestmark = pytest.mark.integration
 
@@ -58,7 +58,7 @@ def test_host_data_and_secrets_are_invisible(scenario, secret_in_etc):
 
 
 def test_etc_is_the_prepared_read_only_copy_and_goes_with_its_supervisor(scenario):
-    """/etc is one prepared, read-only dir: the staged passwd, no shadow, the TLS trust and the
+    """/etc is the prepared, read-only dir: the staged passwd, no shadow, the TLS trust and the
     loader cache there; the dir lives as long as its supervisor (here a scenario process)."""
     res = scenario("filesystem", secret="/nonexistent")
     assert res["exit_code"] == 0, res["stderr_tail"]
@@ -67,7 +67,7 @@ def test_etc_is_the_prepared_read_only_copy_and_goes_with_its_supervisor(scenari
     # Staged: root, the sandbox's account, nobody; none of the host's system accounts.
     assert len(names) == 3 and {"root", "nobody"} < names and "daemon" not in names, etc["passwd"]
     assert "shadow" not in etc["listing"] and "gshadow" not in etc["listing"]
-    assert set(etc["listing"]) <= set(CURATED_ETC) | set(STAGED_ETC), etc["listing"]
+    assert set(etc["listing"]) <= {*CURATED_ETC, *STAGED_ETC, STAGED_SUBDIR}, etc["listing"]
     assert etc["read_only"] and res["inside"]["writes"]["/etc/sbx-probe"] in REFUSED
     if os.path.exists("/etc/ssl/certs/ca-certificates.crt"):
         assert etc["tls_trust"] == "-----BEGIN CERTIFICATE-----"

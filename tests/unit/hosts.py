@@ -21,7 +21,6 @@ SPLIT_USR = {"/usr": "dir", "/bin": "dir", "/sbin": "dir", "/lib": "dir",
              "/lib32": None, "/lib64": "dir", "/libx32": None}
 SANDBOX_UID = 1879050000  # the uid the launch shell leased for the run (RunSpec.identity)
 CMD = ("python3", "-c", "print(1)")
-STAGE = "/stage"
 
 
 def _missing(what: str) -> Capability:
@@ -83,7 +82,6 @@ def policy(overrides: dict | None = None, **top):
 
 def spec(**kw) -> RunSpec:
     kw.setdefault("argv", CMD)
-    kw.setdefault("staging_dir", STAGE)
     kw.setdefault("runtime", "python")
     kw.setdefault("identity", (SANDBOX_UID, SANDBOX_UID))
     return RunSpec(**kw)

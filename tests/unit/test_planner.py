@@ -13,9 +13,9 @@ from dataclasses import replace
 
 import pytest
 
-from sandbox_kernel.planner import ETC_PLACEHOLDER, FD_PLACEHOLDER, plan
+from sandbox_kernel.planner import ETC_PLACEHOLDER, FD_PLACEHOLDER, STAGED_PLACEHOLDER, plan
 from sandbox_kernel.planner.env import BASE_PATH
-from sandbox_kernel.planner.filesystem import CURATED_ETC, MINIMAL_ETC, STAGED_ETC
+from sandbox_kernel.planner.filesystem import CURATED_ETC, MINIMAL_ETC, STAGED_ETC, STAGED_SUBDIR
 from sandbox_kernel.planner.network import build_ruleset
 from sandbox_kernel.planner.privilege import UNLEASED
 from sandbox_kernel.planner.resources import PIDS_OVERHEAD
@@ -146,14 +146,17 @@ def test_config_dirs_inside_system_dirs_are_masked_read_only(mode):
 def test_etc_is_curated_and_staged(mode, etc_expected, etc_absent):
     p = run_plan(pol=policy({"filesystem": {"mode": mode}}))
     args = bwrap_args(p)
-    # One bind of the prepared /etc, which holds copies of these host entries and the staged files.
-    assert [dst for src, dst in triples(args, "--ro-bind") if src == ETC_PLACEHOLDER] == ["/etc"]
-    assert not any(dst.startswith("/etc/") for flag in ("--ro-bind", "--ro-bind-try", "--bind")
-                   for _, dst in triples(args, flag))
+    # One bind of the prepared /etc, which holds copies of these host entries, and one of the
+    # staged files' dir inside it.
+    binds = triples(args, "--ro-bind")
+    assert [dst for src, dst in binds if src == ETC_PLACEHOLDER] == ["/etc"]
+    assert [(src, dst) for src, dst in binds if dst.startswith("/etc/")] == [(STAGED_PLACEHOLDER, f"/etc/{STAGED_SUBDIR}")]
+    assert binds.index((ETC_PLACEHOLDER, "/etc")) < binds.index((STAGED_PLACEHOLDER, f"/etc/{STAGED_SUBDIR}"))
+    assert not any(dst.startswith("/etc") for flag in ("--ro-bind-try", "--bind") for _, dst in triples(args, flag))
     assert set(p.etc_entries) == set(etc_expected)
     assert not set(p.etc_entries) & set(etc_absent)
     assert set(p.staged_files) == set(STAGED_ETC)
-    assert not set(p.etc_entries) & set(STAGED_ETC)  # a host copy never replaces a staged file
+    assert not set(p.etc_entries) & {*STAGED_ETC, STAGED_SUBDIR}  # nor replaces a staged file
     # The host's own identity, secrets and /etc never show up as a source.
     sources = [src for flag in ("--ro-bind", "--ro-bind-try", "--bind") for src, _ in triples(args, flag)]
     for secret in ("/etc", "/etc/shadow", "/etc/gshadow", "/etc/passwd", "/etc/group", "/etc/sudoers", "/etc/ssh", "/"):
@@ -221,8 +224,9 @@ def test_read_only_path_may_not_replace_the_sandbox_layout(path):
     args = bwrap_args(p)
     assert (path, path) not in triples(args, "--ro-bind-try")
     assert "/etc/shadow" not in args
-    # The prepared /etc (staged files in it) stays in force, bound once.
+    # The prepared /etc and the staged files in it stay in force.
     assert [src for src, dst in triples(args, "--ro-bind") if dst == "/etc"] == [ETC_PLACEHOLDER]
+    assert (STAGED_PLACEHOLDER, f"/etc/{STAGED_SUBDIR}") in triples(args, "--ro-bind")
     assert set(p.staged_files) == set(STAGED_ETC)
     assert any(path in n for n in notes(p, "filesystem"))
     assert downgrades(p) == []
