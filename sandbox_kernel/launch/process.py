@@ -366,7 +366,15 @@ def communicate(proc: SandboxProcess, *, timeout: float | None = None, on_output
             on_output(name, data)
 
     def reading() -> bool:
-        return any(key.data != "stdin" for key in sel.get_map().values())
+        return any(key.data not in ("stdin", "exit") for key in sel.get_map().values())
+
+    # Wake the moment the main process exits, not at a Popen.wait() polling step.
+    try:
+        exit_fd = os.pidfd_open(popen.pid)
+    except (AttributeError, OSError):  # pre-5.3 kernel: poll as before
+        exit_fd = None
+    if exit_fd is not None:
+        sel.register(exit_fd, selectors.EVENT_READ, "exit")
 
     if pending is not None and not pending:
         stop_feeding()
@@ -387,6 +395,9 @@ def communicate(proc: SandboxProcess, *, timeout: float | None = None, on_output
             for key, _ in events:
                 if key.data == "stdin":
                     feed()
+                    continue
+                if key.data == "exit":
+                    sel.unregister(exit_fd)
                     continue
                 try:
                     chunk = os.read(key.fileobj.fileno(), READ_CHUNK)
@@ -424,6 +435,8 @@ def communicate(proc: SandboxProcess, *, timeout: float | None = None, on_output
         popen.wait()
     finally:
         sel.close()
+        if exit_fd is not None:
+            os.close(exit_fd)
         run_seconds = time.monotonic() - t0
         oom = proc.cgroups.oom_killed() if proc.cgroups is not None else False
         proc.close()
