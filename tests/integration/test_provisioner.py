@@ -155,7 +155,9 @@ try:
 except SandboxUnavailable as e:
     result = {"started": False, "error": str(e), "layers": [d.layer for d in e.downgrades]}
 after = set(glob.glob(os.path.join(tempfile.gettempdir(), "sandbox-kernel-*")))
-result["leftover"] = sorted(after - before)
+# This supervisor's prepared /etc stays while it lives (the autouse check sees it go after).
+from sandbox_kernel.launch.etc import CACHE
+result["leftover"] = sorted(after - before - {CACHE.root})
 print(json.dumps(result))
 """
 
