@@ -16,7 +16,8 @@ Pieces of the chain the launch shell uses now (marked *), and the alternatives m
   identity) on /etc/sandbox-kernel (2 binds)*, or one /etc per run identity with the staged
   files in it (1 bind, but a copy of the host entries per uid: see "first making");
 - + setpriv (uid switch, no_new_privs)*; + prlimit (rlimits, inside the user namespace)*;
-- + the shell that joins the cgroups writing cgroup.procs (before), or tasks*;
+- + a shell that only execs (its own cost), + the shell that joins the cgroups writing
+  cgroup.procs (before), or tasks*: the difference is the attach itself;
 - the shell applying cpu/nofile/fsize with ulimit so that prlimit goes (rejected: RLIMIT_NPROC
   set before bwrap's user namespace caps every process of the uid, see planner/resources.py);
 - joining the cgroups from a preexec_fn instead of a shell (forks this small bench process;
@@ -197,6 +198,7 @@ def main() -> None:
         "bare bwrap, shared /etc + staged dir (2 binds) *": chain([*bwrap, true]),
         "+ setpriv *": chain([*setpriv, *bwrap, true]),
         "+ setpriv + prlimit *": chain([*setpriv, *bwrap, *prlimit, true]),
+        "+ shell exec only (joins nothing)": chain(["/bin/sh", "-c", 'exec "$@"', "sh", *setpriv, *bwrap, *prlimit, true]),
         "+ cgroup shell writing cgroup.procs (before)": chain([*join, *setpriv, *bwrap, *prlimit, true], "cgroup.procs"),
         "+ cgroup shell writing tasks (v1) *": chain([*join, *setpriv, *bwrap, *prlimit, true], "tasks"),
         "alt: shell joins tasks + ulimit, no prlimit": chain(["/bin/sh", "-c", join_ulimit, "j", G, "--", *setpriv, *bwrap, true], "tasks"),
