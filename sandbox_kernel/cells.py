@@ -27,6 +27,7 @@ stops reading for SEND_TIMEOUT, or when the service is closed (kernel restart or
 from __future__ import annotations
 
 import base64
+import collections
 import json
 import logging
 import os
@@ -62,10 +63,12 @@ MAX_LOGGED_ERRORS = 10  # internal errors logged per service: a kernel must not 
 # ready while the replacement for the previous one is still starting.
 WARM_POOL = {"sh": 2, "python": 1, "node": 1}
 WARM_FROM_START = ("sh",)  # the others once the kernel has run one such cell (~10-45 MB idle each)
-# Cells with options run cold, unless the same options (and --env) come twice in a row: from
-# then on one sandbox with exactly those options waits too. One such option set per kernel
-# (the latest recurring one), so a kernel holds at most five sandboxes ahead.
+# Cells with options run cold, unless the same options (and --env) recur (among the last
+# RECENT_OPTION_SETS sets of options used): from then on one sandbox with exactly those options
+# waits too. One such option set per kernel (the latest recurring one), so a kernel holds at
+# most five sandboxes ahead.
 WARM_FOR_OPTIONS = 1
+RECENT_OPTION_SETS = 2
 # A replacement waits (at most this long) for the running cell to finish while another sandbox
 # of its kind is ready: starting a sandbox takes CPU (and the supervisor's GIL) that the cell
 # and its relay would otherwise get (measured: +10-15 ms per spaced cell on a loaded 2-CPU host).
@@ -120,7 +123,7 @@ class CellService:
         self._warm: dict[WarmKey, list[SandboxProcess]] = {}
         self._warming: set[WarmKey] = {(kind, "") for kind in WARM_FROM_START}  # kept ready (the worker adds)
         self._option_set: tuple[WarmKey, SandboxPolicy, dict] | None = None  # the recurring options kept ready
-        self._last_options: WarmKey | None = None  # the options of the last cold cell with options
+        self._recent_options: collections.deque[WarmKey] = collections.deque(maxlen=RECENT_OPTION_SETS)
         self._warm_lock = threading.Lock()
         self._warm_requests: queue.Queue[WarmKey | None] = queue.Queue()
         self._no_cell_running = threading.Event()
@@ -297,15 +300,16 @@ class CellService:
 
     def _keep_ready(self, key: WarmKey, policy: SandboxPolicy, env: dict) -> None:
         """After a cold cell: keep sandboxes like it ready from now on if its kind is one the
-        kernel now uses, or its options came twice in a row (replacing the option set kept
-        ready before, whose sandboxes are closed)."""
+        kernel now uses, or its options recur (replacing the option set kept ready before,
+        whose sandboxes are closed)."""
         kind, options = key
         if key in self._warming or kind not in WARM_POOL:
             return
         dropped: list[SandboxProcess] = []
         if options:
-            if key != self._last_options:
-                self._last_options = key  # not (yet) recurring
+            recurring = key in self._recent_options
+            self._recent_options.append(key)
+            if not recurring:
                 return
             with self._warm_lock:
                 if self._option_set is not None:

@@ -752,7 +752,7 @@ def test_sandbox_and_node_cells_get_an_interpreter_started_ahead_once_used(kerne
 
 
 def test_options_that_recur_get_a_sandbox_started_ahead_with_exactly_those_options(kernel):
-    """Twice in a row the same options: from then on one sandbox with them waits, confined and
+    """The same options again: from then on one sandbox with them waits, confined and
     reported like the cold ones (its memory cap kills a hog from inside); another recurring
     option set replaces it; option-less cells never take it."""
     km, kc = kernel
