@@ -394,6 +394,9 @@ with running_kernel() as (km, kc):
     res["cell"] = out.split()
     res["cell_memory"] = reply["metadata"]["sandbox"]["layers"]["resources"]["controls"]["memory_bytes"]
     res["kernel_memory"] = km.provisioner.effective_sandbox["layers"]["resources"]["controls"]["memory_bytes"]
+    # Its working dir (the repository) mounted into the session by the user namespace's root.
+    res["input"] = execute(kc, "%%sh\nhead -n 1 README.md; touch README.md 2>/dev/null || echo refused")[0].split()
+    res["inputs"] = km.provisioner.effective_sandbox["layers"]["filesystem"]["inputs"]["entries"]
 print(json.dumps(res))
 """
 
@@ -433,6 +436,7 @@ def test_kernel_and_cells_under_a_non_root_supervisor():
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     assert res["uid"] == str(uid) and res["cell"] == [str(uid), "shared"]
     assert res["kernel_memory"]["mechanism"] == "cgroup-v1-memory" and res["cell_memory"]["limit"] == 128 * 2**20
+    assert res["input"] == ["#", "sandbox-kernel", "refused"] and res["inputs"] > 5, res
 
 
 def test_back_to_back_cells_never_see_busy(kernel):
