@@ -27,6 +27,7 @@ stops reading for SEND_TIMEOUT, or when the service is closed (kernel restart or
 from __future__ import annotations
 
 import base64
+import collections
 import json
 import logging
 import os
@@ -62,6 +63,12 @@ MAX_LOGGED_ERRORS = 10  # internal errors logged per service: a kernel must not 
 # ready while the replacement for the previous one is still starting.
 WARM_POOL = {"sh": 2, "python": 1, "node": 1}
 WARM_FROM_START = ("sh",)  # the others once the kernel has run one such cell (~10-45 MB idle each)
+# Cells with options run cold, unless the same options (and --env) recur (among the last
+# RECENT_OPTION_SETS sets of options used): from then on one sandbox with exactly those options
+# waits too. One such option set per kernel (the latest recurring one), so a kernel holds at
+# most five sandboxes ahead.
+WARM_FOR_OPTIONS = 1
+RECENT_OPTION_SETS = 2
 # A replacement waits (at most this long) for the running cell to finish while another sandbox
 # of its kind is ready: starting a sandbox takes CPU (and the supervisor's GIL) that the cell
 # and its relay would otherwise get (measured: +10-15 ms per spaced cell on a loaded 2-CPU host).
@@ -113,10 +120,12 @@ class CellService:
         # like a cold one, idle until the cell body arrives on its stdin. A replacement is
         # requested as soon as one is taken (it starts at once if none is left ready, else when
         # the cell is over); a cold cell leaves them alone.
-        self._warm: dict[str, list[SandboxProcess]] = {kind: [] for kind in WARM_POOL}
-        self._warming: set[str] = set(WARM_FROM_START)  # kinds kept ready (the worker adds)
+        self._warm: dict[WarmKey, list[SandboxProcess]] = {}
+        self._warming: set[WarmKey] = {(kind, "") for kind in WARM_FROM_START}  # kept ready (the worker adds)
+        self._option_set: tuple[WarmKey, SandboxPolicy, dict] | None = None  # the recurring options kept ready
+        self._recent_options: collections.deque[WarmKey] = collections.deque(maxlen=RECENT_OPTION_SETS)
         self._warm_lock = threading.Lock()
-        self._warm_requests: queue.Queue[str | None] = queue.Queue()
+        self._warm_requests: queue.Queue[WarmKey | None] = queue.Queue()
         self._no_cell_running = threading.Event()
         self._no_cell_running.set()
         # bwrap --die-with-parent ties a sandbox to the *thread* that spawned it: sandboxes
@@ -127,9 +136,9 @@ class CellService:
                                               ("accept", self._accept_loop))]
         for thread in self._threads:
             thread.start()
-        for kind in WARM_FROM_START:
-            for _ in range(WARM_POOL[kind]):
-                self._warm_requests.put(kind)
+        for key in self._warming:
+            for _ in range(_pool_size(key)):
+                self._warm_requests.put(key)
 
     def close(self) -> None:
         """Stop serving. A running cell is killed (the worker sees ``_closed`` within 0.1 s)
@@ -197,23 +206,31 @@ class CellService:
     def _serve(self, conn: socket.socket) -> None:
         send = _Sender(conn)
         self._no_cell_running.clear()
+        ran: list[SandboxProcess] = []  # the cell's sandbox, removed after the reply
         try:
-            final = self._answer(conn, send)
-        except Exception:  # a bug, never the kernel's input: the kernel still gets an answer
-            self._log_internal_error()
-            final = {"t": "error", "problems": [["cell", "internal error in the cell service (see the server log)"]]}
+            try:
+                final = self._answer(conn, send, ran)
+            except Exception:  # a bug, never the kernel's input: the kernel still gets an answer
+                self._log_internal_error()
+                final = {"t": "error", "problems": [["cell", "internal error in the cell service (see the server log)"]]}
+            finally:
+                self._slot.release()
+            send(final)
         finally:
-            self._slot.release()
-        send(final)
-        self._no_cell_running.set()  # after the reply: a replacement starting now does not delay it
+            # Its processes are gone (its pid namespace ended with it): what is left is removing
+            # its cgroups, staging dir and janitor, which the cell need not wait for.
+            for proc in ran:
+                proc.close()
+            self._no_cell_running.set()  # after the reply: a replacement starting now does not delay it
 
     def _log_internal_error(self, what: str = "serving a request") -> None:
         if self._errors_logged < MAX_LOGGED_ERRORS:
             self._errors_logged += 1
             log.exception("cell service: internal error while %s", what)
 
-    def _answer(self, conn: socket.socket, send: _Sender) -> dict:
-        """Read, check and run one request; return the final reply."""
+    def _answer(self, conn: socket.socket, send: _Sender, ran: list[SandboxProcess]) -> dict:
+        """Read, check and run one request; return the final reply. The sandbox it ran in is
+        added to ``ran``, for the caller to close once the reply is sent."""
         if self._closed.is_set():
             return {"t": "error", "problems": [["cell", "the kernel's cell service is shutting down"]]}
         try:
@@ -232,7 +249,8 @@ class CellService:
         if denied:
             return {"t": "error", "problems": [["--env", f"{name}: not allowed in a sandbox's environment (loader, "
                                                 "interpreter or shell start-up hooks, proxies, TLS trust)"] for name in denied]}
-        proc = self._take_warm(request.kind) if not request.options and not request.env else None
+        key = warm_key(request.kind, request.options, request.env)
+        proc = self._take_warm(key)
         if proc is None:
             try:
                 proc = self._spawn(request.kind, policy, request.env)
@@ -244,14 +262,12 @@ class CellService:
             except (LaunchError, OSError) as e:  # egress, cgroup or session set-up failed: nothing ran
                 log.warning("%%%%%s cell: its sandbox could not be set up: %s", request.kind, e)
                 return {"t": "error", "problems": [["cell", f"the cell's sandbox could not be set up: {e}"]]}
-            if not request.options and request.kind in WARM_POOL and request.kind not in self._warming:
-                self._warming.add(request.kind)  # this kernel uses the kind: keep one ready from now on
-                for _ in range(WARM_POOL[request.kind]):
-                    self._warm_requests.put(request.kind)
+            self._keep_ready(key, policy, request.env)
         # The kernel cancels by hanging up (it does on interrupt); a kernel that stops reading
         # the output, or a kernel restart or shutdown (close()), cancels too.
+        ran.append(proc)
         result = communicate(
-            proc, stdin_data=source, retain=0,
+            proc, stdin_data=source, retain=0, close=False,
             interrupted=lambda: self._closed.is_set() or send.broken or _kernel_hung_up(conn),
             on_output=lambda stream, data: send({"t": "out", "stream": stream, "data": base64.b64encode(data).decode()}),
         )
@@ -276,19 +292,53 @@ class CellService:
         log.debug("%%%%%s cell planned: %s", kind, layers_summary(plan.report))
         return start(plan, stdin=subprocess.PIPE, session=self.session if spec.scratch_source else None)
 
-    def warm_count(self, kind: str) -> int:
-        """How many sandboxes of ``kind`` wait ready (for tests and benchmarks)."""
+    def warm_count(self, kind: str, options: dict | None = None, env: dict | None = None) -> int:
+        """How many sandboxes for ``kind`` cells with ``options`` (and ``env``) wait ready
+        (for tests and benchmarks)."""
         with self._warm_lock:
-            return len(self._warm.get(kind, ()))
+            return len(self._warm.get(warm_key(kind, options, env), ()))
+
+    def _keep_ready(self, key: WarmKey, policy: SandboxPolicy, env: dict) -> None:
+        """After a cold cell: keep sandboxes like it ready from now on if its kind is one the
+        kernel now uses, or its options recur (replacing the option set kept ready before,
+        whose sandboxes are closed)."""
+        kind, options = key
+        if key in self._warming or kind not in WARM_POOL:
+            return
+        dropped: list[SandboxProcess] = []
+        if options:
+            recurring = key in self._recent_options
+            self._recent_options.append(key)
+            if not recurring:
+                return
+            with self._warm_lock:
+                if self._option_set is not None:
+                    old = self._option_set[0]
+                    self._warming.discard(old)
+                    dropped = self._warm.pop(old, [])
+                self._option_set = (key, policy, dict(env))
+                self._warming.add(key)
+        else:
+            with self._warm_lock:
+                self._warming.add(key)  # this kernel uses the kind
+        for proc in dropped:
+            proc.close()
+        for _ in range(_pool_size(key)):
+            self._warm_requests.put(key)
 
     def _prewarm_loop(self) -> None:
-        while (kind := self._warm_requests.get()) is not None:
+        while (key := self._warm_requests.get()) is not None:
+            kind = key[0]
             if self.warm_count(kind) > 0:  # the next cell finds one ready: do not slow this one down
                 self._no_cell_running.wait(DEFER_WHILE_READY)
-            if self._closed.is_set() or self.warm_count(kind) >= WARM_POOL[kind]:
+            with self._warm_lock:
+                wanted = key in self._warming and len(self._warm.get(key, ())) < _pool_size(key)
+                option_set = self._option_set
+            if self._closed.is_set() or not wanted:
                 continue
+            policy, env = (option_set[1], option_set[2]) if option_set and option_set[0] == key else (self.kernel_policy, {})
             try:
-                proc = self._spawn(kind, self.kernel_policy)
+                proc = self._spawn(kind, policy, env)
             except (SandboxKernelError, OSError) as e:  # the cell will take the cold path and report it
                 log.debug("no warm %%%%%s sandbox: %s", kind, e)
                 continue
@@ -296,26 +346,37 @@ class CellService:
                 self._log_internal_error(f"starting a warm %%{kind} sandbox")
                 continue
             with self._warm_lock:
-                pool = self._warm[kind]
-                keep = not self._closed.is_set() and len(pool) < WARM_POOL[kind]
+                pool = self._warm.setdefault(key, [])
+                keep = not self._closed.is_set() and key in self._warming and len(pool) < _pool_size(key)
                 if keep:
                     pool.append(proc)
             if not keep:
                 proc.close()
 
-    def _take_warm(self, kind: str) -> SandboxProcess | None:
-        """The longest-waiting ready sandbox of ``kind``, or None; each one taken (or found
+    def _take_warm(self, key: WarmKey) -> SandboxProcess | None:
+        """The longest-waiting ready sandbox for ``key``, or None; each one taken (or found
         dead) is replaced at once, so the next cell finds one ready."""
         while True:
             with self._warm_lock:
-                pool = self._warm.get(kind)
+                pool = self._warm.get(key)
                 proc = pool.pop(0) if pool else None
             if proc is None:
                 return None
-            self._warm_requests.put(kind)
+            self._warm_requests.put(key)
             if proc.poll() is None:
                 return proc
             proc.close()  # died while idle: try the next one
+
+
+WarmKey = tuple[str, str]  # (kind, the cell's options and --env as canonical JSON; "" for none)
+
+
+def warm_key(kind: str, options: dict | None, env: dict | None) -> WarmKey:
+    return kind, json.dumps([options or {}, env or {}], sort_keys=True) if options or env else ""
+
+
+def _pool_size(key: WarmKey) -> int:
+    return WARM_FOR_OPTIONS if key[1] else WARM_POOL[key[0]]
 
 
 def _read_request(conn: socket.socket) -> tuple[CellRequest, bytearray]:

@@ -128,6 +128,7 @@ def kernel_run_spec(policy: SandboxPolicy, caps: HostCapabilities, argv, dirs: K
         },
         host_env=dict(os.environ) if host_env is None else host_env,
         scratch_source=dirs.scratch_source if shares_scratch(policy, caps) else None,
+        inputs_in_scratch=shares_scratch(policy, caps),
         identity=identity,
     )
 
@@ -189,6 +190,7 @@ class KernelSandbox:
     lease: UidLease | None = None  # the kernel's uid (root supervisor), from the first open to close
     dirs: KernelDirs | None = None  # made at the first open, removed at close
     session: Session | None = None  # the shared scratch of the kernel and its cells
+    session_inputs: InputListing | None = None  # what is mounted into the session's scratch
     plan: Plan | None = None  # the running (or last) start's plan
     report: dict | None = None  # its trusted kernel-scope report
     cells: CellService | None = None
@@ -269,23 +271,34 @@ class KernelSandbox:
             outputs_dest = outputs_dest or os.path.join(os.path.realpath(cwd), results.dir)
         if outputs_dest:
             exclude += (outputs_dest,)
-        # What the kernel (and its cells) see of the working dir, listed once per start.
-        listing = list_inputs(cwd, exclude=exclude, data=want.get("data", ()), uid=uid, gid=gid)
+        shared = shares_scratch(policy, caps)
+        if shared and self.session is not None and self.session_inputs is not None:
+            listing = self.session_inputs  # mounted at the session's start; a restart keeps them
+        else:
+            # What the kernel (and its cells) see of the working dir, listed once per session.
+            listing = list_inputs(cwd, exclude=exclude, data=want.get("data", ()), uid=uid, gid=gid)
+        if shared and self.session is None:
+            # Before anything untrusted runs in it: the inputs are mounted into the session's
+            # fresh scratch once, rather than bound by bwrap at every kernel and cell start.
+            os.makedirs(dirs.scratch_source, exist_ok=True)
+            self.session = open_session(dirs.scratch_source, policy.filesystem.scratch_bytes, (uid, gid),
+                                        unshare=caps.tool("unshare"), nsenter=caps.tool("nsenter"))
+            binds = listing.binds if policy.filesystem.mode == "scratch-plus-ro" else ()
+            mounted, skipped = self.session.mount_inputs(binds, (uid, gid))
+            notes = listing.notes + tuple(("filesystem", f"input {dest} not exposed: {why}") for dest, why in skipped[:10])
+            listing = self.session_inputs = replace(listing, binds=mounted, notes=notes)
         spec = kernel_run_spec(policy, caps, kernel_command(argv, dirs.ipc_base), dirs, env=env, inputs=listing,
                                identity=identity)
         kernel_plan = with_report(prepare(policy, spec, caps))
         self.plan, self.report = kernel_plan, kernel_plan.report.to_dict()
-        if spec.scratch_source and self.session is None:
-            os.makedirs(spec.scratch_source, exist_ok=True)
-            self.session = open_session(spec.scratch_source, policy.filesystem.scratch_bytes, kernel_plan.run_as[1:],
-                                        unshare=caps.tool("unshare"), nsenter=caps.tool("nsenter"))
         if self.session is not None and results.enabled and outputs_dest and self.outputs is None:
             # The scratch tmpfs exists only in the session's mount namespace: read it there.
             self.outputs = OutputCollector(f"/proc/{self.session.pid}/root{spec.scratch_source}", outputs_dest, results)
         if self.cells is not None:
             self.cells.close()
         # The kernel's overrides (the operator's kernelspec env) reach its cells the same way.
-        cell_fields = {"inputs": spec.inputs, "scratch_source": spec.scratch_source, "identity": identity,
+        cell_fields = {"inputs": spec.inputs, "inputs_in_scratch": spec.inputs_in_scratch,
+                       "scratch_source": spec.scratch_source, "identity": identity,
                        "env": dict(spec.env)}
         self.cells = CellService(dirs.socket_dir, policy, caps, self.report, session=self.session,
                                  recorder=self.cell_reports, spec_extras=lambda: cell_fields,
@@ -375,7 +388,7 @@ class KernelSandbox:
         self.stop()
         if self.session is not None:
             self.session.close()
-            self.session = None
+            self.session = self.session_inputs = None
         self.outputs = None
         if self.dirs is not None:
             for path in (self.dirs.run_dir, self.dirs.socket_dir):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import base64
 import codecs
+import functools
 import json
 import os
 import shlex
@@ -52,6 +53,7 @@ _REFUSED = {
 }
 
 
+@functools.lru_cache(maxsize=None)  # one per magic: building it costs ~1 ms a cell
 def _parser(magic: str) -> _Parser:
     p = _Parser(prog=f"%%{magic}", add_help=False,
                 description=f"Run the cell in its own sandbox ({'Python' if magic == 'sandbox' else magic}); each "
@@ -161,7 +163,8 @@ class SandboxMagics(Magics):
             return
         env = override.pop("env", None)
         try:
-            tighten(kernel_policy(), override)  # early, friendly check; the supervisor decides
+            if override:  # early, friendly check; the supervisor decides
+                tighten(kernel_policy(), override)
         except PolicyError as e:
             raise SandboxCellError(_problems_text(magic, option_problems(e, override))) from None
         path = os.environ.get(SOCKET_ENV)

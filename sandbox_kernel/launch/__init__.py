@@ -60,10 +60,10 @@ def prepare(policy: SandboxPolicy, spec: RunSpec, caps: HostCapabilities) -> Pla
 
 def run(policy: SandboxPolicy, spec: RunSpec, *, caps: HostCapabilities,
         timeout: float | None = None, on_output=None, capture_limit: int | None = None,
-        stdin_data: bytes | None = None, interrupted=None) -> RunResult:
-    """Plan, launch and wait for one sandboxed run; output is streamed to ``on_output`` and
-    at most ``capture_limit`` bytes are kept in the result."""
+        stdin_data: bytes | None = None, interrupted=None, session=None) -> RunResult:
+    """Plan, launch and wait for one sandboxed run (inside ``session``, a kernel session, if
+    given); output is streamed to ``on_output`` and at most ``capture_limit`` bytes are kept."""
     plan = prepare(policy, spec, caps)
-    proc = start(plan, stdin=subprocess.PIPE if stdin_data is not None else subprocess.DEVNULL)
+    proc = start(plan, stdin=subprocess.PIPE if stdin_data is not None else subprocess.DEVNULL, session=session)
     return communicate(proc, timeout=timeout, on_output=on_output, retain=capture_limit,
                        stdin_data=stdin_data, interrupted=interrupted)

@@ -315,9 +315,13 @@ OutputCallback = Callable[[str, bytes], None]
 
 def communicate(proc: SandboxProcess, *, timeout: float | None = None, on_output: OutputCallback | None = None,
                 retain: int | None = None, stdin_data: bytes | bytearray | None = None,
-                interrupted: Callable[[], bool] | None = None) -> RunResult:
+                interrupted: Callable[[], bool] | None = None, close: bool = True) -> RunResult:
     """Feed ``stdin_data``, stream the run's output against one combined byte budget, enforce
     the wall clock, then tear the run down and describe what happened.
+
+    ``close=False``: the caller closes ``proc`` (removes its cgroups, staging dir, janitor)
+    after using the result, e.g. after answering; its sandbox's processes are gone already
+    (the outer bwrap has exited, and with it the sandbox's pid namespace), unless this raises.
 
     One loop does it all and never blocks on the sandbox: the clock starts before the first
     byte of input is fed, and a process that stops reading its stdin or closes its stdout
@@ -433,18 +437,25 @@ def communicate(proc: SandboxProcess, *, timeout: float | None = None, on_output
                 if not reading() or time.monotonic() >= drain_until:
                     break
         popen.wait()
+        closed = close
+    except BaseException:
+        closed = True  # an error (or interrupt) in here: nothing may outlive the call
+        raise
     finally:
         sel.close()
         if exit_fd is not None:
             os.close(exit_fd)
         run_seconds = time.monotonic() - t0
         oom = proc.cgroups.oom_killed() if proc.cgroups is not None else False
-        proc.close()
+        if closed:
+            proc.close()
     if oom and proc.killed_reason is None:
         proc.killed_reason = "oom"
     rc = popen.returncode
     sig = -rc if rc is not None and rc < 0 else (rc - 128 if plan.sandboxed and rc is not None and rc > 128 else None)
-    durations = {"setup": proc.timings.get("setup", 0.0), "run": run_seconds, "teardown": proc.timings.get("teardown", 0.0)}
+    durations = {"setup": proc.timings.get("setup", 0.0), "run": run_seconds}
+    if closed:
+        durations["teardown"] = proc.timings.get("teardown", 0.0)
     report = plan.report.to_dict()
     report["outcome"] = {
         "exit_code": rc, "signal": sig, "timed_out": timed_out, "output_truncated": truncated,

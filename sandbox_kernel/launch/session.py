@@ -10,15 +10,20 @@ holder exits and the kernel frees the tmpfs: no mount is ever left behind.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 
 from ..errors import HolderError, SessionError
 from .holder import close_streams, start_holder
 
 __all__ = ["SessionError", "Session", "open_session"]
+
+MOUNTER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mount_inputs.py")
+MOUNT_TIMEOUT = 60.0  # seconds for all of a kernel's input mounts (at most MAX_INPUT_BINDS)
 
 
 @dataclass
@@ -49,6 +54,26 @@ class Session:
         if net:
             args.append(f"--net={net}")
         return args + ["--"]
+
+    def mount_inputs(self, binds: tuple[tuple[str, str], ...], identity: tuple[int, int] | None
+                     ) -> tuple[tuple[tuple[str, str], ...], list[tuple[str, str]]]:
+        """Mount ``binds`` (host path, path under the scratch) read-only into the session's
+        scratch, in its namespace, once: call before anything untrusted has run in the session.
+        ``identity``: the sandbox's (uid, gid) whose access is checked (root supervisor).
+        Returns the binds mounted and (dest, why) for each skipped one (changed since listed)."""
+        if not binds:
+            return (), []
+        request = {"scratch": self.scratch, "identity": list(identity) if identity and not self.rootless else None,
+                   "binds": [list(b) for b in binds]}
+        try:
+            done = subprocess.run([*self.join_prefix(), sys.executable, "-I", "-S", MOUNTER], input=json.dumps(request).encode(),
+                                  capture_output=True, timeout=MOUNT_TIMEOUT, cwd="/", env={})
+            answer = json.loads(done.stdout)
+        except (subprocess.TimeoutExpired, ValueError) as e:
+            raise SessionError(f"could not mount the kernel's inputs into its scratch: {e}") from None
+        if done.returncode != 0:
+            raise SessionError(f"could not mount the kernel's inputs into its scratch: {done.stderr.decode(errors='replace')[-500:]}")
+        return tuple((s, d) for s, d in answer["mounted"]), [(d, why) for d, why in answer["skipped"]]
 
     def close(self) -> None:
         if self.holder.poll() is None:

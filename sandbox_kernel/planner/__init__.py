@@ -48,6 +48,9 @@ class RunSpec:
     # (host path, path under the scratch dir) pairs exposed read-only: listed by the caller
     # (launch.inputs.list_inputs; plan() does no I/O). A path ending in "/" is a directory.
     inputs: tuple[tuple[str, str], ...] = ()
+    # The session's scratch (scratch_source) already holds ``inputs``, mounted once per kernel
+    # session (launch.session.Session.mount_inputs): bwrap binds none of them per run.
+    inputs_in_scratch: bool = False
     notes: tuple[tuple[str, str], ...] = ()  # (layer, note) facts the caller found, for the report
     # Host path, in a kernel session's mount namespace, of the sized scratch tmpfs the session
     # shares between the kernel and its cells (the launch shell joins that namespace).
@@ -108,7 +111,7 @@ def plan(policy: SandboxPolicy, caps: HostCapabilities, spec: RunSpec) -> Plan:
         runtime_paths=(*spec.runtime_paths, *([node_modules] if node_modules else [])), rw_paths=spec.rw_paths,
         cwd=spec.cwd, run_as=priv.run_as,
         nameserver=net.nameserver, inputs=spec.inputs,
-        scratch_source=spec.scratch_source,
+        scratch_source=spec.scratch_source, inputs_in_scratch=spec.inputs_in_scratch,
     )
     res = plan_resources(policy.resources, caps, spec.runtime, in_userns=caps.bwrap.ok, scope=spec.scope)
     sec = plan_seccomp(caps)

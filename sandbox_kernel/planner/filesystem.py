@@ -115,6 +115,7 @@ def plan_filesystem(
     nameserver: str | None,
     inputs: tuple[tuple[str, str], ...] = (),
     scratch_source: str | None = None,
+    inputs_in_scratch: bool = False,
 ) -> FilesystemDecision:
     if not caps.bwrap.ok:
         reason = f"filesystem confinement needs bwrap, which is unavailable: {caps.bwrap.error}"
@@ -152,7 +153,8 @@ def plan_filesystem(
     # The inputs (a notebook's siblings, data paths; listed by the caller) appear read-only
     # inside scratch, so relative reads work while every write lands in scratch.
     binds = _input_binds(inputs) if fs.mode == "scratch-plus-ro" else []
-    for source, dest in binds:
+    premounted = bool(scratch_source and inputs_in_scratch)  # the session's scratch carries them
+    for source, dest in [] if premounted else binds:
         mounts += ["--ro-bind-try", source, f"{scratch_dir}/{dest.rstrip('/')}"]
     for p in rw_paths:
         mounts += ["--bind", p, p]
@@ -175,7 +177,8 @@ def plan_filesystem(
     if binds:
         exposed = [dest for _, dest in binds]
         detail["inputs"] = {"entries": len(exposed), "exposed": exposed[:MAX_REPORTED_INPUTS],
-                            "access": "read-only, inside scratch"}
+                            "access": "read-only, inside scratch",
+                            "mounted": "once per kernel session" if premounted else "per run"}
     notes = [Note("filesystem", f"read-only path {p} not bound: it would replace the sandbox's own / /etc /proc /dev or /tmp "
                                 "(host /etc holds shadow and secrets)") for p in refused]
     return FilesystemDecision(mounts, cwd or scratch_dir, LayerState("enforced", "bwrap", detail), staged=staged,

@@ -78,3 +78,70 @@ def test_the_work_is_bounded(tmp_path, monkeypatch):
     monkeypatch.setattr(inputs, "MAX_SCANNED_ENTRIES", 10000)
     found = list_inputs(str(deep), uid=0, gid=0)
     assert found.binds == () and any("stopped at its bounds" in n for _, n in found.notes)
+
+
+# ------------------------------------------- mounted once into a kernel session's scratch
+
+SANDBOX_UID = 65532  # any uid with no account: what a leased kernel uid looks like
+
+
+@pytest.fixture
+def shared_tree(private_tmpdir):
+    """A notebook dir the sandbox uid can traverse, with many files beside a dotfile (so the
+    listing binds them one by one), a private subdir and a subdir swapped for a link later."""
+    import tempfile
+
+    root = tempfile.mkdtemp(prefix="inputs-", dir=private_tmpdir)
+    os.chmod(root, 0o755)
+    from pathlib import Path
+
+    root = Path(root)
+    tree(root, "data.csv", "nb.ipynb", "many/.hidden", "swap/ok.txt", "private/secret.txt", "private/.dot",
+         *[f"many/f{i:03d}.txt" for i in range(300)])
+    for path in root.rglob("*"):
+        os.chmod(path, 0o755 if path.is_dir() else 0o644)
+    os.chmod(root / "private", 0o700)  # root's: the sandbox uid cannot traverse it to secret.txt
+    return root
+
+
+def test_a_session_mounts_inputs_once_read_only_and_never_through_links(shared_tree, private_tmpdir):
+    import subprocess
+    import tempfile
+
+    from sandbox_kernel.capabilities import detect
+    from sandbox_kernel.launch import run
+    from sandbox_kernel.launch.session import open_session
+    from sandbox_kernel.planner import RunSpec
+    from sandbox_kernel.policy import secure_default
+
+    found = list_inputs(str(shared_tree), uid=SANDBOX_UID, gid=SANDBOX_UID)
+    dests = found.exposed
+    assert "many/f007.txt" in dests and "private/secret.txt" in dests and len(dests) > 300  # bound one by one
+    # After the listing, the tenant swaps a listed directory for a link to the host's /etc.
+    os.rename(shared_tree / "swap", shared_tree / "swapped")
+    (shared_tree / "swap").symlink_to("/etc")
+    caps = detect()
+    scratch = tempfile.mkdtemp(prefix="session-", dir=private_tmpdir)
+    session = open_session(scratch, 64 << 20, (SANDBOX_UID, SANDBOX_UID), unshare=caps.tool("unshare"),
+                           nsenter=caps.tool("nsenter"))
+    try:
+        mounted, skipped = session.mount_inputs(found.binds + ((str(shared_tree / "swap" / "passwd"), "passwd"),),
+                                                (SANDBOX_UID, SANDBOX_UID))
+        why = dict(skipped)
+        assert set(why) == {"swap/", "private/secret.txt", "passwd"}, skipped
+        assert "symbolic links" in why["swap/"] and "denied" in why["private/secret.txt"]
+        spec = RunSpec(argv=("/bin/sh", "-c", "cat many/f007.txt; echo; cat data.csv; echo; ls -a many | grep -c hidden; "
+                                              "ls private swap passwd 2>&1 | grep -c 'No such'; "
+                                              "echo x > data.csv || echo refused; echo y > many/f001.txt || echo refused"),
+                       runtime="shell", scope="cell", scratch_source=scratch, inputs=mounted, inputs_in_scratch=True,
+                       identity=(SANDBOX_UID, SANDBOX_UID))
+        result = run(secure_default(), spec, caps=caps, session=session)
+        out = result.stdout.decode()
+        assert result.exit_code == 0, (out, result.stderr)
+        assert out.split() == ["many/f007.txt", "data.csv", "0", "3", "refused", "refused"], out
+        assert result.report["layers"]["filesystem"]["inputs"]["mounted"] == "once per kernel session"
+        # bwrap bound none of them itself: the session's scratch carried them.
+        assert (shared_tree / "data.csv").read_text() == "data.csv"
+    finally:
+        session.close()
+    assert subprocess.run(["findmnt", "-rn", "-o", "TARGET"], capture_output=True, text=True).stdout.count(scratch) == 0

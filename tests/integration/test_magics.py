@@ -394,6 +394,9 @@ with running_kernel() as (km, kc):
     res["cell"] = out.split()
     res["cell_memory"] = reply["metadata"]["sandbox"]["layers"]["resources"]["controls"]["memory_bytes"]
     res["kernel_memory"] = km.provisioner.effective_sandbox["layers"]["resources"]["controls"]["memory_bytes"]
+    # Its working dir (the repository) mounted into the session by the user namespace's root.
+    res["input"] = execute(kc, "%%sh\nhead -n 1 README.md; touch README.md 2>/dev/null || echo refused")[0].split()
+    res["inputs"] = km.provisioner.effective_sandbox["layers"]["filesystem"]["inputs"]["entries"]
 print(json.dumps(res))
 """
 
@@ -433,6 +436,7 @@ def test_kernel_and_cells_under_a_non_root_supervisor():
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     assert res["uid"] == str(uid) and res["cell"] == [str(uid), "shared"]
     assert res["kernel_memory"]["mechanism"] == "cgroup-v1-memory" and res["cell_memory"]["limit"] == 128 * 2**20
+    assert res["input"] == ["#", "sandbox-kernel", "refused"] and res["inputs"] > 5, res
 
 
 def test_back_to_back_cells_never_see_busy(kernel):
@@ -681,7 +685,7 @@ def _ready_sandboxes(service, kind: str = "sh") -> list:
         assert time.monotonic() < deadline, f"fewer than {cells.WARM_POOL[kind]} %%{kind} sandboxes started ahead"
         time.sleep(0.05)
     with service._warm_lock:
-        return list(service._warm[kind])
+        return list(service._warm[(kind, "")])
 
 
 def test_option_less_sh_cells_run_in_the_sandbox_started_ahead(kernel):
@@ -749,3 +753,37 @@ def test_sandbox_and_node_cells_get_an_interpreter_started_ahead_once_used(kerne
         assert report["enforced"] == cold["enforced"] and all(report["enforced"].values())
         assert {k: v["state"] for k, v in report["layers"].items()} == {k: v["state"] for k, v in cold["layers"].items()}
         assert len(_ready_sandboxes(service, kind)) == cells.WARM_POOL[kind]
+
+
+def test_options_that_recur_get_a_sandbox_started_ahead_with_exactly_those_options(kernel):
+    """The same options again: from then on one sandbox with them waits, confined and
+    reported like the cold ones (its memory cap kills a hog from inside); another recurring
+    option set replaces it; option-less cells never take it."""
+    km, kc = kernel
+    service = km.provisioner.sandbox.cells
+    tight = {"resources": {"memory_bytes": 64 * 2**20}}
+    hog = "%%sandbox --memory 64M\nx = bytearray(256 * 1024 * 1024)\nprint('allocated')"
+    out, status, cold = cell(kc, hog)
+    assert status == "error" and "allocated" not in out, out
+    assert service.warm_count("python", tight) == 0  # once is not a pattern
+    cell(kc, hog)
+    deadline = time.monotonic() + 60
+    while service.warm_count("python", tight) < cells.WARM_FOR_OPTIONS:
+        assert time.monotonic() < deadline, "no sandbox started ahead for the recurring options"
+        time.sleep(0.05)
+    with service._warm_lock:
+        (ready,) = service._warm[cells.warm_key("python", tight, {})]
+    assert cell(kc, "%%sandbox\nprint('plain')")[0].strip() == "plain" and ready.poll() is None
+    out, status, report = cell(kc, hog)
+    assert ready.poll() is not None, "the recurring options did not use the sandbox started ahead"
+    assert status == "error" and "allocated" not in out, out
+    assert report["outcome"]["killed_reason"] == cold["outcome"]["killed_reason"]
+    assert report["requested"] == cold["requested"] and report["enforced"] == cold["enforced"]
+    # Another option set, twice: it is kept ready instead, and the first one's sandbox is closed.
+    for _ in range(2):
+        assert cell(kc, "%%sh --timeout 20\necho other")[0].strip() == "other"
+    deadline = time.monotonic() + 60
+    while service.warm_count("sh", {"resources": {"wall_seconds": 20.0}}) < 1:
+        assert time.monotonic() < deadline, "no sandbox started ahead for the second option set"
+        time.sleep(0.05)
+    assert service.warm_count("python", tight) == 0

@@ -29,13 +29,19 @@ from .procs import alive, wait_gone
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("jupyter_dirs")]
 
 
-
-
 def _listener():
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(8)
-    threading.Thread(target=lambda: [srv.accept()[0].close() for _ in iter(int, 1)], daemon=True).start()
+
+    def accept_until_closed() -> None:
+        while True:
+            try:
+                srv.accept()[0].close()
+            except OSError:  # the test closed the listener
+                return
+
+    threading.Thread(target=accept_until_closed, daemon=True).start()
     return srv, srv.getsockname()[1]
 
 

@@ -38,15 +38,20 @@ def execute(server, kernel_id: str, code: str, msg_id: str) -> tuple[str, dict]:
             "parent_header": {}, "metadata": {}, "channel": "shell",
             "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
                         "allow_stdin": False}}))
-        text = ""
-        while True:
+        # The reply (shell) may overtake the last output (iopub): done when both the reply and
+        # the kernel's "idle" for this request have arrived.
+        text, reply, idle = "", None, False
+        while reply is None or not idle:
             msg = json.loads(ws.recv())
             if msg.get("parent_header", {}).get("msg_id") != msg_id:
                 continue
             if msg["msg_type"] == "stream":
                 text += msg["content"]["text"]
             elif msg["msg_type"] == "execute_reply":
-                return text, msg
+                reply = msg
+            elif msg["msg_type"] == "status" and msg["content"].get("execution_state") == "idle":
+                idle = True
+        return text, reply
     finally:
         ws.close()
 

@@ -46,6 +46,17 @@ def test_inputs_appear_read_only_inside_scratch_after_the_scratch_tmpfs():
     assert inputs["entries"] == 3 and inputs["exposed"] == ["data.csv", "dir/", "sub/x.csv"]
 
 
+def test_inputs_already_in_a_session_scratch_cost_no_bind_per_run():
+    # bwrap re-reads the mount table at each mount it makes: per-run input binds cost O(N^2).
+    inputs = tuple((f"{INPUT}/f{i}", f"f{i}") for i in range(50))
+    p = run_plan(inputs=inputs, scratch_source="/run/session/scratch", inputs_in_scratch=True)
+    assert _input_binds(p) == []
+    assert triples(list(p.argv), "--bind").count(("/run/session/scratch", "/scratch")) == 1
+    detail = p.report.layers["filesystem"].detail["inputs"]
+    assert detail["entries"] == 50 and detail["mounted"] == "once per kernel session"
+    assert _input_binds(run_plan(inputs=inputs, inputs_in_scratch=True)) != []  # no session: bwrap binds them
+
+
 @pytest.mark.parametrize("bad", ["..", ".", "", "a/../../etc", "/abs", "a//b", "x\0y"])
 def test_inputs_cannot_escape_the_scratch_dir(bad):
     p = run_plan(inputs=((f"{INPUT}/x", bad), (f"{INPUT}/ok.txt", "ok.txt"), ("relative/src", "rel.txt")))
