@@ -104,8 +104,11 @@ class RunCgroups:
                 _kill(pid, signal.SIGKILL)
             time.sleep(0.002)
 
-    def remove(self, timeout: float = 5.0) -> None:
+    def remove(self, timeout: float = 5.0) -> list[str]:
+        """Remove the run's cgroups, killing what is left in them; the ones still busy after
+        ``timeout`` seconds (returned) are for the caller to hand on, never to forget."""
         deadline = time.monotonic() + timeout
+        left = []
         for p in self.paths:
             while True:
                 try:
@@ -117,9 +120,11 @@ class RunCgroups:
                     # Exiting processes linger for a moment (often well under a millisecond)
                     # in cgroup.procs: poll briefly rather than sleep a fixed slice.
                     if time.monotonic() > deadline:
+                        left.append(p)
                         break
                     self.kill_all(settle=0.05)
                     time.sleep(0.001)
+        return left
 
 
 def _kill(pid: int, sig: int) -> None:

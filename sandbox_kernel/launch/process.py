@@ -30,6 +30,7 @@ from .egress import EgressHandle, bring_up
 from .seccomp_bpf import filter_fd
 
 TERM_GRACE = 0.5  # seconds between SIGTERM to the sandbox's processes and SIGKILL
+REMOVE_WAIT = 5.0  # seconds close() tries to remove the run's cgroups before its janitor takes over
 READ_CHUNK = 65536
 DEFAULT_RETAIN = 16 * 1024 * 1024  # bytes kept in memory when the policy sets no output cap
 
@@ -38,14 +39,18 @@ log = logging.getLogger(__name__)
 
 # Cleans up after a supervisor that died without close() (SIGKILL, OOM kill, crash): it blocks
 # reading a pipe only the supervisor holds, and on EOF kills what is left in the run's cgroups,
-# removes them and the dirs it was given. A normal close() tells it "done" and it just exits.
-# (The sandbox itself dies with the supervisor: bwrap --die-with-parent; egress has its own.)
+# removes them and the dirs it was given, trying for up to a minute. A normal close() tells it
+# "done" and it just exits, or, when a cgroup is still busy after close() waited for it, hands
+# it the rest with EOF. (The sandbox itself dies with the supervisor: bwrap --die-with-parent;
+# egress has its own.)
 JANITOR = r"""
 read -r word
 [ "$word" = done ] && exit 0
 ncg=$1; shift
 i=0
-for _ in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
+n=0
+while [ "$n" -lt 600 ]; do
+    n=$((n + 1))
     left=
     i=0
     for cg in "$@"; do
@@ -97,6 +102,16 @@ def stop_janitor(janitor: subprocess.Popen) -> None:
     with _stopped_lock:
         _stopped_janitors.append(janitor)
         _stopped_janitors[:] = [j for j in _stopped_janitors if j.poll() is None]
+
+
+def hand_over_to_janitor(janitor: subprocess.Popen) -> None:
+    """EOF without "done": the janitor removes what is left of the run (then exits)."""
+    try:
+        janitor.stdin.close()
+    except BrokenPipeError:
+        pass
+    with _stopped_lock:
+        _stopped_janitors.append(janitor)
 
 
 def forward_capped(stream, sink_fd: int, cap: int | None, what: str) -> threading.Thread:
@@ -201,8 +216,7 @@ class SandboxProcess:
         finally:
             if self.egress is not None:
                 self.egress.close()
-            if self.cgroups is not None:
-                self.cgroups.remove()
+            busy = self.cgroups.remove(REMOVE_WAIT) if self.cgroups is not None else []
             for attr in ("seccomp_fd", "args_fd"):
                 if getattr(self, attr) is not None:
                     os.close(getattr(self, attr))
@@ -211,10 +225,16 @@ class SandboxProcess:
                 if getattr(self, attr) is not None:
                     ETC_CACHE.release(getattr(self, attr))
                     setattr(self, attr, None)
-            if self.janitor is not None:
+            if self.janitor is not None and busy:
+                # A process of the run that takes long to exit (seen with big mount tables on
+                # a loaded host) keeps its cgroup busy: the janitor keeps at it.
+                log.warning("%s sandbox: cgroups %s still busy after the run; its janitor removes them", self.plan.report.scope,
+                            ", ".join(busy))
+                hand_over_to_janitor(self.janitor)
+            elif self.janitor is not None:
                 stop_janitor(self.janitor)
-            if self.plan.uid_lease is not None:
-                self.plan.uid_lease.release()  # after everything of the run is gone
+            if self.plan.uid_lease is not None:  # after everything of the run is gone, or handed over
+                self.plan.uid_lease.release(janitor_keeps=bool(busy and self.janitor is not None))
             self.timings["teardown"] = time.monotonic() - t0
             if self.popen is not None:
                 log.debug("%s sandbox pid %d closed: exit %s%s", self.plan.report.scope, self.popen.pid,

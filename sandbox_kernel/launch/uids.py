@@ -44,17 +44,20 @@ class UidLease:
     _dir_fd: int = field(repr=False, default=-1)
     released: bool = False
 
-    def release(self) -> None:
-        """Kill what still runs as the uid, then give the uid back. Idempotent."""
+    def release(self, *, janitor_keeps: bool = False) -> None:
+        """Kill what still runs as the uid, then give the uid back. Idempotent.
+        ``janitor_keeps``: a janitor holding a copy of the lock still has cleanup to do: the
+        lease file stays for it to remove (while it still holds the lock) when it is done."""
         if self.released:
             return
         self.released = True
         try:
             kill_processes_of(self.uid, self.gid)
-            try:
-                os.unlink(os.path.basename(self.path), dir_fd=self._dir_fd)
-            except FileNotFoundError:
-                pass
+            if not janitor_keeps:
+                try:
+                    os.unlink(os.path.basename(self.path), dir_fd=self._dir_fd)
+                except FileNotFoundError:
+                    pass
         finally:
             os.close(self.fd)
             os.close(self._dir_fd)

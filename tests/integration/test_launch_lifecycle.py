@@ -73,3 +73,52 @@ def test_killed_supervisor_leaves_nothing(supervisor, nothing_left_behind):
         proc.wait()
         proc.stdout.close()
     assert nothing_left_behind.left() == []
+
+
+def test_a_cgroup_still_busy_after_the_run_is_removed_by_its_janitor(monkeypatch, nothing_left_behind):
+    """close() waits REMOVE_WAIT for the run's cgroups to empty; one still busy then (a process
+    slow to die: here frozen, so its SIGKILL waits) is handed to the run's janitor, which holds
+    the uid lease and removes cgroups and lease once the process is gone. Nothing is forgotten."""
+    import time
+
+    from sandbox_kernel.capabilities import detect
+    from sandbox_kernel.launch import prepare, process, start
+    from sandbox_kernel.planner import RunSpec
+    from sandbox_kernel.policy import secure_default
+
+    if not os.path.isdir("/sys/fs/cgroup/freezer") or os.geteuid() != 0:
+        pytest.skip("needs root and the v1 freezer to make a process slow to die")
+    monkeypatch.setattr(process, "REMOVE_WAIT", 0.3)
+    plan = prepare(secure_default(), RunSpec(argv=("/bin/sh", "-c", "echo up; exec sleep 600"), runtime="shell"), detect())
+    assert plan.uid_lease is not None and plan.cgroup is not None
+    proc = start(plan)
+    freezer = f"/sys/fs/cgroup/freezer/sk-test-{uuid.uuid4().hex[:8]}"
+    os.mkdir(freezer)
+    try:
+        assert proc.popen.stdout.readline() == b"up\n"
+        inner = proc.cgroups.pids() - {proc.popen.pid}  # the outer bwrap may die; what it runs may not
+        for pid in inner:
+            with open(f"{freezer}/cgroup.procs", "w") as f:
+                f.write(str(pid))
+        with open(f"{freezer}/freezer.state", "w") as f:
+            f.write("FROZEN")
+        while open(f"{freezer}/freezer.state").read().strip() != "FROZEN":
+            time.sleep(0.01)
+        paths, lease_path, janitor = list(proc.cgroups.paths), plan.uid_lease.path, proc.janitor
+        proc.close()
+        assert all(os.path.isdir(p) for p in paths) and os.path.exists(lease_path)
+        assert janitor.poll() is None  # handed over, still at it
+    finally:
+        with open(f"{freezer}/freezer.state", "w") as f:
+            f.write("THAWED")
+    assert janitor.wait(timeout=60) == 0
+    assert not any(os.path.exists(p) for p in paths) and not os.path.exists(lease_path)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            os.rmdir(freezer)
+            break
+        except OSError:  # its processes leave it as they die
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    assert nothing_left_behind.left() == []
