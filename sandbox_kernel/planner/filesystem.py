@@ -144,9 +144,14 @@ def plan_filesystem(
     for p in ro_paths:
         if not any(p == d or p.startswith(d + "/") for d in SYSTEM_DIRS):
             mounts += ["--ro-bind-try", p, p]
+    # bwrap's /dev is a writable tmpfs sized at half the RAM: make it read-only (the device
+    # nodes still work) and give POSIX shared memory its own tmpfs within the scratch budget.
+    mounts += ["--proc", "/proc", "--dev", "/dev", *size, "--tmpfs", "/dev/shm", "--remount-ro", "/dev"]
+    # The scratch (with a session's inputs below it) after the rest: bwrap reads the whole
+    # mount table again for each mount it makes, and the session's inputs double its size.
     if scratch_source:
         # A kernel session's scratch: a sized tmpfs the supervisor mounted in the session's
-        # mount namespace, shared by the kernel and its cell sandboxes, gone with the session.
+        # mount namespace, shared by the kernel and its cells, gone with the session.
         mounts += ["--bind", scratch_source, scratch_dir]
     else:
         mounts += size + ["--tmpfs", scratch_dir, "--chmod", "0700", scratch_dir]
@@ -160,10 +165,7 @@ def plan_filesystem(
         mounts += ["--bind", p, p]
     # bwrap's own root is a writable tmpfs: once every mount point exists, make it read-only
     # so nothing can be created next to the binds (/etc/x, /newdir).
-    # bwrap's /dev is a writable tmpfs sized at half the RAM: make it read-only (the device
-    # nodes still work) and give POSIX shared memory its own tmpfs within the scratch budget.
-    mounts += ["--proc", "/proc", "--dev", "/dev", *size, "--tmpfs", "/dev/shm", "--remount-ro", "/dev",
-               "--remount-ro", "/", "--chdir", cwd or scratch_dir]
+    mounts += ["--remount-ro", "/", "--chdir", cwd or scratch_dir]
     detail = {
         "mode": fs.mode,
         "read_only": [d for d in SYSTEM_DIRS if caps.host_layout.get(d)]
