@@ -21,6 +21,7 @@ from .policy import PolicyError, load_policy_file
 TABLE_FORMATS = ("text", "markdown", "csv")  # executor.TABLE_FORMATS, without importing it for --help
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNENFORCEABLE = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
 
 
 def _readiness(caps, policy):
@@ -256,6 +257,9 @@ def cmd_run(args) -> int:
             max_notebook_output=notebook_cap, parameters=parameters, any_language=args.any_language,
             on_progress=progress.event, full_reports=args.full_reports,
         )
+    except KeyboardInterrupt:  # every kernel of the run, also those started ahead, is shut down by now
+        print("run: interrupted; notebooks that had not finished were not saved", file=sys.stderr)
+        return EXIT_INTERRUPTED
     finally:
         progress.close()
         output_dir.close()

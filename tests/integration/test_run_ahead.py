@@ -1,0 +1,123 @@
+"""`sandbox-kernel run` starting kernels ahead of their notebook's turn: each notebook still gets
+a kernel of its own, started for it (its own dir, its own inputs), and a kernel started ahead
+that is never used is shut down when the runner stops (the autouse check: nothing is left)."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from sandbox_kernel.kernel_sandbox import RUN_DIR_PREFIX
+
+from .test_run_cli import CLI, outputs, run_cli, summary
+
+pytestmark = pytest.mark.integration
+
+WHO_AM_I = ("import os\nprint(open('data.txt').read().strip(), "
+            "sorted(n for n in os.listdir('.') if n.endswith('.ipynb')))")
+FRESH = "print('fresh kernel:', 'seen' not in globals())\nseen = True"
+
+
+def write_notebook(path: Path, *sources: str) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(s) for s in sources]
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.fixture
+def tenant_dirs():
+    """Dirs the sandbox account can reach (the session TMPDIR is 1777), removed afterwards."""
+    made = []
+
+    def make(token: str) -> Path:
+        d = Path(tempfile.mkdtemp(prefix="tenant-"))
+        os.chmod(d, 0o755)
+        (d / "data.txt").write_text(token)
+        os.chmod(d / "data.txt", 0o644)
+        made.append(d)
+        return d
+
+    yield make
+    for d in made:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_each_notebook_of_a_jobs_2_batch_runs_in_a_kernel_started_for_it(tmp_path, tenant_dirs):
+    """Seven notebooks in three dirs, two slots: most kernels start ahead, yet every notebook
+    reads its own dir's data, sees no other notebook of the run, starts with fresh state; a
+    notebook that fails in its first cell costs its own row only."""
+    books = []
+    for t, names in enumerate((["a1", "a2", "a3"], ["b1", "b2"], ["c1", "c2"])):
+        d = tenant_dirs(f"token-of-dir-{t}")
+        for name in names:
+            books.append(write_notebook(d / f"{name}.ipynb", WHO_AM_I, FRESH))
+    failing = write_notebook(tenant_dirs("token-of-failing") / "fails.ipynb", "raise SystemError('early')", FRESH)
+    books.insert(4, failing)
+    proc = run_cli("run", *books, "--output-dir", tmp_path / "out", "--jobs", 2, "--summary", tmp_path / "s.json")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    rows = summary(tmp_path / "s.json")
+    assert rows[str(failing)]["status"] == "error" and "early" in rows[str(failing)]["reason"]
+    assert outputs(tmp_path / "out" / "fails.ipynb")[1] == ""  # stopped at the error
+    for book in books:
+        if book == failing:
+            continue
+        assert rows[str(book)]["status"] == "ok", rows[str(book)]
+        data, fresh = outputs(tmp_path / "out" / book.name)
+        token = (book.parent / "data.txt").read_text()
+        assert data.strip() == f"{token} {[book.name]!r}"
+        assert fresh.strip() == "fresh kernel: True"
+        assert rows[str(book)]["inputs"] == sorted([book.name, "data.txt"])  # what its kernel's plan bound
+
+
+def _kernel_run_dirs() -> list[str]:
+    """The run dirs of the kernels alive (each holds its connection file)."""
+    return glob.glob(os.path.join(tempfile.gettempdir(), RUN_DIR_PREFIX + "*", "connection.json"))
+
+
+def _wait_for(condition, what: str, seconds: float = 120.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_runner_stopped_while_a_kernel_waits_ahead_leaves_nothing(tmp_path, tenant_dirs, sig):
+    """The first notebook never ends; the second's kernel is started ahead and waits. Ctrl-C
+    stops the runner, which shuts both kernels down; SIGTERM kills it, and both kernels die
+    with it (their janitors remove the rest)."""
+    d = tenant_dirs("token")
+    books = [write_notebook(d / "endless.ipynb", "import time\nwhile True:\n    time.sleep(1)"),
+             write_notebook(d / "next.ipynb", WHO_AM_I),
+             write_notebook(d / "last.ipynb", WHO_AM_I)]
+    with open(tmp_path / "stderr", "w") as err_file:
+        proc = subprocess.Popen([*CLI, "run", *map(str, books), "--output-dir", str(tmp_path / "out"), "--jobs", "1"],
+                                stdout=subprocess.DEVNULL, stderr=err_file)
+    try:
+        # The next notebook's kernel starts once the first one's is ready: two kernels then.
+        _wait_for(lambda: len(_kernel_run_dirs()) == 2 or proc.poll() is not None, "the kernel started ahead")
+        assert proc.poll() is None, (tmp_path / "stderr").read_text()
+        proc.send_signal(sig)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = (tmp_path / "stderr").read_text()
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130, err
+        assert "interrupted" in err
+    else:
+        assert proc.returncode == -signal.SIGTERM
+    assert not (tmp_path / "out" / "next.ipynb").exists() and not (tmp_path / "out" / "last.ipynb").exists()
+    _wait_for(lambda: not _kernel_run_dirs(), "the kernels' run dirs to go", seconds=30)
