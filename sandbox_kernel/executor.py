@@ -628,15 +628,6 @@ async def finish_one(client: SandboxNotebookClient, results: ResultDir, full_rep
     return save(results, path, result, lambda f: dump_json(saved(nb, full_reports), f.write))
 
 
-def run_one(path: str, *, results: ResultDir, full_reports: bool = False, **options) -> NotebookResult:
-    """One notebook of a batch, start to saved result, its kernel started in its turn. Never
-    raises: whatever goes wrong is its row's status and reason (options: ``prepare_one``'s)."""
-    client = prepare_one(path, results=results, **options)
-    if isinstance(client, NotebookResult):
-        return client
-    return asyncio.run(finish_one(client, results, full_reports))
-
-
 def _runner_failed(path: str, e: Exception) -> NotebookResult:
     log.error("%s: the runner failed", path, exc_info=e)
     return NotebookResult(path=path, status="error", reason=f"runner: {type(e).__name__}: {_last_line(str(e))}")

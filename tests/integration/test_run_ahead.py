@@ -93,9 +93,8 @@ def _wait_for(condition, what: str, seconds: float = 120.0) -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_runner_stopped_while_a_kernel_waits_ahead_leaves_nothing(tmp_path, tenant_dirs, sig):
-    """The first notebook never ends; the second's kernel is started ahead and waits. Ctrl-C
-    stops the runner, which shuts both kernels down; SIGTERM kills it, and both kernels die
-    with it (their janitors remove the rest)."""
+    """The first notebook never ends; the second's kernel is started ahead (and may still be
+    starting). Ctrl-C or SIGTERM stops the runner, which shuts both kernels down."""
     d = tenant_dirs("token")
     books = [write_notebook(d / "endless.ipynb", "import time\nwhile True:\n    time.sleep(1)"),
              write_notebook(d / "next.ipynb", WHO_AM_I),
@@ -114,10 +113,7 @@ def test_runner_stopped_while_a_kernel_waits_ahead_leaves_nothing(tmp_path, tena
             proc.kill()
             proc.wait()
     err = (tmp_path / "stderr").read_text()
-    if sig == signal.SIGINT:
-        assert proc.returncode == 130, err
-        assert "interrupted" in err
-    else:
-        assert proc.returncode == -signal.SIGTERM
+    assert proc.returncode == {signal.SIGINT: 130, signal.SIGTERM: 143}[sig], err
+    assert ("interrupted" if sig == signal.SIGINT else "terminated") in err
     assert not (tmp_path / "out" / "next.ipynb").exists() and not (tmp_path / "out" / "last.ipynb").exists()
     _wait_for(lambda: not _kernel_run_dirs(), "the kernels' run dirs to go", seconds=30)
