@@ -1,10 +1,11 @@
 """Throughput of `sandbox-kernel run --jobs N` over plain nbclient (N threads, the stock
 python3 kernel) on the same 20 small notebooks, at N = 1, 2 and 4, measured in the same run:
 rounds interleaved (the order of the variants rotates each round), the ratio of plain
-nbclient's wall time to ours per round, and the median of those ratios. ``--no-ahead`` also
-runs ours without kernels started ahead (``run_batch(ahead=0)``) to show what that saves.
+nbclient's wall time to ours per round, and the median of those ratios. ``--ahead 0 1``
+also runs ours with that many kernels started ahead at most (``run_batch(ahead=N)``; 0: none)
+to show what the default saves or costs.
 
-    .venv/bin/python bench/batch.py [--notebooks 20] [--jobs 1 2 4] [--rounds 3] [--no-ahead]
+    .venv/bin/python bench/batch.py [--notebooks 20] [--jobs 1 2 4] [--rounds 3] [--ahead N ...]
 """
 
 from __future__ import annotations
@@ -69,15 +70,15 @@ def main() -> None:
     parser.add_argument("--notebooks", type=int, default=20)
     parser.add_argument("--jobs", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--no-ahead", action="store_true", help="also run ours without kernels started ahead")
+    parser.add_argument("--ahead", type=int, nargs="*", default=[], help="also run ours with at most N kernels started ahead")
     args = parser.parse_args()
     from sandbox_kernel.capabilities import detect
     from sandbox_kernel.kernelspec import kernelspec
 
     detect()
     variants = {"plain": plain_run, "sandboxed": sandboxed_run}
-    if args.no_ahead:
-        variants["no ahead"] = lambda paths, jobs, out: sandboxed_run(paths, jobs, out, ahead=0)
+    for n in args.ahead:
+        variants[f"ahead={n}"] = lambda paths, jobs, out, n=n: sandboxed_run(paths, jobs, out, ahead=n)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         spec = {k: v for k, v in kernelspec().items() if k != "metadata"}
@@ -93,7 +94,7 @@ def main() -> None:
                 names = list(variants)
                 names = names[r % len(names):] + names[:r % len(names)]  # rotate: drift hits each alike
                 for name in names:
-                    out = tmp / f"{name.replace(' ', '-')}{r}-{jobs}"
+                    out = tmp / f"{name.replace('=', '-')}{r}-{jobs}"
                     out.mkdir()
                     times.setdefault((name, jobs), []).append(variants[name](paths, jobs, out))
             loads.append(os.getloadavg()[0])

@@ -742,6 +742,8 @@ class _LocalBatch:
 
     def __init__(self, count: int, jobs: int, prepare, finish, ahead: int | None = None):
         self.count, self.jobs, self.prepare, self.finish = count, jobs, prepare, finish
+        # A kernel's start keeps a CPU busy for a few tenths of a second: more starts at once
+        # than CPUs only queue (on 2 CPUs, 1 or 2 at --jobs 2 measured alike: docs/performance.md).
         ahead = min(jobs, os.cpu_count() or 1) if ahead is None else min(max(0, ahead), jobs)
         self._ahead = threading.BoundedSemaphore(ahead) if ahead else None
         self._lock = threading.Lock()
