@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import glob
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import nbformat
 import pytest
 
 from sandbox_kernel.kernel_sandbox import RUN_DIR_PREFIX
+from sandbox_kernel.policy import DEFAULT_UID_RANGE
 
 from .test_run_cli import CLI, outputs, run_cli, summary
 
@@ -117,3 +119,22 @@ def test_runner_stopped_while_a_kernel_waits_ahead_leaves_nothing(tmp_path, tena
     assert ("interrupted" if sig == signal.SIGINT else "terminated") in err
     assert not (tmp_path / "out" / "next.ipynb").exists() and not (tmp_path / "out" / "last.ipynb").exists()
     _wait_for(lambda: not _kernel_run_dirs(), "the kernels' run dirs to go", seconds=30)
+
+
+def test_a_start_ahead_refused_for_want_of_a_uid_is_done_again_in_its_turn(tmp_path, tenant_dirs):
+    """A uid range of one uid: the kernel started ahead finds none free while the current
+    notebook's kernel holds it, and is refused; in its turn, the uid given back, it starts.
+    Without the retry these notebooks would be refused rows (exit 3)."""
+    uid = DEFAULT_UID_RANGE[0] + random.randrange(1000, 60000)  # not one another run on this host leases
+    policy = tmp_path / "policy.toml"
+    policy.write_text(f"[privilege]\nuid_range = [{uid}, {uid}]\n")
+    d = tenant_dirs("token-one-uid")
+    books = [write_notebook(d / f"n{i}.ipynb", WHO_AM_I, "import os\nprint(os.getuid())") for i in range(3)]
+    proc = run_cli("run", *books, "--policy", policy, "--output-dir", tmp_path / "out", "--jobs", 1,
+                   "--summary", tmp_path / "s.json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = summary(tmp_path / "s.json")
+    for book in books:
+        assert rows[str(book)]["status"] == "ok", rows[str(book)]
+        data, who = outputs(tmp_path / "out" / book.name)
+        assert data.strip() == f"token-one-uid {[book.name]!r}" and who.strip() == str(uid)
