@@ -55,9 +55,10 @@ def tenant_dirs():
 
 
 def test_each_notebook_of_a_jobs_2_batch_runs_in_a_kernel_started_for_it(tmp_path, tenant_dirs):
-    """Seven notebooks in three dirs, two slots: most kernels start ahead, yet every notebook
-    reads its own dir's data, sees no other notebook of the run, starts with fresh state; a
-    notebook that fails in its first cell costs its own row only."""
+    """Seven notebooks in three dirs and one in a fourth that fails in its first cell, two
+    slots: most kernels start ahead, yet every notebook reads its own dir's data, sees no other
+    notebook of the run (its kernel's plan bound its own inputs), starts with fresh state; the
+    failing one costs its own row only."""
     books = []
     for t, names in enumerate((["a1", "a2", "a3"], ["b1", "b2"], ["c1", "c2"])):
         d = tenant_dirs(f"token-of-dir-{t}")
