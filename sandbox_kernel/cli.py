@@ -21,6 +21,15 @@ from .policy import PolicyError, load_policy_file
 TABLE_FORMATS = ("text", "markdown", "csv")  # executor.TABLE_FORMATS, without importing it for --help
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNENFORCEABLE = 0, 1, 2, 3
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # Ctrl-C, SIGTERM: as a shell reports them
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, stopping `run` as Ctrl-C does: its kernels shut down through the normal path."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
 
 
 def _readiness(caps, policy):
@@ -248,6 +257,11 @@ def cmd_run(args) -> int:
         print(f"--output-dir: {e}", file=sys.stderr)
         return EXIT_USAGE
     progress = _Progress(len(args.notebooks), log_output=args.log_output)
+    import signal
+
+    # A killed runner's kernels die with it and their janitors clean up; stopping lets each
+    # kernel, also one being started, be shut down in order instead.
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         results = run_batch(
             args.notebooks, policy=policy, output_dir=output_dir, jobs=args.jobs, dask_scheduler=args.dask_scheduler,
@@ -256,6 +270,11 @@ def cmd_run(args) -> int:
             max_notebook_output=notebook_cap, parameters=parameters, any_language=args.any_language,
             on_progress=progress.event, full_reports=args.full_reports,
         )
+    except KeyboardInterrupt as e:  # every kernel of the run, also those started ahead, is shut down by now
+        terminated = isinstance(e, Terminated)
+        print(f"run: {'terminated' if terminated else 'interrupted'}; notebooks that had not finished were not saved",
+              file=sys.stderr)
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     finally:
         progress.close()
         output_dir.close()

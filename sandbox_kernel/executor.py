@@ -28,7 +28,9 @@ import atexit
 import logging
 import math
 import os
+import queue
 import re
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -184,6 +186,8 @@ class _Stream:
 
 class SandboxNotebookClient(NotebookClient):
     """nbclient with a sandboxed kernel, bounded output and sandbox reports in metadata."""
+
+    run_options: RunOptions  # set by notebook_client()
 
     max_output_bytes = Int(None, allow_none=True, help="Output bytes kept per cell (serialized size of its messages).").tag(config=True)
     max_notebook_output_bytes = Int(None, allow_none=True, help="Output bytes kept per notebook.").tag(config=True)
@@ -433,12 +437,28 @@ def _last_line(text: str, limit: int = 500) -> str:
     return line if len(line) <= limit else line[:limit] + "..."
 
 
-async def execute_notebook_async(nb, *, policy: SandboxPolicy | None = None, cwd: str | None = None,
-                                 cell_timeout: float | None = None, notebook_timeout: float | None = DEFAULT_NOTEBOOK_SECONDS,
-                                 allow_errors: bool = False, path: str = "<notebook>", inputs: dict | None = None,
-                                 max_notebook_output: int | None = None, on_progress=None,
-                                 outputs: str | None = None) -> tuple[Any, NotebookResult]:
+async def execute_notebook_async(nb, **options) -> tuple[Any, NotebookResult]:
     """Execute ``nb`` (already read with ``intake.read_notebook``) in its own sandboxed kernel.
+    ``options``: those of :func:`notebook_client`."""
+    return await execute_client(notebook_client(nb, **options))
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What :func:`execute_client` needs besides the client."""
+
+    path: str
+    cell_timeout: float | None
+    notebook_timeout: float | None
+    allow_errors: bool
+
+
+def notebook_client(nb, *, policy: SandboxPolicy | None = None, cwd: str | None = None,
+                    cell_timeout: float | None = None, notebook_timeout: float | None = DEFAULT_NOTEBOOK_SECONDS,
+                    allow_errors: bool = False, path: str = "<notebook>", inputs: dict | None = None,
+                    max_notebook_output: int | None = None, on_progress=None,
+                    outputs: str | None = None) -> SandboxNotebookClient:
+    """The client that runs ``nb`` in its own sandboxed kernel (not started yet).
     ``cwd``: the directory whose entries it sees (None: none); ``inputs``: exclusions and data
     paths for that listing. The per-cell clock is the smaller of ``cell_timeout`` and the
     policy's ``wall_seconds``."""
@@ -453,12 +473,52 @@ async def execute_notebook_async(nb, *, policy: SandboxPolicy | None = None, cwd
         resources={"metadata": {"path": cwd}} if cwd else {}, max_notebook_output_bytes=max_notebook_output,
         on_progress=(lambda event: on_progress({**event, "path": path})) if on_progress else None,
     )
+    client.run_options = RunOptions(path, cell_timeout, notebook_timeout, allow_errors)
+    return client
+
+
+async def start_kernel(client: SandboxNotebookClient) -> None:
+    """Start ``client``'s kernel and wait until it is ready, exactly as its execution would
+    (the same manager, the same arguments, hence the same plan): called ahead, it takes the
+    kernel's start out of the notebook's turn. On failure nothing of it is left."""
+    client.km = client.create_kernel_manager()
+    try:
+        await client.async_start_new_kernel()
+        await client.async_start_new_kernel_client()
+    except BaseException:
+        await discard_kernel(client)
+        raise
+
+
+async def discard_kernel(client: SandboxNotebookClient) -> None:
+    """Shut ``client``'s kernel down and remove all it holds on the host (best effort: the
+    kernel may be gone already)."""
+    atexit.unregister(client._cleanup_kernel)  # left registered when the start failed
+    client._close_stream()
+    try:
+        await client._async_cleanup_kernel()
+    except Exception as e:
+        log.debug("%s: kernel cleanup: %s: %s", client.run_options.path, type(e).__name__, e)
+
+
+async def execute_client(client: SandboxNotebookClient) -> tuple[Any, NotebookResult]:
+    """Run the notebook of ``client`` (from :func:`notebook_client`; its kernel started
+    ahead by :func:`start_kernel`, or now), then shut its kernel down. The notebook's clock
+    starts here."""
+    nb, opts = client.nb, client.run_options
+    path, cell_timeout, notebook_timeout, allow_errors = opts.path, opts.cell_timeout, opts.notebook_timeout, opts.allow_errors
     result = NotebookResult(path=path, status="ok", timeouts={"cell": cell_timeout, "notebook": notebook_timeout})
     t0 = time.monotonic()
     # Not asyncio.wait_for: nbclient turns a cancelled cell into DeadKernelError, which would
     # hide that it was our notebook deadline that ended the run.
     task = asyncio.ensure_future(client.async_execute())
-    done, _ = await asyncio.wait({task}, timeout=notebook_timeout)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=notebook_timeout)
+    except asyncio.CancelledError:  # the runner is stopping: the kernel goes with the run
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await discard_kernel(client)
+        raise
     notebook_timed_out = not done
     if notebook_timed_out:
         task.cancel()
@@ -485,12 +545,7 @@ async def execute_notebook_async(nb, *, policy: SandboxPolicy | None = None, cwd
         result.status, result.reason = "error", f"runner: {type(e).__name__}: {_last_line(str(e))}"
         _mark_interrupted(client, nb, "error")
     finally:
-        atexit.unregister(client._cleanup_kernel)  # left registered when the start failed
-        client._close_stream()
-        try:
-            await client._async_cleanup_kernel()
-        except Exception as e:  # the kernel may already be gone; cleanup is best effort
-            log.debug("%s: kernel cleanup: %s: %s", path, type(e).__name__, e)
+        await discard_kernel(client)
     if notebook_timed_out:
         result.status, result.reason = "timeout", f"notebook exceeded the {notebook_timeout} s timeout"
         _mark_interrupted(client, nb, "timeout")
@@ -543,12 +598,11 @@ def read_runnable(path: str, any_language: bool = False, parameters: dict | None
     return _parameterize(nb, parameters)
 
 
-def run_one(path: str, *, policy: SandboxPolicy, results: ResultDir, inputs: dict | None, expose_dir: bool = True,
-            parameters: dict | None = None, any_language: bool = False, full_reports: bool = False,
-            **options) -> NotebookResult:
-    """One notebook of a batch, start to saved result. Never raises: whatever goes wrong is
-    its row's status and reason. ``parameters``: papermill's, injected (``parameters.py``).
-    Saved in the compact form (``saved_form``), or the full form if ``full_reports``."""
+def prepare_one(path: str, *, policy: SandboxPolicy, results: ResultDir, inputs: dict | None, expose_dir: bool = True,
+                parameters: dict | None = None, any_language: bool = False,
+                **options) -> SandboxNotebookClient | NotebookResult:
+    """The client for one notebook of a batch (its kernel not started), or its row when it
+    cannot run. Never raises. ``parameters``: papermill's, injected (``parameters.py``)."""
     try:
         nb = read_runnable(path, any_language, parameters)
     except UntrustedInput as e:
@@ -557,12 +611,26 @@ def run_one(path: str, *, policy: SandboxPolicy, results: ResultDir, inputs: dic
     try:
         # Its results (what it wrote under /scratch/outputs) go beside the executed notebook.
         outputs = os.path.join(results.path, files_dir_name(path))
-        nb, result = asyncio.run(execute_notebook_async(nb, policy=policy, cwd=cwd, path=path, inputs=inputs,
-                                                        outputs=outputs, **options))
+        return notebook_client(nb, policy=policy, cwd=cwd, path=path, inputs=inputs, outputs=outputs, **options)
     except Exception as e:  # a runner bug must cost one row, not the batch
-        log.exception("%s: the runner failed", path)
-        return NotebookResult(path=path, status="error", reason=f"runner: {type(e).__name__}: {_last_line(str(e))}")
+        return _runner_failed(path, e)
+
+
+async def finish_one(client: SandboxNotebookClient, results: ResultDir, full_reports: bool = False) -> NotebookResult:
+    """Run a prepared notebook (its kernel started ahead or not) and save it, in the compact
+    form (``saved_form``), or the full form if ``full_reports``. Never raises but
+    CancelledError (the runner stops; its kernel is shut down)."""
+    path = client.run_options.path
+    try:
+        nb, result = await execute_client(client)
+    except Exception as e:
+        return _runner_failed(path, e)
     return save(results, path, result, lambda f: dump_json(saved(nb, full_reports), f.write))
+
+
+def _runner_failed(path: str, e: Exception) -> NotebookResult:
+    log.error("%s: the runner failed", path, exc_info=e)
+    return NotebookResult(path=path, status="error", reason=f"runner: {type(e).__name__}: {_last_line(str(e))}")
 
 
 def files_dir_name(path: str) -> str:
@@ -614,14 +682,14 @@ def dask_task(nb_json: str, name: str, policy_json: str, options: dict, full_rep
 def run_batch(paths: list[str], *, policy: SandboxPolicy, output_dir: str | ResultDir, jobs: int = 1,
               dask_scheduler: str | None = None, on_result=None, inputs: str = "dir", data: tuple[str, ...] = (),
               summary: str | None = None, parameters: dict | None = None, any_language: bool = False,
-              full_reports: bool = False, **options) -> list[NotebookResult]:
+              full_reports: bool = False, ahead: int | None = None, **options) -> list[NotebookResult]:
     """Execute every notebook; results come back in input order, one per notebook whatever
     happens to it. ``on_result`` is called as each one finishes (progress display).
     ``inputs``: "dir" (each notebook sees its directory, minus the other notebooks of the run
     and the runner's output paths) or "none"; ``data``: extra read-only paths for every one;
-    ``any_language``: run notebooks whose kernelspec language is not Python (as Python)."""
-    from concurrent.futures import ThreadPoolExecutor, as_completed
-
+    ``any_language``: run notebooks whose kernelspec language is not Python (as Python);
+    ``ahead``: kernels started ahead of their notebook's turn at once (default: one per slot,
+    at most one per CPU; 0: none), see ``_LocalBatch``."""
     results_dir = output_dir if isinstance(output_dir, ResultDir) else ResultDir.open(output_dir)
     everyone = [os.path.realpath(p) for p in paths]
     runner_paths = [results_dir.path] + ([os.path.abspath(summary)] if summary else [])
@@ -633,26 +701,164 @@ def run_batch(paths: list[str], *, policy: SandboxPolicy, output_dir: str | Resu
         if on_result:
             on_result(result)
 
+    def prepare(i: int) -> SandboxNotebookClient | NotebookResult:
+        listing = {"exclude": [q for j, q in enumerate(everyone) if j != i] + runner_paths, "data": list(data)}
+        return prepare_one(paths[i], policy=policy, results=results_dir, inputs=listing, expose_dir=inputs == "dir",
+                           parameters=parameters, any_language=any_language, **options)
+
     try:
         if dask_scheduler:
             options.pop("on_progress", None)  # a callback does not travel to the workers
             _run_on_dask(paths, policy, results_dir, dask_scheduler, options, done, parameters, any_language,
                          full_reports)
         else:
-            with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-                futures = {}
-                for i, p in enumerate(paths):
-                    listing = {"exclude": [q for j, q in enumerate(everyone) if j != i] + runner_paths, "data": list(data)}
-                    futures[pool.submit(run_one, p, policy=policy, results=results_dir, inputs=listing,
-                                        expose_dir=inputs == "dir", parameters=parameters, any_language=any_language,
-                                        full_reports=full_reports, **options)] = i
-                for fut in as_completed(futures):
-                    done(futures[fut], fut.result())
+            _LocalBatch(len(paths), max(1, jobs), prepare, lambda c: finish_one(c, results_dir, full_reports),
+                        ahead=ahead).run(done)
     finally:
         if results_dir is not output_dir:
             results_dir.close()
     return [results.get(i) or NotebookResult(path=p, status="error", reason="the runner stopped before it ran")
             for i, p in enumerate(paths)]
+
+
+STOP_SECONDS = 30.0  # how long an interrupted runner waits for its slots to shut their kernels down
+
+
+class _LocalBatch:
+    """A batch on this host: ``jobs`` slots, each a thread with its own event loop running
+    notebooks one after the other, taken in order from one queue.
+
+    Kernel start ahead: once a slot's notebook has its kernel ready, the slot takes the next
+    notebook and starts that one's kernel, for it alone, while the current one runs, so the
+    batch does not pay kernel starts one after the other. The client, and so the plan, is the
+    notebook's own, made exactly as at its turn (``start_kernel``): same policy, same report,
+    its own inputs and working dir; a kernel is never used for another notebook. At most
+    ``ahead`` kernels are started ahead at once (one per slot at most), and only while every
+    other slot still has a notebook to take (a started one cannot move to an idle slot). A
+    start that fails is discarded and done again in the notebook's turn, as without the
+    head start (a refusal is then that notebook's row). Kernels started ahead and never used
+    (the runner stops) are shut down; if the runner is killed, they die with it like any
+    kernel (``--die-with-parent``) and their janitors remove the rest."""
+
+    def __init__(self, count: int, jobs: int, prepare, finish, ahead: int | None = None):
+        self.count, self.jobs, self.prepare, self.finish = count, jobs, prepare, finish
+        # A kernel's start keeps a CPU busy for a few tenths of a second: more starts at once
+        # than CPUs only queue (on 2 CPUs, 1 or 2 at --jobs 2 measured alike: docs/performance.md).
+        ahead = min(jobs, os.cpu_count() or 1) if ahead is None else min(max(0, ahead), jobs)
+        self._ahead = threading.BoundedSemaphore(ahead) if ahead else None
+        self._lock = threading.Lock()
+        self._next = 0
+        self._stopping = threading.Event()
+        self._finished: queue.Queue[tuple[int, NotebookResult]] = queue.Queue()
+        self._slots: list[tuple[asyncio.AbstractEventLoop, asyncio.Task]] = []
+
+    def run(self, done) -> None:
+        """Run every notebook; ``done(index, result)`` is called in this thread as each ends.
+        An exception here (Ctrl-C) stops the slots, which shut their kernels down."""
+        threads = [threading.Thread(target=self._slot_thread, name=f"sandbox-batch-{n}", daemon=True)
+                   for n in range(min(self.jobs, self.count))]
+        for t in threads:
+            t.start()
+        try:
+            left = self.count
+            while left and (any(t.is_alive() for t in threads) or not self._finished.empty()):
+                try:
+                    i, result = self._finished.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                left -= 1
+                done(i, result)
+        except BaseException:
+            self.stop()
+            deadline = time.monotonic() + STOP_SECONDS
+            for t in threads:
+                t.join(max(0.0, deadline - time.monotonic()))
+            raise
+        for t in threads:
+            t.join()
+
+    def stop(self) -> None:
+        """Hand out no more notebooks and cancel what the slots run (kernels shut down)."""
+        self._stopping.set()
+        with self._lock:
+            slots = list(self._slots)
+        for loop, task in slots:
+            try:
+                loop.call_soon_threadsafe(task.cancel)
+            except RuntimeError:  # that slot's loop is already closed
+                pass
+
+    def _take(self) -> int | None:
+        with self._lock:
+            if self._stopping.is_set() or self._next >= self.count:
+                return None
+            self._next += 1
+            return self._next - 1
+
+    def _take_ahead(self) -> int | None:
+        """The next notebook to start ahead, if the bound allows and every other slot still
+        has one to take after it."""
+        with self._lock:
+            if self._stopping.is_set() or self.count - self._next < self.jobs or self._ahead is None:
+                return None
+            if not self._ahead.acquire(blocking=False):
+                return None
+            self._next += 1
+            return self._next - 1
+
+    def _slot_thread(self) -> None:
+        # The slot's kernels live in this thread: bwrap --die-with-parent ends them with it.
+        try:
+            asyncio.run(self._slot())
+        except asyncio.CancelledError:
+            pass
+
+    async def _slot(self) -> None:
+        with self._lock:
+            self._slots.append((asyncio.get_running_loop(), asyncio.current_task()))
+        ahead: tuple[int, Any, asyncio.Task] | None = None  # (index, client, its kernel start)
+
+        def start_next(**_) -> None:  # nbclient's on_notebook_start: the current kernel is ready
+            nonlocal ahead
+            while (i := self._take_ahead()) is not None:
+                client = self.prepare(i)
+                if not isinstance(client, NotebookResult):
+                    ahead = (i, client, asyncio.ensure_future(start_kernel(client)))
+                    return
+                self._ahead.release()  # cannot run: its row now, no kernel
+                self._finished.put((i, client))
+
+        try:
+            while True:
+                if ahead is not None:
+                    i, client, starting = ahead
+                    await asyncio.wait({starting})  # not cancelled with us: the finally ends it
+                    ahead = None
+                    self._ahead.release()
+                    if starting.exception() is None:
+                        start_next()
+                    else:  # discarded by start_kernel: started again in its turn
+                        log.info("%s: kernel start ahead failed (%s); starting it in its turn",
+                                 client.run_options.path, starting.exception())
+                        client = self.prepare(i)
+                else:
+                    i = self._take()
+                    if i is None:
+                        return
+                    client = self.prepare(i)
+                if isinstance(client, NotebookResult):
+                    self._finished.put((i, client))
+                    continue
+                if client.km is None:  # started in its turn: start the next one once this kernel is ready
+                    client.on_notebook_start = start_next
+                self._finished.put((i, await self.finish(client)))
+        finally:
+            if ahead is not None:  # never used: shut down, nothing left
+                i, client, starting = ahead
+                self._ahead.release()
+                starting.cancel()
+                await asyncio.gather(starting, return_exceptions=True)
+                await discard_kernel(client)
 
 
 def _run_on_dask(paths, policy, results_dir: ResultDir, scheduler: str, options: dict, done, parameters: dict | None = None,

@@ -18,6 +18,8 @@ import json
 import os
 import re
 import stat
+import time
+from queue import Empty
 from typing import Any
 
 import nbformat
@@ -261,6 +263,9 @@ class BoundedShellChannel(BoundedChannel):
     replies = True
 
 
+STALE_IOPUB_MESSAGES = 64  # dropped at most once the kernel is ready
+
+
 class SandboxKernelClient(AsyncKernelClient):
     """The batch runner's kernel client: every channel measured and bounded."""
 
@@ -283,3 +288,37 @@ class SandboxKernelClient(AsyncKernelClient):
         channel = super().iopub_channel
         channel.budget = self.budget
         return channel
+
+    async def _async_wait_for_ready(self, timeout: float | None = None) -> None:
+        """jupyter_client's (kernel_info until it is answered and iopub is seen connected),
+        except at the end: it drops the iopub messages queued by then instead of waiting for
+        0.2 s of silence, a fixed 0.2 s on every kernel start (and endless under a kernel that
+        never stops sending). One that comes later is harmless: nbclient keeps only messages
+        whose parent is the request it waits on."""
+        deadline = time.monotonic() + (float("inf") if timeout is None else timeout)
+        while True:
+            self.kernel_info()
+            try:
+                msg = await self.shell_channel.get_msg(timeout=1)
+            except Empty:
+                pass
+            else:
+                if msg["msg_type"] == "kernel_info_reply":
+                    try:
+                        await self.iopub_channel.get_msg(timeout=0.2)
+                    except Empty:  # iopub not connected yet: ask again
+                        pass
+                    else:
+                        self._handle_kernel_info_reply(msg)
+                        break
+            if not await self._async_is_alive():
+                raise RuntimeError("Kernel died before replying to kernel_info")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Kernel didn't respond in {timeout:.0f} seconds")
+        for _ in range(STALE_IOPUB_MESSAGES):  # bounded: a kernel may send without end
+            try:
+                await self.iopub_channel.get_msg(timeout=0)
+            except Empty:
+                return
+
+    wait_for_ready = _async_wait_for_ready  # the base class binds jupyter_client's own
