@@ -134,8 +134,21 @@ def _kill(pid: int, sig: int) -> None:
         pass
 
 
-def create(plan: CgroupPlan) -> RunCgroups:
-    name = f"run-{uuid.uuid4().hex[:12]}"
+def new_name() -> str:
+    return f"run-{uuid.uuid4().hex[:12]}"
+
+
+def paths_for(plan: CgroupPlan, name: str) -> list[str]:
+    """Where :func:`create` makes a run's cgroups named ``name`` (before it does: a janitor
+    is told them first, so a supervisor killed in between leaves nothing)."""
+    if plan.version == 1:
+        return ([os.path.join(plan.memory_root, name)] if plan.memory_bytes is not None else []) + \
+               ([os.path.join(plan.pids_root, name)] if plan.pids_max is not None else [])
+    return [os.path.join(plan.memory_root or plan.pids_root, name)]
+
+
+def create(plan: CgroupPlan, name: str | None = None) -> RunCgroups:
+    name = name or new_name()
     cg = RunCgroups()
     try:
         if plan.version == 1:

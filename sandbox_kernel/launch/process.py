@@ -289,15 +289,19 @@ def start(plan: Plan, *, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stder
             proc.timings["egress"] = time.monotonic() - t0
         elif session is not None:
             argv = session.join_prefix() + argv
+        # The janitor first, told the cgroups about to be made: a supervisor killed at any
+        # point from here on leaves nothing behind.
+        name = cgroups_mod.new_name()
+        paths = cgroups_mod.paths_for(plan.cgroup, name) if plan.cgroup is not None else []
+        if paths or plan.uid_lease is not None:  # else nothing is left to clean up
+            proc.janitor = start_janitor([], paths, plan.uid_lease)
         if plan.cgroup is not None:
-            proc.cgroups = cgroups_mod.create(plan.cgroup)
+            proc.cgroups = cgroups_mod.create(plan.cgroup, name)
             # The first process joins the run's cgroups itself, before it execs anything, so
             # every later process starts inside them. A shell does it rather than a preexec_fn:
             # that would force a slow fork of this (large, threaded) supervisor.
             procs = [os.path.join(p, "tasks" if plan.cgroup.version == 1 else "cgroup.procs") for p in proc.cgroups.paths]
             argv = ["/bin/sh", "-c", JOIN_CGROUPS, "sandbox-join", *procs, "--", *argv]
-        if proc.cgroups is not None or plan.uid_lease is not None:  # else nothing is left to clean up
-            proc.janitor = start_janitor([], proc.cgroups.paths if proc.cgroups else [], plan.uid_lease)
         proc.popen = subprocess.Popen(
             argv, env=plan.env, cwd="/", stdin=stdin, stdout=stdout, stderr=stderr,
             pass_fds=tuple(fds), start_new_session=True,

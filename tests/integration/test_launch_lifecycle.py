@@ -122,3 +122,23 @@ def test_a_cgroup_still_busy_after_the_run_is_removed_by_its_janitor(monkeypatch
             assert time.monotonic() < deadline
             time.sleep(0.01)
     assert nothing_left_behind.left() == []
+
+
+def test_the_janitor_knows_a_runs_cgroups_before_they_exist():
+    """start() tells the janitor the cgroups it is about to make: paths_for() names exactly
+    what create() makes, so a supervisor killed between the two leaves nothing."""
+    from sandbox_kernel.capabilities import detect
+    from sandbox_kernel.launch import cgroup, prepare
+    from sandbox_kernel.planner import RunSpec
+    from sandbox_kernel.policy import secure_default
+
+    plan = prepare(secure_default(), RunSpec(argv=("/bin/true",), identity=(70002, 70002)), detect())
+    assert plan.cgroup is not None and plan.cgroup.memory_bytes and plan.cgroup.pids_max
+    name = cgroup.new_name()
+    expected = cgroup.paths_for(plan.cgroup, name)
+    assert expected and not any(os.path.exists(p) for p in expected)
+    made = cgroup.create(plan.cgroup, name)
+    try:
+        assert made.paths == expected and all(os.path.isdir(p) for p in expected)
+    finally:
+        assert made.remove() == []
