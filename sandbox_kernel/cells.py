@@ -93,7 +93,8 @@ class CellService:
 
     def __init__(self, socket_dir: str, kernel_policy: SandboxPolicy, caps: HostCapabilities, kernel_report: dict,
                  spec_extras: Callable[[], dict] | None = None, session=None, recorder=None,
-                 collect_outputs: Callable[[], dict | None] | None = None):
+                 collect_outputs: Callable[[], dict | None] | None = None,
+                 warm_from_start: tuple[str, ...] | None = None):
         self.path = os.path.join(socket_dir, SOCKET_NAME)
         self.kernel_policy = kernel_policy
         self.caps = caps  # the host as probed for the kernel: cells are planned against the same
@@ -121,7 +122,8 @@ class CellService:
         # requested as soon as one is taken (it starts at once if none is left ready, else when
         # the cell is over); a cold cell leaves them alone.
         self._warm: dict[WarmKey, list[SandboxProcess]] = {}
-        self._warming: set[WarmKey] = {(kind, "") for kind in WARM_FROM_START}  # kept ready (the worker adds)
+        kinds = WARM_FROM_START if warm_from_start is None else warm_from_start  # the others: once used
+        self._warming: set[WarmKey] = {(kind, "") for kind in kinds}  # kept ready (the worker adds)
         self._option_set: tuple[WarmKey, SandboxPolicy, dict] | None = None  # the recurring options kept ready
         self._recent_options: collections.deque[WarmKey] = collections.deque(maxlen=RECENT_OPTION_SETS)
         self._warm_lock = threading.Lock()

@@ -252,12 +252,14 @@ class KernelSandbox:
             os.chmod(path, 0o640, follow_symlinks=False)
 
     def prepare(self, policy: SandboxPolicy, caps: HostCapabilities, argv, *, env: dict[str, str] | None = None,
-                cwd: str | None = None, inputs: dict | None = None, outputs_dest: str | None = None) -> Plan:
+                cwd: str | None = None, inputs: dict | None = None, outputs_dest: str | None = None,
+                warm_from_start: tuple[str, ...] | None = None) -> Plan:
         """Plan this start of the kernel (SandboxUnavailable before anything starts) and
         bring up what it needs beside it: the session (first start) and a new cell service.
         ``inputs``: an embedding runner's ``{"exclude": paths, "data": paths}`` for the
         listing of ``cwd``. ``outputs_dest``: the host dir the kernel's results are copied
-        to (None: ``<cwd>/<outputs dir>``, or nowhere without a cwd)."""
+        to (None: ``<cwd>/<outputs dir>``, or nowhere without a cwd). ``warm_from_start``: the
+        kinds of cell sandbox started ahead with the kernel (None: the cell service's default)."""
         dirs = self.open(policy, caps)
         identity = self.identity()
         _, uid, gid = plan_privilege(policy.privilege, caps, identity).run_as
@@ -302,7 +304,7 @@ class KernelSandbox:
                        "env": dict(spec.env)}
         self.cells = CellService(dirs.socket_dir, policy, caps, self.report, session=self.session,
                                  recorder=self.cell_reports, spec_extras=lambda: cell_fields,
-                                 collect_outputs=self.collect_outputs)
+                                 collect_outputs=self.collect_outputs, warm_from_start=warm_from_start)
         return kernel_plan
 
     def collect_outputs(self) -> dict | None:

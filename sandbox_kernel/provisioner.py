@@ -137,7 +137,8 @@ class SandboxProvisioner(LocalProvisioner):
             cwd = kwargs.get("cwd") if hasattr(km, "sandbox_inputs") else working_dir(kwargs.get("cwd"))
             plan = self.sandbox.prepare(policy, caps, kwargs.pop("cmd"), env=overrides, cwd=cwd,
                                         inputs=getattr(km, "sandbox_inputs", None),
-                                        outputs_dest=getattr(km, "sandbox_outputs", None))
+                                        outputs_dest=getattr(km, "sandbox_outputs", None),
+                                        warm_from_start=getattr(km, "sandbox_warm_from_start", None))
         except BaseException as e:
             # Refused (SandboxUnavailable, PolicyError) or broken: leave nothing behind.
             log.warning("kernel %s not started: %s: %s", self.kernel_id, type(e).__name__, e)

@@ -139,3 +139,34 @@ def test_a_start_ahead_refused_for_want_of_a_uid_is_done_again_in_its_turn(tmp_p
         assert rows[str(book)]["status"] == "ok", rows[str(book)]
         data, who = outputs(tmp_path / "out" / book.name)
         assert data.strip() == f"token-one-uid {[book.name]!r}" and who.strip() == str(uid)
+
+
+def test_a_batch_kernel_starts_cell_sandboxes_only_once_its_notebook_uses_them():
+    """Most batch notebooks run no magic: their kernels start no cell sandbox ahead. The first
+    %%sh cell runs cold, and from then on sandboxes wait ready for the next ones."""
+    import asyncio
+
+    from sandbox_kernel import cells
+    from sandbox_kernel.executor import discard_kernel, notebook_client, start_kernel
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("%%sh\necho one")]
+    seen = {}
+
+    async def main() -> None:
+        client = notebook_client(nb)
+        await start_kernel(client)
+        try:
+            service = client.km.provisioner.sandbox.cells
+            seen["at start"] = (set(service._warming), service.warm_count("sh"))
+            await client.async_execute_cell(nb.cells[0], 0)
+            deadline = time.monotonic() + 60
+            while service.warm_count("sh") < cells.WARM_POOL["sh"]:
+                assert time.monotonic() < deadline, "no sh sandbox started ahead after the first %%sh cell"
+                await asyncio.sleep(0.05)
+        finally:
+            await discard_kernel(client)
+
+    asyncio.run(main())
+    assert seen["at start"] == (set(), 0)
+    assert nb.cells[0].outputs[0]["text"] == "one\n"
