@@ -265,6 +265,9 @@ class KernelSandbox:
         _, uid, gid = plan_privilege(policy.privilege, caps, identity).run_as
         want = inputs or {}
         exclude = tuple(want.get("exclude", ()))
+        root_refused = bool(cwd) and os.path.realpath(cwd) == "/"
+        if root_refused:  # a client's cwd too: the host root is never a notebook's dir, nor where results go
+            cwd = None
         results = policy.filesystem.outputs
         if results.enabled and cwd:
             # The working dir's own results dir is neither an input (it would be bound
@@ -279,6 +282,9 @@ class KernelSandbox:
         else:
             # What the kernel (and its cells) see of the working dir, listed once per session.
             listing = list_inputs(cwd, exclude=exclude, data=want.get("data", ()), uid=uid, gid=gid)
+            if root_refused:
+                listing = replace(listing, notes=(*listing.notes, ("filesystem", "working directory / (the host root) "
+                                                                   "not exposed, and no results are copied there")))
         if shared and self.session is None:
             # Before anything untrusted runs in it: the inputs are mounted into the session's
             # fresh scratch once, rather than bound by bwrap at every kernel and cell start.

@@ -521,3 +521,26 @@ def normalised(report: dict, names: dict[str, str]) -> dict:
         if privilege.get("uid_per_kernel"):
             privilege[key] = "<leased>"
     return out
+
+
+def test_a_clients_cwd_at_the_host_root_exposes_nothing(jupyter_dirs):
+    """A client passing cwd="/" (a server rooted at /, a notebook at its top) gets no inputs
+    listed from the host root and no results dir there; the report says so."""
+    from jupyter_client.manager import KernelManager
+
+    from sandbox_kernel.kernelspec import KERNEL_NAME
+
+    km = KernelManager(kernel_name=KERNEL_NAME)
+    km.start_kernel(cwd="/")
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        out, _ = execute(kc, "import os\nprint(sorted(os.listdir('/scratch')))")
+        report = km.provisioner.effective_sandbox
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    assert out.strip() == "[]", out
+    assert "inputs" not in report["layers"]["filesystem"]
+    assert any("working directory / (the host root) not exposed" in n["note"] for n in report["notes"]), report["notes"]
