@@ -175,9 +175,14 @@ class Hub:
                 "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
                             "allow_stdin": False}}))
             text, reply, idle = "", None, False
+            others: list[str] = []  # what else the kernel said (a restart, a death), for the failure
+            deadline = time.monotonic() + timeout
             while reply is None or not idle:  # the shell reply may overtake the iopub output
+                assert time.monotonic() < deadline, (f"no answer from {user}'s kernel within {timeout} s; it said "
+                                                     f"meanwhile: {others[-10:]}; its output so far: {text[-500:]!r}")
                 msg = json.loads(ws.recv())
                 if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                    others.append(f"{msg.get('msg_type')}:{msg.get('content', {}).get('execution_state', '')}")
                     continue
                 if msg["msg_type"] == "stream":
                     text += msg["content"]["text"]
