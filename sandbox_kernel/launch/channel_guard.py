@@ -38,6 +38,7 @@ MORE, LONG, COMMAND = 0x01, 0x02, 0x04
 MAX_COMMAND = 64 * 1024  # handshake commands (READY with its properties) are tiny
 MAX_FRAMES = 64  # a Jupyter message: routing ids, delimiter, signature, 4 JSON parts, a few buffers
 CHUNK = 256 * 1024
+CONNECT_TIMEOUT = 2.0  # seconds; the client's ZMQ socket reconnects after a failed attempt
 HIGH_WATER = 1 << 20  # stop reading from one side while this much waits for the other
 
 
@@ -205,6 +206,7 @@ class ChannelGuard:
         except OSError:
             return
         kernel = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        kernel.settimeout(CONNECT_TIMEOUT)  # a kernel whose listen queue is full must not stall every channel
         try:
             kernel.connect(kernel_path)
         except OSError:

@@ -10,6 +10,7 @@ import contextlib
 import glob
 import json
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -166,6 +167,7 @@ class Hub:
 
         ws = websocket.create_connection(f"{self.url.replace('http', 'ws')}/user/{user}/api/kernels/{kernel_id}/channels",
                                          header=[f"Authorization: token {self.token}"], timeout=timeout)
+        ws.settimeout(2)  # short reads: the deadline below is checked even while the kernel is silent
         msg_id = uuid.uuid4().hex
         try:
             ws.send(json.dumps({
@@ -179,8 +181,12 @@ class Hub:
             deadline = time.monotonic() + timeout
             while reply is None or not idle:  # the shell reply may overtake the iopub output
                 assert time.monotonic() < deadline, (f"no answer from {user}'s kernel within {timeout} s; it said "
-                                                     f"meanwhile: {others[-10:]}; its output so far: {text[-500:]!r}")
-                msg = json.loads(ws.recv())
+                                                     f"meanwhile: {others[-10:]}; its output so far: {text[-500:]!r}\n"
+                                                     + self.diagnose(user))
+                try:
+                    msg = json.loads(ws.recv())
+                except websocket.WebSocketTimeoutException:
+                    continue
                 if msg.get("parent_header", {}).get("msg_id") != msg_id:
                     others.append(f"{msg.get('msg_type')}:{msg.get('content', {}).get('execution_state', '')}")
                     continue
@@ -193,6 +199,27 @@ class Hub:
             return text, reply
         finally:
             ws.close()
+
+
+    def diagnose(self, user: str) -> str:
+        """What a hung step needs explained: the user's processes (state, kernel wait channel),
+        their cgroups' counters and the end of the hub's log (the single-user servers log there)."""
+        uid = pwd.getpwnam(user).pw_uid
+        lines = ["processes of " + user + " (pid state wchan cmdline):"]
+        for pid in pids_of(uid):
+            with contextlib.suppress(OSError):
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                wchan = Path(f"/proc/{pid}/wchan").read_text()
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:100].decode(errors="replace")
+                lines.append(f"  {pid} {state} {wchan} {cmd}")
+        for f in sorted(glob.glob(f"/sys/fs/cgroup/*/sandbox-kernel/user-{user}/*/*")):
+            if os.path.basename(f) in ("pids.current", "pids.events", "memory.usage_in_bytes", "memory.max_usage_in_bytes",
+                                       "memory.failcnt", "memory.oom_control"):
+                with contextlib.suppress(OSError):
+                    lines.append(f"  {f}: {Path(f).read_text().strip()!r}")
+        with contextlib.suppress(OSError):
+            lines += ["hub log:", *(self.dir / "hub.log").read_text(errors="replace").splitlines()[-60:]]
+        return "\n".join(lines)
 
 
 def require_hub_packages() -> None:
@@ -280,6 +307,7 @@ def pids_of(uid: int) -> list[int]:
     return found
 
 
+@pytest.mark.timeout(600)  # a hung step fails at its own deadline first, with the diagnosis
 def test_two_users_on_a_real_hub_cannot_reach_each_other():
     with system_user("alice", home=True) as alice, system_user("bob", home=True) as bob:
         secret = Path(bob.pw_dir) / "secret.txt"
