@@ -17,15 +17,26 @@ Pieces of the chain the launch shell uses now (marked *), and the alternatives m
   files in it (1 bind, but a copy of the host entries per uid: see "first making");
 - + setpriv (uid switch, no_new_privs)*; + prlimit (rlimits, inside the user namespace)*;
 - + a shell that only execs (its own cost), + the shell that joins the cgroups writing
-  cgroup.procs (before), or tasks*: the difference is the attach itself;
+  cgroup.procs (before), or tasks (what it still does where a thread cannot step in): the
+  difference is the attach itself;
 - the shell applying cpu/nofile/fsize with ulimit so that prlimit goes (rejected: RLIMIT_NPROC
   set before bwrap's user namespace caps every process of the uid, see planner/resources.py);
 - joining the cgroups from a preexec_fn instead of a shell (forks this small bench process;
   a real supervisor is larger and threaded);
 - the per-run janitor's start and stop, the prepared /etc lookup (a hit) and its first making,
   the per-run staging dir it replaces;
+- the spawning thread stepping into the run's v1 cgroups to spawn (ThreadHop)* instead of the
+  shell: the whole launch measured both ways;
+- inside a kernel session (what a `%%sh` cell does): nsenter + setpriv (before) or nsenter
+  switching the uid itself (--setuid/--setgid)*;
 - the whole launch as a cell does it (`launch.run` with `RunSpec.identity` set: the kernel's
-  uid, no lease), and with a uid lease of its own (a batch run, a kernel).
+  uid, no lease), as a session cell does it (joins a kernel session), and with a uid lease of
+  its own (a batch run, a kernel); each right after the previous row and after 150 ms of idle
+  (not timed): cells spaced out meet a cold cgroup attach (an RCU grace period when a process
+  moves another into a cgroup) that back-to-back ones do not.
+
+The prepared /etc's first making is measured once per supervisor, so it is timed after the
+interleaved rows (its file writes would slow whatever row followed it).
 """
 
 from __future__ import annotations
@@ -84,6 +95,7 @@ def main() -> None:
     from sandbox_kernel.capabilities import detect
     from sandbox_kernel.launch import cgroup as cgroups_mod
     from sandbox_kernel.launch import lease_for, prepare, run
+    from sandbox_kernel.launch.session import open_session
     from sandbox_kernel.launch.etc import CACHE, EtcCache
     from sandbox_kernel.launch.process import JOIN_CGROUPS, start_janitor, stop_janitor
     from sandbox_kernel.launch.seccomp_bpf import filter_fd
@@ -109,6 +121,14 @@ def main() -> None:
     kernel_lease = lease_for(policy, caps)
     cell_spec = replace(spec, identity=(kernel_lease.uid, kernel_lease.gid)) if kernel_lease else spec
 
+    # A kernel session as a kernel's cells join it (the kernel's uid owns its scratch).
+    session_dir = tempfile.mkdtemp(prefix="sandbox-kernel-bench-session-")
+    identity = cell_spec.identity or (os.geteuid(), os.getegid())
+    session = open_session(session_dir, 64 << 20, identity, unshare=caps.tool("unshare"), nsenter=caps.tool("nsenter"))
+    session_spec = replace(cell_spec, scratch_source=session_dir, inputs_in_scratch=True)
+    enter = session.join_prefix()
+    enter_switch = enter[:-1] + [f"--setuid={identity[0]}", f"--setgid={identity[1]}", "--"]
+
     G = "{cgroups}"  # stands for the cgroup files of fresh cgroups, made for each run
     join = ["/bin/sh", "-c", JOIN_CGROUPS, "sandbox-join", G, "--"]
 
@@ -121,8 +141,9 @@ def main() -> None:
     join_ulimit = ('for p; do [ "$p" = -- ] && break; echo 0 > "$p" || exit 125; shift; done; shift; '
                    + "; ".join(ulimit_cmds) + '; exec "$@"')
 
-    def chain(cmd: list[str], cgroup: str | None = None):
+    def chain(cmd: list[str], cgroup: str | None = None, idle: float = 0.0):
         def once() -> float:
+            time.sleep(idle)
             cg = cgroups_mod.create(plan.cgroup) if cgroup else None
             full = cmd
             if cg is not None:
@@ -186,31 +207,48 @@ def main() -> None:
         os.chmod(d, 0o710)
         shutil.rmtree(d)
 
-    def whole(which: RunSpec):
-        def once() -> None:
-            assert run(policy, which, caps=caps).exit_code == 0
-        return timed(once)
+    def whole(which: RunSpec, idle: float = 0.0, hop: bool = True, in_session: bool = False):
+        def once() -> float:
+            time.sleep(idle)
+            saved = cgroups_mod.RunCgroups.thread_hop
+            if not hop:
+                cgroups_mod.RunCgroups.thread_hop = lambda self: None
+            try:
+                t0 = time.perf_counter()
+                assert run(policy, which, caps=caps, session=session if in_session else None).exit_code == 0
+                return time.perf_counter() - t0
+            finally:
+                cgroups_mod.RunCgroups.thread_hop = saved
+        return once
 
     rows = {
         "plain true": chain([true]),
         "bare bwrap, per-entry /etc binds (baseline)": chain([*bwrap_old_etc, true]),
         "alt: bare bwrap, one /etc per identity (1 bind)": chain([*bwrap_own_etc, true]),
         "bare bwrap, shared /etc + staged dir (2 binds) *": chain([*bwrap, true]),
+        "  same, after 150 ms idle": chain([*bwrap, true], idle=0.15),
         "+ setpriv *": chain([*setpriv, *bwrap, true]),
         "+ setpriv + prlimit *": chain([*setpriv, *bwrap, *prlimit, true]),
         "+ shell exec only (joins nothing)": chain(["/bin/sh", "-c", 'exec "$@"', "sh", *setpriv, *bwrap, *prlimit, true]),
         "+ cgroup shell writing cgroup.procs (before)": chain([*join, *setpriv, *bwrap, *prlimit, true], "cgroup.procs"),
-        "+ cgroup shell writing tasks (v1) *": chain([*join, *setpriv, *bwrap, *prlimit, true], "tasks"),
+        "+ cgroup shell writing tasks (v1; v2: procs)": chain([*join, *setpriv, *bwrap, *prlimit, true], "tasks"),
         "alt: shell joins tasks + ulimit, no prlimit": chain(["/bin/sh", "-c", join_ulimit, "j", G, "--", *setpriv, *bwrap, true], "tasks"),
         "alt: preexec_fn joins tasks, no shell": preexec_join,
         "old chain, per-entry /etc + cgroup.procs": chain([*join, *setpriv, *bwrap_old_etc, *prlimit, true], "cgroup.procs"),
+        "in a session: nsenter + setpriv (before)": chain([*enter, *setpriv, *bwrap, *prlimit, true]) if setpriv else None,
+        "in a session: nsenter switching the uid *": chain([*(enter_switch if setpriv else enter), *bwrap, *prlimit, true]),
         "per-run janitor start + stop": timed(janitor),
         "prepared /etc + staged files, lookup (hit) *": timed(etc_hit),
         "per-run staging dir + 6 files (before)": timed(staging_per_run),
-        "prepared /etc, first making": etc_first,
-        "whole launch as a cell does it (identity, no lease)": whole(cell_spec),
+        "whole launch as a cell, shell joins cgroups (before)": whole(cell_spec, hop=False),
+        "whole launch as a cell does it (identity, no lease) *": whole(cell_spec),
+        "  same, after 150 ms idle, shell joins (before)": whole(cell_spec, idle=0.15, hop=False),
+        "  same, after 150 ms idle *": whole(cell_spec, idle=0.15),
+        "whole launch as a session cell (%%sh in a kernel) *": whole(session_spec, in_session=True),
+        "  same (session cell), after 150 ms idle *": whole(session_spec, idle=0.15, in_session=True),
         "whole launch with a uid lease": whole(spec),
     }
+    rows = {name: fn for name, fn in rows.items() if fn is not None}  # setpriv rows: root only
     times: dict[str, list[float]] = {name: [] for name in rows}
     load = os.getloadavg()[0]
     try:
@@ -219,7 +257,9 @@ def main() -> None:
         for _ in range(n):
             for name, fn in rows.items():
                 times[name].append(fn())
+        first_making = [etc_first() for _ in range(max(3, n // 5))]
     finally:
+        session.close()
         CACHE.release(etc)
         CACHE.release(staged)
         CACHE.close()
@@ -237,7 +277,9 @@ def main() -> None:
     print(f"{'':52} {'median ms':>10} {'x baseline':>11} {'x 2-bind bwrap':>15}")
     for name, ms in med.items():
         print(f"{name:52} {ms:>10.2f} {ms / base:>10.2f}x {ms / one:>14.2f}x")
-    print("goal: a cold %%sh --memory 256M cell <= 2x bare bwrap with the same mounts")
+    ms = statistics.median(first_making) * 1000
+    print(f"{'prepared /etc, first making (once per supervisor)':52} {ms:>10.2f} {ms / base:>10.2f}x {ms / one:>14.2f}x")
+    print("goal: a cold %%sh --memory 256M cell <= 2x bare bwrap with the same mounts (the 2-bind column)")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ supervisor dies without getting there, the run's janitor process does the removi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import selectors
@@ -283,29 +284,42 @@ def start(plan: Plan, *, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stder
         argv, proc.args_fd = _bwrap_args_via_fd(argv)
         if proc.args_fd is not None:
             fds.append(proc.args_fd)
+        join: list[str] = []
         if plan.egress is not None:
             proc.egress = bring_up(plan.egress, session)
-            argv = proc.egress.join_prefix + argv
+            join = list(proc.egress.join_prefix)
             proc.timings["egress"] = time.monotonic() - t0
         elif session is not None:
-            argv = session.join_prefix() + argv
+            join = session.join_prefix()
+        if plan.nsenter_switch is not None:
+            if not join:
+                raise LaunchError("this plan switches uid in the nsenter that joins a kernel session or egress "
+                                  "namespace, and there is none: start it with its session")
+            uid, gid = plan.nsenter_switch
+            join = join[:-1] + [f"--setuid={uid}", f"--setgid={gid}", "--"]  # also drops supplementary groups
+        argv = join + argv
         # The janitor first, told the cgroups about to be made: a supervisor killed at any
         # point from here on leaves nothing behind.
         name = cgroups_mod.new_name()
         paths = cgroups_mod.paths_for(plan.cgroup, name) if plan.cgroup is not None else []
         if paths or plan.uid_lease is not None:  # else nothing is left to clean up
             proc.janitor = start_janitor([], paths, plan.uid_lease)
+        hop = None
         if plan.cgroup is not None:
             proc.cgroups = cgroups_mod.create(plan.cgroup, name)
-            # The first process joins the run's cgroups itself, before it execs anything, so
-            # every later process starts inside them. A shell does it rather than a preexec_fn:
-            # that would force a slow fork of this (large, threaded) supervisor.
-            procs = [os.path.join(p, "tasks" if plan.cgroup.version == 1 else "cgroup.procs") for p in proc.cgroups.paths]
-            argv = ["/bin/sh", "-c", JOIN_CGROUPS, "sandbox-join", *procs, "--", *argv]
-        proc.popen = subprocess.Popen(
-            argv, env=plan.env, cwd="/", stdin=stdin, stdout=stdout, stderr=stderr,
-            pass_fds=tuple(fds), start_new_session=True,
-        )
+            # The first process starts inside the run's cgroups, so every later one does too:
+            # on v1 this thread steps in to spawn it (ThreadHop); elsewhere a shell joins them
+            # before it execs the rest (not a preexec_fn: that would force a slow fork of
+            # this large, threaded supervisor).
+            hop = proc.cgroups.thread_hop()
+            if hop is None:
+                procs = [os.path.join(p, "tasks" if plan.cgroup.version == 1 else "cgroup.procs") for p in proc.cgroups.paths]
+                argv = ["/bin/sh", "-c", JOIN_CGROUPS, "sandbox-join", *procs, "--", *argv]
+        with hop.inside() if hop is not None else contextlib.nullcontext():
+            proc.popen = subprocess.Popen(
+                argv, env=plan.env, cwd="/", stdin=stdin, stdout=stdout, stderr=stderr,
+                pass_fds=tuple(fds), start_new_session=True,
+            )
         proc.timings["setup"] = time.monotonic() - t0
         log.debug("started %s sandbox, pid %d, as uid %d in %.0f ms: %s", plan.report.scope, proc.popen.pid,
                   plan.run_as[1], proc.timings["setup"] * 1000, layers_summary(plan.report))

@@ -9,8 +9,10 @@ Argv shape, outer to inner::
 /etc/sandbox-kernel`` among the mounts are placeholders the launch shell fills in (the seccomp
 filter's descriptor; the prepared /etc and staged-files directories, launch/etc.py). In
 front the launch shell may put ``nsenter`` (to join an allowlisted network namespace or a
-kernel session) and, outermost, ``/bin/sh -c`` joining the run's cgroups before it execs the
-rest (``launch.process.JOIN_CGROUPS``).
+kernel session; under a root supervisor it then switches the uid, ``Plan.nsenter_switch``,
+and there is no setpriv) and, where the spawning thread cannot step into the run's cgroups
+(cgroup v2), ``/bin/sh -c`` joining them before it execs the rest
+(``launch.process.JOIN_CGROUPS``).
 """
 
 from __future__ import annotations
@@ -81,6 +83,9 @@ class Plan:
     # Host /etc entries the prepared /etc (ETC_PLACEHOLDER) holds copies of, next to links to
     # the staged files.
     etc_entries: tuple[str, ...] = ()
+    # (uid, gid) the nsenter the launch shell puts in front (session or egress) switches to
+    # (--setuid/--setgid) before bwrap: the uid switch of a root supervisor's run that joins one.
+    nsenter_switch: tuple[int, int] | None = None
 
 
 def _disabled_plan(policy: SandboxPolicy, caps: HostCapabilities, spec: RunSpec) -> Plan:
@@ -100,8 +105,10 @@ def plan(policy: SandboxPolicy, caps: HostCapabilities, spec: RunSpec) -> Plan:
     if not policy.enabled:
         return _disabled_plan(policy, caps, spec)
 
-    priv = plan_privilege(policy.privilege, caps, spec.identity)
     net = plan_network(policy.network, caps)
+    # The launch shell puts nsenter in front to join a kernel session or an egress namespace.
+    joins_namespaces = caps.bwrap.ok and (spec.scratch_source is not None or net.egress is not None)
+    priv = plan_privilege(policy.privilege, caps, spec.identity, joins_namespaces=joins_namespaces)
     user, uid, gid = priv.run_as
     # The operator's packages for node: read-only, and found through NODE_PATH set here (the
     # caller's NODE_* never passes the env denylist).
@@ -153,6 +160,6 @@ def plan(policy: SandboxPolicy, caps: HostCapabilities, spec: RunSpec) -> Plan:
         argv=tuple(argv), env=env.env, cwd=fs.cwd, staged_files=staged,
         egress=net.egress, cgroup=res.cgroup, seccomp=sec.plan, run_as=priv.run_as,
         max_output_bytes=res.max_output_bytes, wall_seconds=res.wall_seconds, report=report,
-        etc_entries=fs.etc_entries,
+        etc_entries=fs.etc_entries, nsenter_switch=priv.nsenter_switch,
     )
 

@@ -2,7 +2,8 @@
 kernel (every run) has a uid of its own.
 
 Under a root supervisor the switch to a real unprivileged uid happens *before* bwrap
-(``setpriv``): ``bwrap --uid`` run as root maps the sandbox's "nobody" to host uid 0, so files
+(``setpriv``, or the ``nsenter`` that joins a kernel session or egress namespace): ``bwrap
+--uid`` run as root maps the sandbox's "nobody" to host uid 0, so files
 it writes through binds are root-owned and RLIMIT_NPROC is not enforced. Which uid: the one
 the launch shell leased for this kernel from ``privilege.uid_range`` (``RunSpec.identity``;
 a kernel's cells get the kernel's), so two kernels can never signal, ptrace or open each
@@ -34,6 +35,8 @@ class PrivilegeDecision:
     layer: LayerState
     downgrades: list[Downgrade] = field(default_factory=list)
     notes: list[Note] = field(default_factory=list)
+    # (uid, gid) the launch shell's nsenter switches to, instead of a setpriv prefix
+    nsenter_switch: tuple[int, int] | None = None
 
 
 def leases_uid(priv: PrivilegePolicy, caps: HostCapabilities) -> bool:
@@ -42,7 +45,13 @@ def leases_uid(priv: PrivilegePolicy, caps: HostCapabilities) -> bool:
 
 
 def plan_privilege(priv: PrivilegePolicy, caps: HostCapabilities,
-                   identity: tuple[int, int] | None = None) -> PrivilegeDecision:
+                   identity: tuple[int, int] | None = None, joins_namespaces: bool = False) -> PrivilegeDecision:
+    """``joins_namespaces``: the launch shell puts ``nsenter`` in front of this run (a kernel
+    session's or the egress namespace): under a root supervisor that nsenter switches the uid
+    (``--setuid/--setgid``, dropping supplementary groups) and setpriv is not needed, one
+    program fewer per launch. What setpriv adds beyond that is moot there: bwrap sets
+    no_new_privs first thing, and the sandbox's user namespace starts with a bounding set of
+    its own, which ``--cap-drop ALL`` empties."""
     if caps.euid != 0:
         notes = [Note("privilege", f"a non-root supervisor cannot give each kernel its own uid: every sandbox it "
                                    f"starts runs as uid {caps.euid} and is kept from the others by namespaces only "
@@ -81,6 +90,13 @@ def plan_privilege(priv: PrivilegePolicy, caps: HostCapabilities,
             downgrades=[Downgrade("privilege", f"one uid per kernel needs uid leases, which are unavailable: {caps.uid_range.error}; "
                                                "the sandbox would run as host root")],
         )
+    detail = {"uid": uid if uid != UNLEASED else None, "gid": gid if gid != UNLEASED else None,
+              "uid_per_kernel": per_kernel, "capabilities": "none", "no_new_privs": True}
+    if per_kernel:
+        detail["uid_range"] = [first, last]
+    if joins_namespaces:
+        return PrivilegeDecision([], ("sandbox", uid, gid), LayerState("enforced", "nsenter", detail), notes=notes,
+                                 nsenter_switch=(uid, gid))
     if not caps.setpriv.ok:
         return PrivilegeDecision(
             [], ("root", 0, 0), LayerState("degraded", None),
@@ -89,8 +105,4 @@ def plan_privilege(priv: PrivilegePolicy, caps: HostCapabilities,
         )
     prefix = [caps.tool("setpriv"), f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
               "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"]
-    detail = {"uid": uid if uid != UNLEASED else None, "gid": gid if gid != UNLEASED else None,
-              "uid_per_kernel": per_kernel, "capabilities": "none", "no_new_privs": True}
-    if per_kernel:
-        detail["uid_range"] = [first, last]
     return PrivilegeDecision(prefix, ("sandbox", uid, gid), LayerState("enforced", "setpriv", detail), notes=notes)

@@ -21,7 +21,7 @@ from sandbox_kernel.host_shape import parse_mountinfo
 from sandbox_kernel.launch import prepare, start
 from sandbox_kernel.launch.cgroup import CgroupError, create
 from sandbox_kernel.planner import CgroupPlan, RunSpec
-from sandbox_kernel.policy import secure_default
+from sandbox_kernel.policy import secure_default, tighten
 
 from . import supervisors
 from .supervisors import SYSTEM_PATH
@@ -126,6 +126,47 @@ def test_cgroup_v2_run_cgroup_is_created_joined_killed_and_removed():
     finally:
         proc.close()
     assert not os.path.exists(path)
+
+
+def _own_cgroups() -> str:
+    with open("/proc/thread-self/cgroup") as f:
+        return f.read()
+
+
+@pytest.mark.parametrize("join", ["thread steps in", "shell joins"])
+def test_cgroup_v1_run_starts_inside_its_cgroups_and_the_supervisor_stays_out(join, monkeypatch):
+    """v1: the spawning thread steps into the run's cgroups to spawn it and back out
+    (ThreadHop), or, where it could not come back, a shell joins them: either way every
+    process of the run, bwrap's outer one included, is inside, and no thread of ours is."""
+    caps = detect()
+    if not (caps.cgroup_memory.ok and caps.cgroup_memory.detail["version"] == 1):
+        pytest.fail("this host's memory controller is not on a v1 hierarchy (see env-probe): nothing to test")
+    if join == "shell joins":
+        monkeypatch.setattr("sandbox_kernel.launch.cgroup.RunCgroups.thread_hop", lambda self: None)
+    before = _own_cgroups()
+    spec = RunSpec(argv=("/bin/sh", "-c", "sleep 60 & echo started; wait"), runtime="shell")
+    plan = prepare(tighten(secure_default(), {"resources": {"memory_bytes": 128 * MiB}}), spec, caps)
+    proc = start(plan)
+    try:
+        assert proc.popen.stdout.readline() == b"started\n"
+        assert _own_cgroups() == before
+        members = proc.cgroups.pids()
+        # bwrap's outer process, its pid 1 in the sandbox, the shell and the sleep
+        assert proc.pid in members and len(members) >= 4 and os.getpid() not in members, members
+        for pid in members:
+            with open(f"/proc/{pid}/cgroup") as f:
+                lines = f.read().splitlines()
+            for path in proc.cgroups.paths:
+                controller = "memory" if path == proc.cgroups.memory_path else "pids"
+                assert any(line.split(":")[1] == controller and line.endswith("/" + os.path.basename(path))
+                           for line in lines), (pid, lines)
+        for task in os.listdir(f"/proc/{os.getpid()}/task"):  # no thread of the supervisor is in them
+            for path in proc.cgroups.paths:
+                with open(os.path.join(path, "tasks")) as f:
+                    assert task not in f.read().split()
+    finally:
+        proc.close()
+    assert not any(os.path.exists(p) for p in proc.cgroups.paths)
 
 
 @pytest.mark.parametrize("limit", ["memory", "pids"])

@@ -53,6 +53,26 @@ def test_each_magic_runs_in_its_own_sandbox(kernel):
     assert int(out.strip()) <= 4
 
 
+def test_a_cold_cell_is_unprivileged_whoever_switched_its_uid(kernel):
+    """A cell joins the kernel's session through nsenter; under a root supervisor that nsenter
+    also switches the uid (no setpriv). Inside: the kernel's uid and gid and nothing else (a
+    supplementary group left behind would show as the overflow gid), no capabilities at all,
+    no_new_privs; and the report names what switched it."""
+    km, kc = kernel
+    privilege = km.provisioner.effective_sandbox["layers"]["privilege"]
+    uid, gid = privilege["uid"], privilege["gid"]
+    out, status, report = cell(kc, "%%sh --memory 96M\n"  # options no warm sandbox has: a cold launch
+                                   "grep -E '^(Uid|Gid|Groups|CapEff|CapPrm|CapBnd|CapAmb|NoNewPrivs):' /proc/self/status")
+    assert status == "ok", out
+    fields = {k: v.split() for k, v in (line.split(":", 1) for line in out.strip().splitlines())}
+    assert fields["Uid"] == [str(uid)] * 4 and fields["Gid"] == [str(gid)] * 4
+    assert set(fields["Groups"]) <= {str(gid)}, fields["Groups"]
+    assert all(int(fields[c][0], 16) == 0 for c in ("CapEff", "CapPrm", "CapBnd", "CapAmb")) and fields["NoNewPrivs"] == ["1"]
+    layer = report["layers"]["privilege"]
+    assert layer["state"] == "enforced" and layer["uid"] == uid
+    assert layer["mechanism"] == ("nsenter" if os.geteuid() == 0 else "non-root supervisor")
+
+
 def test_sh_write_outside_scratch_fails(kernel):
     _, kc = kernel
     out, status, report = cell(kc, "%%sh\necho x > /usr/evil && echo WROTE\necho y > /etc/evil && echo WROTE\n"

@@ -103,6 +103,25 @@ def test_setpriv_comes_right_before_bwrap_and_nothing_runs_as_root():
     assert p.run_as == ("sandbox", SANDBOX_UID, SANDBOX_UID)
 
 
+@pytest.mark.parametrize("how", ["session", "egress"])
+def test_a_root_run_that_joins_namespaces_switches_uid_in_that_nsenter(how):
+    """A kernel session's cell, or an allowlisted run, starts behind the launch shell's nsenter:
+    that nsenter switches the uid (no setpriv, one program fewer) and the report says so."""
+    kw = {"scratch_source": "/tmp/session-scratch"} if how == "session" else {}
+    pol = policy({"network": {"mode": "allowlist", "allow": ["203.0.113.7:443"]}}) if how == "egress" else policy()
+    p = run_plan(pol=pol, **kw)
+    lay = layer(p, "privilege")
+    assert SETPRIV not in p.argv and p.argv[0] == BWRAP
+    assert p.nsenter_switch == (SANDBOX_UID, SANDBOX_UID) and p.run_as[1:] == (SANDBOX_UID, SANDBOX_UID)
+    assert (lay["state"], lay["mechanism"], lay["uid"], lay["no_new_privs"]) == ("enforced", "nsenter", SANDBOX_UID, True)
+
+
+def test_a_run_that_joins_nothing_keeps_setpriv_and_a_nonroot_one_switches_nothing():
+    assert run_plan().nsenter_switch is None and run_plan().argv[0] == SETPRIV
+    rootless = run_plan(host("non-root"), scratch_source="/tmp/session-scratch")
+    assert rootless.nsenter_switch is None and layer(rootless, "privilege")["mechanism"] == "non-root supervisor"
+
+
 def test_nonroot_argv_starts_with_bwrap():
     p = run_plan(host("non-root"))
     assert p.argv[0] == BWRAP
