@@ -23,8 +23,9 @@ Pieces of the chain the launch shell uses now (marked *), and the alternatives m
   set before bwrap's user namespace caps every process of the uid, see planner/resources.py);
 - joining the cgroups from a preexec_fn instead of a shell (forks this small bench process;
   a real supervisor is larger and threaded);
-- the per-run janitor's start and stop, the prepared /etc lookup (a hit) and its first making,
-  the per-run staging dir it replaces;
+- the per-run janitor's start and stop (runs with a uid lease of their own), the supervisor's
+  shared janitor told about a run and released* (the rest; the whole-launch rows include it),
+  the prepared /etc lookup (a hit) and its first making, the per-run staging dir it replaces;
 - the spawning thread stepping into the run's v1 cgroups to spawn (ThreadHop)* instead of the
   shell: the whole launch measured both ways;
 - inside a kernel session (what a `%%sh` cell does): nsenter + setpriv (before) or nsenter
@@ -97,7 +98,7 @@ def main() -> None:
     from sandbox_kernel.launch import lease_for, prepare, run
     from sandbox_kernel.launch.session import open_session
     from sandbox_kernel.launch.etc import CACHE, EtcCache
-    from sandbox_kernel.launch.process import JOIN_CGROUPS, start_janitor, stop_janitor
+    from sandbox_kernel.launch.process import JOIN_CGROUPS, SHARED, start_janitor, stop_janitor
     from sandbox_kernel.launch.seccomp_bpf import filter_fd
     from sandbox_kernel.planner import ETC_PLACEHOLDER, FD_PLACEHOLDER, STAGED_PLACEHOLDER, RunSpec
     from sandbox_kernel.policy import secure_default, tighten
@@ -185,6 +186,11 @@ def main() -> None:
     def janitor() -> None:
         stop_janitor(start_janitor([staging], []))
 
+    def shared_janitor() -> None:
+        gone = [os.path.join(staging, "no-such-cgroup")]
+        SHARED.add(gone)
+        SHARED.release(gone, busy=False)
+
     def etc_first() -> float:
         cache = EtcCache()
         t0 = time.perf_counter()
@@ -237,7 +243,8 @@ def main() -> None:
         "old chain, per-entry /etc + cgroup.procs": chain([*join, *setpriv, *bwrap_old_etc, *prlimit, true], "cgroup.procs"),
         "in a session: nsenter + setpriv (before)": chain([*enter, *setpriv, *bwrap, *prlimit, true]) if setpriv else None,
         "in a session: nsenter switching the uid *": chain([*(enter_switch if setpriv else enter), *bwrap, *prlimit, true]),
-        "per-run janitor start + stop": timed(janitor),
+        "per-run janitor start + stop (runs with a uid lease)": timed(janitor),
+        "shared janitor told + released (cells) *": timed(shared_janitor),
         "prepared /etc + staged files, lookup (hit) *": timed(etc_hit),
         "per-run staging dir + 6 files (before)": timed(staging_per_run),
         "whole launch as a cell, shell joins cgroups (before)": whole(cell_spec, hop=False),

@@ -105,6 +105,103 @@ def stop_janitor(janitor: subprocess.Popen) -> None:
         _stopped_janitors[:] = [j for j in _stopped_janitors if j.poll() is None]
 
 
+# The supervisor's one janitor for runs without a uid lease (a kernel's cells and warm
+# sandboxes: most launches). It is told a run's cgroups before they exist ("add"), forgets them
+# once close() removed them ("drop"), or removes them itself, in the background, when close()
+# found them still busy ("clean"). On EOF (the supervisor is gone, however it went) it removes
+# everything it still holds and exits. Cgroup paths are our own names: no blanks, no globs.
+SHARED_JANITOR = r"""
+set -f
+clean() {
+    n=0
+    while [ "$n" -lt 600 ]; do
+        n=$((n + 1))
+        left=
+        for cg; do
+            [ -d "$cg" ] || continue
+            kill -9 $(cat "$cg/cgroup.procs") 2>/dev/null
+            rmdir "$cg" 2>/dev/null || left=1
+        done
+        [ -z "$left" ] && return
+        sleep 0.1
+    done
+}
+forget() {
+    rest=
+    for p in $held; do
+        keep=1
+        for q; do [ "$p" = "$q" ] && keep=; done
+        [ -n "$keep" ] && rest="$rest $p"
+    done
+    held=$rest
+}
+held=
+while read -r op paths; do
+    case $op in
+        add) held="$held $paths" ;;
+        drop) forget $paths ;;
+        clean) forget $paths; clean $paths & ;;
+    esac
+done
+clean $held
+wait
+"""
+
+
+class SharedJanitor:
+    """One janitor process per supervisor instead of one per run: telling it about a run is a
+    line on its pipe, where starting a janitor per run spawned a shell beside every sandbox,
+    which on a loaded host competed with the sandbox's own start (3.7-4.4 ms a launch,
+    bench/launch_chain.py). Runs holding a uid lease keep their own janitor: it keeps a copy of
+    the lease until their cleanup is done."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+        self._owner = 0  # the pid that started it (a forked child needs its own)
+        self._held: set[str] = set()
+
+    def add(self, paths: list[str]) -> None:
+        with self._lock:
+            if self._proc is None or self._owner != os.getpid() or self._proc.poll() is not None:
+                self._proc = subprocess.Popen(["/bin/sh", "-c", SHARED_JANITOR, "sandbox-kernel-janitor"],
+                                              stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                              cwd="/", start_new_session=True)  # not in any run's process group
+                self._owner = os.getpid()
+                if self._held:  # a janitor that died: its successor takes over what it held
+                    self._send("add", self._held)
+            self._held.update(paths)
+            self._send("add", paths)
+
+    def release(self, paths: list[str], busy: bool) -> None:
+        """The run is closed: forget its cgroups, or (``busy``: some still there) remove them."""
+        with self._lock:
+            self._held.difference_update(paths)
+            if self._proc is not None and self._owner == os.getpid():
+                self._send("clean" if busy else "drop", paths)
+
+    def holding(self) -> int:
+        with self._lock:
+            return len(self._held)
+
+    def close(self) -> None:
+        """EOF: it removes what it still holds and exits (a supervisor shutting down)."""
+        with self._lock:
+            proc, self._proc = self._proc, None
+            if proc is not None and self._owner == os.getpid():
+                proc.stdin.close()
+                proc.wait()
+
+    def _send(self, op: str, paths) -> None:
+        try:
+            os.write(self._proc.stdin.fileno(), f"{op} {' '.join(sorted(paths))}\n".encode())
+        except BrokenPipeError:  # it died: the next add() starts another, told everything held
+            pass
+
+
+SHARED = SharedJanitor()
+
+
 def hand_over_to_janitor(janitor: subprocess.Popen) -> None:
     """EOF without "done": the janitor removes what is left of the run (then exits)."""
     try:
@@ -150,7 +247,8 @@ class SandboxProcess:
     cgroups: cgroups_mod.RunCgroups | None = None
     seccomp_fd: int | None = None
     args_fd: int | None = None
-    janitor: subprocess.Popen | None = None
+    janitor: subprocess.Popen | None = None  # the run's own (it holds a uid lease)
+    shared_janitor: list[str] = field(default_factory=list)  # cgroups SHARED holds for the run
     etc: PreparedEtc | None = None  # the prepared /etc and the staged files it holds
     staged: PreparedEtc | None = None
     timings: dict[str, float] = field(default_factory=dict)
@@ -226,6 +324,11 @@ class SandboxProcess:
                 if getattr(self, attr) is not None:
                     ETC_CACHE.release(getattr(self, attr))
                     setattr(self, attr, None)
+            if self.shared_janitor:
+                SHARED.release(self.shared_janitor, busy=bool(busy))
+                if busy:
+                    log.warning("%s sandbox: cgroups %s still busy after the run; the janitor removes them", self.plan.report.scope,
+                                ", ".join(busy))
             if self.janitor is not None and busy:
                 # A process of the run that takes long to exit (seen with big mount tables on
                 # a loaded host) keeps its cgroup busy: the janitor keeps at it.
@@ -302,8 +405,11 @@ def start(plan: Plan, *, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stder
         # point from here on leaves nothing behind.
         name = cgroups_mod.new_name()
         paths = cgroups_mod.paths_for(plan.cgroup, name) if plan.cgroup is not None else []
-        if paths or plan.uid_lease is not None:  # else nothing is left to clean up
+        if plan.uid_lease is not None:
             proc.janitor = start_janitor([], paths, plan.uid_lease)
+        elif paths:
+            SHARED.add(paths)
+            proc.shared_janitor = paths
         hop = None
         if plan.cgroup is not None:
             proc.cgroups = cgroups_mod.create(plan.cgroup, name)

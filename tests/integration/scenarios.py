@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 
 from sandbox_kernel.capabilities import detect
 from sandbox_kernel.launch import communicate, prepare, start
@@ -72,8 +73,9 @@ class Background:
     """A sandbox running in a thread; ``wait_for(text)`` blocks until it printed ``text``.
     Its stdin stays open until :meth:`finish`, so the sandboxed code can block on it."""
 
-    def __init__(self, policy: dict, code: str):
-        self.proc = start(prepare(policy_from_dict(policy), spec(code), detect()), stdin=subprocess.PIPE)
+    def __init__(self, policy: dict, code: str, identity: tuple[int, int] | None = None):
+        """``identity``: run as this (already leased) uid, as a kernel's cells do, without a lease of its own."""
+        self.proc = start(prepare(policy_from_dict(policy), replace(spec(code), identity=identity), detect()), stdin=subprocess.PIPE)
         self.seen = bytearray()
         self.cond = threading.Condition()
         self.result = None
@@ -472,7 +474,13 @@ def killed_supervisor() -> None:
     """Start a run with every moving part (egress, cgroups as root, a staging dir), say so,
     then wait to be SIGKILLed by the test: nothing of the run may survive its supervisor."""
     policy = {"network": {"mode": "allowlist", "allow": ["10.0.2.2:9"]}}
-    Background(policy, "import time; print('running', flush=True); time.sleep(600)").wait_for(b"running")
+    first = Background(policy, "import time; print('running', flush=True); time.sleep(600)")
+    first.wait_for(b"running")
+    # And one without a lease of its own, as a kernel's cell runs (its cgroups are the shared
+    # janitor's to remove, the first's its own janitor's).
+    cell = Background({}, "import time; print('running', flush=True); time.sleep(600)", identity=first.proc.plan.run_as[1:])
+    cell.wait_for(b"running")
+    assert cell.proc.cgroups is not None and cell.proc.shared_janitor and cell.proc.janitor is None
     print("running", flush=True)
     time.sleep(600)
 

@@ -75,10 +75,12 @@ def test_killed_supervisor_leaves_nothing(supervisor, nothing_left_behind):
     assert nothing_left_behind.left() == []
 
 
-def test_a_cgroup_still_busy_after_the_run_is_removed_by_its_janitor(monkeypatch, nothing_left_behind):
+@pytest.mark.parametrize("lease", ["own lease", "kernel's uid"])
+def test_a_cgroup_still_busy_after_the_run_is_removed_by_its_janitor(lease, monkeypatch, nothing_left_behind):
     """close() waits REMOVE_WAIT for the run's cgroups to empty; one still busy then (a process
-    slow to die: here frozen, so its SIGKILL waits) is handed to the run's janitor, which holds
-    the uid lease and removes cgroups and lease once the process is gone. Nothing is forgotten."""
+    slow to die: here frozen, so its SIGKILL waits) is handed to a janitor: the run's own, which
+    holds the uid lease and removes cgroups and lease once the process is gone, or, for a run
+    without a lease (a kernel's cell), the supervisor's shared one. Nothing is forgotten."""
     import time
 
     from sandbox_kernel.capabilities import detect
@@ -89,8 +91,14 @@ def test_a_cgroup_still_busy_after_the_run_is_removed_by_its_janitor(monkeypatch
     if not os.path.isdir("/sys/fs/cgroup/freezer") or os.geteuid() != 0:
         pytest.skip("needs root and the v1 freezer to make a process slow to die")
     monkeypatch.setattr(process, "REMOVE_WAIT", 0.3)
-    plan = prepare(secure_default(), RunSpec(argv=("/bin/sh", "-c", "echo up; exec sleep 600"), runtime="shell"), detect())
-    assert plan.uid_lease is not None and plan.cgroup is not None
+    spec = RunSpec(argv=("/bin/sh", "-c", "echo up; exec sleep 600"), runtime="shell")
+    kernel_lease = None
+    if lease == "kernel's uid":
+        from sandbox_kernel.launch import lease_for
+        kernel_lease = lease_for(secure_default(), detect())
+        spec = RunSpec(argv=spec.argv, runtime="shell", identity=(kernel_lease.uid, kernel_lease.gid))
+    plan = prepare(secure_default(), spec, detect())
+    assert (plan.uid_lease is not None) is (lease == "own lease") and plan.cgroup is not None
     proc = start(plan)
     freezer = f"/sys/fs/cgroup/freezer/sk-test-{uuid.uuid4().hex[:8]}"
     os.mkdir(freezer)
@@ -104,15 +112,26 @@ def test_a_cgroup_still_busy_after_the_run_is_removed_by_its_janitor(monkeypatch
             f.write("FROZEN")
         while open(f"{freezer}/freezer.state").read().strip() != "FROZEN":
             time.sleep(0.01)
-        paths, lease_path, janitor = list(proc.cgroups.paths), plan.uid_lease.path, proc.janitor
+        paths, janitor = list(proc.cgroups.paths), proc.janitor
+        lease_path = plan.uid_lease.path if plan.uid_lease else None
         proc.close()
-        assert all(os.path.isdir(p) for p in paths) and os.path.exists(lease_path)
-        assert janitor.poll() is None  # handed over, still at it
+        assert all(os.path.isdir(p) for p in paths) and (lease_path is None or os.path.exists(lease_path))
+        if janitor is not None:
+            assert janitor.poll() is None  # handed over, still at it
+        else:
+            assert proc.shared_janitor == paths and process.SHARED.holding() == 0  # its to remove now, not to keep
     finally:
         with open(f"{freezer}/freezer.state", "w") as f:
             f.write("THAWED")
-    assert janitor.wait(timeout=60) == 0
-    assert not any(os.path.exists(p) for p in paths) and not os.path.exists(lease_path)
+    if janitor is not None:
+        assert janitor.wait(timeout=60) == 0
+        assert not os.path.exists(lease_path)
+    deadline = time.monotonic() + 60
+    while any(os.path.exists(p) for p in paths):
+        assert time.monotonic() < deadline, f"the janitor did not remove {paths}"
+        time.sleep(0.05)
+    if kernel_lease is not None:
+        kernel_lease.release()
     deadline = time.monotonic() + 10
     while True:
         try:
