@@ -98,11 +98,12 @@ print(json.dumps({
 }))
 """
 
-# Processes until the pids cap refuses more, for 5 s, then all reaped. Small ones (sleep): a
-# Python fork bomb's 256 interpreters also fill most of the 512M memory cap, and a cgroup at
-# its memory limit reclaims its members' code pages over and over rather than OOM-killing
-# (suspected in two CI runs where alice's kernel stayed silent for minutes); that is the memory
-# bomb's part below, not this one's.
+# Processes until the pids cap refuses more, for 5 s, then all reaped. Small, idle ones
+# (sleep): 256 Python interpreters forking in a loop also took most of the 512M memory cap and
+# both CPUs of a shared CI host for those seconds. Twice in CI alice's kernel then stayed silent
+# for minutes at bomb.wait(); not reproduced here (12 hub runs, loaded or not; the same bomb
+# under a 128-512M cap ends or is OOM-killed in ~5 s), so a hung step now fails with the
+# user's process states, cgroup counters and the hub log. The memory cap has its own bomb below.
 FORK_BOMB = r"""
 import subprocess, sys
 BOMB = '''
