@@ -23,8 +23,8 @@ Pieces of the chain the launch shell uses now (marked *), and the alternatives m
   set before bwrap's user namespace caps every process of the uid, see planner/resources.py);
 - joining the cgroups from a preexec_fn instead of a shell (forks this small bench process;
   a real supervisor is larger and threaded);
-- the per-run janitor's start and stop (runs with a uid lease of their own), the supervisor's
-  shared janitor told about a run and released* (the rest; the whole-launch rows include it),
+- a janitor shell started per run (before) or the supervisor's one janitor told about the
+  run and then told to forget it* (the whole-launch rows include it),
   the prepared /etc lookup (a hit) and its first making, the per-run staging dir it replaces;
 - the spawning thread stepping into the run's v1 cgroups to spawn (ThreadHop)* instead of the
   shell: the whole launch measured both ways;
@@ -98,7 +98,8 @@ def main() -> None:
     from sandbox_kernel.launch import lease_for, prepare, run
     from sandbox_kernel.launch.session import open_session
     from sandbox_kernel.launch.etc import CACHE, EtcCache
-    from sandbox_kernel.launch.process import JOIN_CGROUPS, SHARED, start_janitor, stop_janitor
+    from sandbox_kernel.launch.janitor import JANITOR
+    from sandbox_kernel.launch.process import JOIN_CGROUPS
     from sandbox_kernel.launch.seccomp_bpf import filter_fd
     from sandbox_kernel.planner import ETC_PLACEHOLDER, FD_PLACEHOLDER, STAGED_PLACEHOLDER, RunSpec
     from sandbox_kernel.policy import secure_default, tighten
@@ -183,13 +184,16 @@ def main() -> None:
             return time.perf_counter() - t0
         return once
 
-    def janitor() -> None:
-        stop_janitor(start_janitor([staging], []))
+    def janitor_per_run() -> None:  # what each run did before: a shell that waits for "done"
+        j = subprocess.Popen(["/bin/sh", "-c", 'read -r word; [ "$word" = done ] && exit 0; rm -rf -- "$1"', "janitor", staging],
+                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/",
+                             start_new_session=True)
+        j.stdin.write(b"done\n")
+        j.stdin.close()
+        reap.append(j)  # not waited for, as the launch shell did not
 
-    def shared_janitor() -> None:
-        gone = [os.path.join(staging, "no-such-cgroup")]
-        SHARED.add(gone)
-        SHARED.release(gone, busy=False)
+    def janitor_shared() -> None:
+        JANITOR.forget(JANITOR.watch(cgroups=[os.path.join(staging, "no-such-cgroup")]))
 
     def etc_first() -> float:
         cache = EtcCache()
@@ -243,8 +247,8 @@ def main() -> None:
         "old chain, per-entry /etc + cgroup.procs": chain([*join, *setpriv, *bwrap_old_etc, *prlimit, true], "cgroup.procs"),
         "in a session: nsenter + setpriv (before)": chain([*enter, *setpriv, *bwrap, *prlimit, true]) if setpriv else None,
         "in a session: nsenter switching the uid *": chain([*(enter_switch if setpriv else enter), *bwrap, *prlimit, true]),
-        "per-run janitor start + stop (runs with a uid lease)": timed(janitor),
-        "shared janitor told + released (cells) *": timed(shared_janitor),
+        "a janitor started per run (before)": timed(janitor_per_run),
+        "the supervisor's janitor told, then told to forget *": timed(janitor_shared),
         "prepared /etc + staged files, lookup (hit) *": timed(etc_hit),
         "per-run staging dir + 6 files (before)": timed(staging_per_run),
         "whole launch as a cell, shell joins cgroups (before)": whole(cell_spec, hop=False),
@@ -256,6 +260,7 @@ def main() -> None:
         "whole launch with a uid lease": whole(spec),
     }
     rows = {name: fn for name, fn in rows.items() if fn is not None}  # setpriv rows: root only
+    reap: list[subprocess.Popen] = []
     times: dict[str, list[float]] = {name: [] for name in rows}
     load = os.getloadavg()[0]
     try:
@@ -266,6 +271,8 @@ def main() -> None:
                 times[name].append(fn())
         first_making = [etc_first() for _ in range(max(3, n // 5))]
     finally:
+        for j in reap:
+            j.wait()
         session.close()
         CACHE.release(etc)
         CACHE.release(staged)

@@ -41,7 +41,8 @@ from .host import HostCapabilities
 from .launch import lease_for, prepare, start
 from .launch.inputs import InputListing, list_inputs
 from .launch.outputs import OutputCollector
-from .launch.process import SandboxProcess, forward_capped, start_janitor, stop_janitor
+from .launch.janitor import JANITOR
+from .launch.process import SandboxProcess, forward_capped
 from .launch.session import Session, open_session
 from .launch.signals import signal_command
 from .launch.uids import UidLease
@@ -198,7 +199,7 @@ class KernelSandbox:
     last_exit: dict | None = None  # {"returncode", "oom"} of the last process that ended
     owner: tuple[int, int] | None = None  # (uid, gid) the kernel runs as: its dirs' owner
     outputs: OutputCollector | None = None  # copies results out of the session scratch, across restarts
-    _janitor: subprocess.Popen | None = None
+    _janitor: str | None = None  # what the janitor watches of it (launch/janitor.py)
 
     def __init__(self) -> None:
         self.cell_reports = CellReports()  # trusted reports of its recent magic cells, by msg_id
@@ -234,7 +235,7 @@ class KernelSandbox:
                 os.chmod(run_dir, 0o710)
             # The run dir holds the connection file (the HMAC key): gone even if we are
             # killed, and the kernel's uid is not handed out again before it is.
-            self._janitor = start_janitor([run_dir, socket_dir], [], self.lease)
+            self._janitor = JANITOR.watch(paths=[run_dir, socket_dir], lease=self.lease)
         except BaseException:
             for path in (run_dir, socket_dir):
                 if path is not None:
@@ -403,7 +404,7 @@ class KernelSandbox:
                 shutil.rmtree(path, ignore_errors=True)
             self.dirs = self.owner = None
         if self._janitor is not None:
-            stop_janitor(self._janitor)
+            JANITOR.forget(self._janitor)
             self._janitor = None
         self._release_lease()
 

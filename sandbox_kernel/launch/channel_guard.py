@@ -29,7 +29,7 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 
-from .process import start_janitor, stop_janitor
+from .janitor import JANITOR
 
 __all__ = ["ChannelGuard", "Drop"]
 
@@ -147,7 +147,7 @@ class ChannelGuard:
 
     def __init__(self, kernel_ip: str, limits: dict[str, tuple[int, int]]):
         self.dir = tempfile.mkdtemp(prefix="sandbox-kernel-guard-")  # 0700: only we connect
-        self._janitor = start_janitor([self.dir], [])  # removes it even if we are killed
+        self._janitor = JANITOR.watch(paths=[self.dir])  # removes it even if we are killed
         self.ip = os.path.join(self.dir, "k")
         self._drops: list[Drop] = []
         self._lock = threading.Lock()
@@ -277,4 +277,4 @@ class ChannelGuard:
         self._sel.close()
         self._wake_w.close()
         shutil.rmtree(self.dir, ignore_errors=True)
-        stop_janitor(self._janitor)
+        JANITOR.forget(self._janitor)

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from ..errors import LaunchError
 from ..host import SYSTEM_DIRS
 from ..planner.filesystem import STAGED_SUBDIR
+from .janitor import JANITOR
 
 MAX_AGE = 300.0  # seconds a prepared /etc is reused before it is copied again
 IDLE = 600.0  # seconds an unused staged-files dir is kept for the next run of its identity
@@ -193,14 +194,12 @@ class EtcCache:
 
     def close(self) -> None:
         """Remove every prepared /etc (the supervisor is done: no run holds one)."""
-        from .process import stop_janitor
-
         with self._lock:
             if self._root is not None:
                 shutil.rmtree(self._root, ignore_errors=True)
                 self._root = None
             if self._janitor is not None:
-                stop_janitor(self._janitor)
+                JANITOR.forget(self._janitor)
                 self._janitor = None
             self._copies.clear()
 
@@ -212,11 +211,9 @@ class EtcCache:
 
     def _make(self, key: tuple, fill) -> PreparedEtc:
         if self._root is None:
-            from .process import start_janitor
-
             root = tempfile.mkdtemp(prefix="sandbox-kernel-etc-")
             os.chmod(root, 0o711)  # every sandbox uid enters its own dirs, none lists them
-            self._janitor = start_janitor([root], [])  # removes it if we die without close()
+            self._janitor = JANITOR.watch(paths=[root])  # removes it if we die without close()
             self._root = root
         path = tempfile.mkdtemp(dir=self._root)
         try:

@@ -3,7 +3,7 @@
 All OS work lives here and in its siblings (egress, cgroup, seccomp_bpf); nothing here decides
 policy. Every path (success, refusal, timeout, exception) ends in :meth:`SandboxProcess.close`,
 which kills the whole tree and removes the cgroups and namespace. If the
-supervisor dies without getting there, the run's janitor process does the removing.
+supervisor dies without getting there, its janitor (launch/janitor.py) does the removing.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from . import cgroup as cgroups_mod
 from .etc import CACHE as ETC_CACHE
 from .etc import PreparedEtc
 from .egress import EgressHandle, bring_up
+from .janitor import JANITOR
 from .seccomp_bpf import filter_fd
 
 TERM_GRACE = 0.5  # seconds between SIGTERM to the sandbox's processes and SIGKILL
@@ -38,178 +39,12 @@ DEFAULT_RETAIN = 16 * 1024 * 1024  # bytes kept in memory when the policy sets n
 log = logging.getLogger(__name__)
 
 
-# Cleans up after a supervisor that died without close() (SIGKILL, OOM kill, crash): it blocks
-# reading a pipe only the supervisor holds, and on EOF kills what is left in the run's cgroups,
-# removes them and the dirs it was given, trying for up to a minute. A normal close() tells it
-# "done" and it just exits, or, when a cgroup is still busy after close() waited for it, hands
-# it the rest with EOF. (The sandbox itself dies with the supervisor: bwrap --die-with-parent;
-# egress has its own.)
-JANITOR = r"""
-read -r word
-[ "$word" = done ] && exit 0
-ncg=$1; shift
-i=0
-n=0
-while [ "$n" -lt 600 ]; do
-    n=$((n + 1))
-    left=
-    i=0
-    for cg in "$@"; do
-        i=$((i + 1)); [ "$i" -le "$ncg" ] || break
-        [ -d "$cg" ] || continue
-        kill -9 $(cat "$cg/cgroup.procs") 2>/dev/null
-        rmdir "$cg" 2>/dev/null || left=1
-    done
-    [ -z "$left" ] && break
-    sleep 0.1
-done
-shift "$ncg"
-rm -rf -- "$@"
-"""
-
-
-def start_janitor(dirs: list[str], cgroup_paths: list[str], lease=None) -> subprocess.Popen:
-    """A process that, if the supervisor dies, kills what is left in ``cgroup_paths``, removes
-    them, then removes ``dirs``. It holds a copy of ``lease`` (a uid lease) until it exits, so
-    the uid is not handed out again before that cleanup is done; then it removes the lease
-    file too."""
-    keep = (lease.fd,) if lease is not None else ()
-    dirs = [*dirs, lease.path] if lease is not None else dirs
-    return subprocess.Popen(["/bin/sh", "-c", JANITOR, "sandbox-kernel-janitor", str(len(cgroup_paths)), *cgroup_paths, *dirs],
-                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            cwd="/", start_new_session=True, pass_fds=keep)  # not in the run's process group
-
-
-# "0" written to cgroup.procs (v2) or tasks (v1) moves the writer itself; the shell then
-# becomes the sandbox. On v1 the shell writes tasks: it is single-threaded, so moving its one
+# Where the spawning thread cannot step into the run's cgroups (v2; cgroup.ThreadHop), a shell
+# joins them and execs the rest. "0" written to cgroup.procs (v2) or tasks (v1) moves the
+# writer itself; the shell then becomes the sandbox. On v1 the shell writes tasks: it is single-threaded, so moving its one
 # thread moves the process, and the kernel skips the system-wide lock a cgroup.procs write
 # takes (a wait for an RCU grace period: ~10 ms per cold launch on these hosts).
 JOIN_CGROUPS = 'for p; do [ "$p" = -- ] && break; echo 0 > "$p" || exit 125; shift; done; shift; exec "$@"'
-
-
-_stopped_janitors: list[subprocess.Popen] = []  # told "done", not yet reaped
-_stopped_lock = threading.Lock()
-
-
-def stop_janitor(janitor: subprocess.Popen) -> None:
-    """After a normal cleanup: tell it there is nothing to do (EOF alone means "clean up").
-    It exits at once; waiting for that would cost each run ~1 ms, so it is reaped by a later
-    call instead."""
-    try:
-        janitor.stdin.write(b"done\n")
-        janitor.stdin.close()
-    except BrokenPipeError:
-        pass
-    with _stopped_lock:
-        _stopped_janitors.append(janitor)
-        _stopped_janitors[:] = [j for j in _stopped_janitors if j.poll() is None]
-
-
-# The supervisor's one janitor for runs without a uid lease (a kernel's cells and warm
-# sandboxes: most launches). It is told a run's cgroups before they exist ("add"), forgets them
-# once close() removed them ("drop"), or removes them itself, in the background, when close()
-# found them still busy ("clean"). On EOF (the supervisor is gone, however it went) it removes
-# everything it still holds and exits. Cgroup paths are our own names: no blanks, no globs.
-SHARED_JANITOR = r"""
-set -f
-clean() {
-    n=0
-    while [ "$n" -lt 600 ]; do
-        n=$((n + 1))
-        left=
-        for cg; do
-            [ -d "$cg" ] || continue
-            kill -9 $(cat "$cg/cgroup.procs") 2>/dev/null
-            rmdir "$cg" 2>/dev/null || left=1
-        done
-        [ -z "$left" ] && return
-        sleep 0.1
-    done
-}
-forget() {
-    rest=
-    for p in $held; do
-        keep=1
-        for q; do [ "$p" = "$q" ] && keep=; done
-        [ -n "$keep" ] && rest="$rest $p"
-    done
-    held=$rest
-}
-held=
-while read -r op paths; do
-    case $op in
-        add) held="$held $paths" ;;
-        drop) forget $paths ;;
-        clean) forget $paths; clean $paths & ;;
-    esac
-done
-clean $held
-wait
-"""
-
-
-class SharedJanitor:
-    """One janitor process per supervisor instead of one per run: telling it about a run is a
-    line on its pipe, where starting a janitor per run spawned a shell beside every sandbox,
-    which on a loaded host competed with the sandbox's own start (3.7-4.4 ms a launch,
-    bench/launch_chain.py). Runs holding a uid lease keep their own janitor: it keeps a copy of
-    the lease until their cleanup is done."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._proc: subprocess.Popen | None = None
-        self._owner = 0  # the pid that started it (a forked child needs its own)
-        self._held: set[str] = set()
-
-    def add(self, paths: list[str]) -> None:
-        with self._lock:
-            if self._proc is None or self._owner != os.getpid() or self._proc.poll() is not None:
-                self._proc = subprocess.Popen(["/bin/sh", "-c", SHARED_JANITOR, "sandbox-kernel-janitor"],
-                                              stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                              cwd="/", start_new_session=True)  # not in any run's process group
-                self._owner = os.getpid()
-                if self._held:  # a janitor that died: its successor takes over what it held
-                    self._send("add", self._held)
-            self._held.update(paths)
-            self._send("add", paths)
-
-    def release(self, paths: list[str], busy: bool) -> None:
-        """The run is closed: forget its cgroups, or (``busy``: some still there) remove them."""
-        with self._lock:
-            self._held.difference_update(paths)
-            if self._proc is not None and self._owner == os.getpid():
-                self._send("clean" if busy else "drop", paths)
-
-    def holding(self) -> int:
-        with self._lock:
-            return len(self._held)
-
-    def close(self) -> None:
-        """EOF: it removes what it still holds and exits (a supervisor shutting down)."""
-        with self._lock:
-            proc, self._proc = self._proc, None
-            if proc is not None and self._owner == os.getpid():
-                proc.stdin.close()
-                proc.wait()
-
-    def _send(self, op: str, paths) -> None:
-        try:
-            os.write(self._proc.stdin.fileno(), f"{op} {' '.join(sorted(paths))}\n".encode())
-        except BrokenPipeError:  # it died: the next add() starts another, told everything held
-            pass
-
-
-SHARED = SharedJanitor()
-
-
-def hand_over_to_janitor(janitor: subprocess.Popen) -> None:
-    """EOF without "done": the janitor removes what is left of the run (then exits)."""
-    try:
-        janitor.stdin.close()
-    except BrokenPipeError:
-        pass
-    with _stopped_lock:
-        _stopped_janitors.append(janitor)
 
 
 def forward_capped(stream, sink_fd: int, cap: int | None, what: str) -> threading.Thread:
@@ -247,8 +82,7 @@ class SandboxProcess:
     cgroups: cgroups_mod.RunCgroups | None = None
     seccomp_fd: int | None = None
     args_fd: int | None = None
-    janitor: subprocess.Popen | None = None  # the run's own (it holds a uid lease)
-    shared_janitor: list[str] = field(default_factory=list)  # cgroups SHARED holds for the run
+    janitor_key: str | None = None  # what the supervisor's janitor watches for this run
     etc: PreparedEtc | None = None  # the prepared /etc and the staged files it holds
     staged: PreparedEtc | None = None
     timings: dict[str, float] = field(default_factory=dict)
@@ -324,21 +158,17 @@ class SandboxProcess:
                 if getattr(self, attr) is not None:
                     ETC_CACHE.release(getattr(self, attr))
                     setattr(self, attr, None)
-            if self.shared_janitor:
-                SHARED.release(self.shared_janitor, busy=bool(busy))
+            if self.janitor_key is not None:
                 if busy:
-                    log.warning("%s sandbox: cgroups %s still busy after the run; the janitor removes them", self.plan.report.scope,
-                                ", ".join(busy))
-            if self.janitor is not None and busy:
-                # A process of the run that takes long to exit (seen with big mount tables on
-                # a loaded host) keeps its cgroup busy: the janitor keeps at it.
-                log.warning("%s sandbox: cgroups %s still busy after the run; its janitor removes them", self.plan.report.scope,
-                            ", ".join(busy))
-                hand_over_to_janitor(self.janitor)
-            elif self.janitor is not None:
-                stop_janitor(self.janitor)
+                    # A process of the run that takes long to exit (seen with big mount tables
+                    # on a loaded host) keeps its cgroup busy: the janitor keeps at it.
+                    log.warning("%s sandbox: cgroups %s still busy after the run; the janitor removes them",
+                                self.plan.report.scope, ", ".join(busy))
+                    JANITOR.clean(self.janitor_key)
+                else:
+                    JANITOR.forget(self.janitor_key)
             if self.plan.uid_lease is not None:  # after everything of the run is gone, or handed over
-                self.plan.uid_lease.release(janitor_keeps=bool(busy and self.janitor is not None))
+                self.plan.uid_lease.release(janitor_keeps=bool(busy and self.janitor_key is not None))
             self.timings["teardown"] = time.monotonic() - t0
             if self.popen is not None:
                 log.debug("%s sandbox pid %d closed: exit %s%s", self.plan.report.scope, self.popen.pid,
@@ -405,11 +235,8 @@ def start(plan: Plan, *, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stder
         # point from here on leaves nothing behind.
         name = cgroups_mod.new_name()
         paths = cgroups_mod.paths_for(plan.cgroup, name) if plan.cgroup is not None else []
-        if plan.uid_lease is not None:
-            proc.janitor = start_janitor([], paths, plan.uid_lease)
-        elif paths:
-            SHARED.add(paths)
-            proc.shared_janitor = paths
+        if paths or plan.uid_lease is not None:  # else nothing is left to clean up
+            proc.janitor_key = JANITOR.watch(cgroups=paths, lease=plan.uid_lease)
         hop = None
         if plan.cgroup is not None:
             proc.cgroups = cgroups_mod.create(plan.cgroup, name)

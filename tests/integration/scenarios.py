@@ -476,11 +476,11 @@ def killed_supervisor() -> None:
     policy = {"network": {"mode": "allowlist", "allow": ["10.0.2.2:9"]}}
     first = Background(policy, "import time; print('running', flush=True); time.sleep(600)")
     first.wait_for(b"running")
-    # And one without a lease of its own, as a kernel's cell runs (its cgroups are the shared
-    # janitor's to remove, the first's its own janitor's).
+    # And one without a lease of its own, as a kernel's cell runs: the supervisor's one
+    # janitor removes the cgroups of both, and the first's lease file while holding its lock.
     cell = Background({}, "import time; print('running', flush=True); time.sleep(600)", identity=first.proc.plan.run_as[1:])
     cell.wait_for(b"running")
-    assert cell.proc.cgroups is not None and cell.proc.shared_janitor and cell.proc.janitor is None
+    assert cell.proc.cgroups is not None and cell.proc.janitor_key is not None
     print("running", flush=True)
     time.sleep(600)
 

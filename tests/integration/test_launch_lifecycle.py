@@ -76,15 +76,15 @@ def test_killed_supervisor_leaves_nothing(supervisor, nothing_left_behind):
 
 
 @pytest.mark.parametrize("lease", ["own lease", "kernel's uid"])
-def test_a_cgroup_still_busy_after_the_run_is_removed_by_its_janitor(lease, monkeypatch, nothing_left_behind):
+def test_a_cgroup_still_busy_after_the_run_is_removed_by_the_janitor(lease, monkeypatch, nothing_left_behind):
     """close() waits REMOVE_WAIT for the run's cgroups to empty; one still busy then (a process
-    slow to die: here frozen, so its SIGKILL waits) is handed to a janitor: the run's own, which
-    holds the uid lease and removes cgroups and lease once the process is gone, or, for a run
-    without a lease (a kernel's cell), the supervisor's shared one. Nothing is forgotten."""
+    slow to die: here frozen, so its SIGKILL waits) is handed to the supervisor's janitor, which
+    removes the cgroups once the process is gone and then a run's own uid lease (its file,
+    while it still holds the lock). Nothing is forgotten."""
     import time
 
     from sandbox_kernel.capabilities import detect
-    from sandbox_kernel.launch import prepare, process, start
+    from sandbox_kernel.launch import janitor, lease_for, prepare, process, start
     from sandbox_kernel.planner import RunSpec
     from sandbox_kernel.policy import secure_default
 
@@ -94,7 +94,6 @@ def test_a_cgroup_still_busy_after_the_run_is_removed_by_its_janitor(lease, monk
     spec = RunSpec(argv=("/bin/sh", "-c", "echo up; exec sleep 600"), runtime="shell")
     kernel_lease = None
     if lease == "kernel's uid":
-        from sandbox_kernel.launch import lease_for
         kernel_lease = lease_for(secure_default(), detect())
         spec = RunSpec(argv=spec.argv, runtime="shell", identity=(kernel_lease.uid, kernel_lease.gid))
     plan = prepare(secure_default(), spec, detect())
@@ -112,23 +111,18 @@ def test_a_cgroup_still_busy_after_the_run_is_removed_by_its_janitor(lease, monk
             f.write("FROZEN")
         while open(f"{freezer}/freezer.state").read().strip() != "FROZEN":
             time.sleep(0.01)
-        paths, janitor = list(proc.cgroups.paths), proc.janitor
+        paths = list(proc.cgroups.paths)
         lease_path = plan.uid_lease.path if plan.uid_lease else None
+        watched_before = janitor.JANITOR.watching()
         proc.close()
         assert all(os.path.isdir(p) for p in paths) and (lease_path is None or os.path.exists(lease_path))
-        if janitor is not None:
-            assert janitor.poll() is None  # handed over, still at it
-        else:
-            assert proc.shared_janitor == paths and process.SHARED.holding() == 0  # its to remove now, not to keep
+        assert janitor.JANITOR.watching() == watched_before - 1  # handed over: its to remove now
     finally:
         with open(f"{freezer}/freezer.state", "w") as f:
             f.write("THAWED")
-    if janitor is not None:
-        assert janitor.wait(timeout=60) == 0
-        assert not os.path.exists(lease_path)
     deadline = time.monotonic() + 60
-    while any(os.path.exists(p) for p in paths):
-        assert time.monotonic() < deadline, f"the janitor did not remove {paths}"
+    while any(os.path.exists(p) for p in [*paths, *([lease_path] if lease_path else [])]):
+        assert time.monotonic() < deadline, f"the janitor did not remove {paths} {lease_path}"
         time.sleep(0.05)
     if kernel_lease is not None:
         kernel_lease.release()

@@ -41,7 +41,7 @@ import time
 
 from sandbox_kernel.host import CGROUP_PARENT
 from sandbox_kernel.launch.etc import CACHE as PREPARED_ETC
-from sandbox_kernel.launch.process import SHARED as SHARED_JANITOR
+from sandbox_kernel.launch.janitor import JANITOR
 
 from .procs import describe, process_table
 
@@ -184,12 +184,12 @@ class Traces:
         # still held is a leak; the rest goes as it would when the supervisor exits.
         held = PREPARED_ETC.in_use()
         PREPARED_ETC.close()
-        # Likewise its one janitor for lease-less runs (launch/process.py): it exits on close();
-        # cgroups it still holds belong to runs never closed.
-        janitor_holds = SHARED_JANITOR.holding()
-        SHARED_JANITOR.close()
+        # Likewise its janitor (launch/janitor.py): it exits on close(); what it still watches
+        # belongs to runs, kernels or guards never closed.
+        janitor_holds = JANITOR.watching()
+        JANITOR.close()
         deadline = time.monotonic() + SETTLE_SECONDS
         while (problems := self._now()) and time.monotonic() < deadline:
             time.sleep(0.05)
         return (problems + ([f"prepared /etc still held by {held} run(s)"] if held else [])
-                + ([f"the janitor still holds {janitor_holds} cgroup(s) of runs never closed"] if janitor_holds else []))
+                + ([f"the janitor still watches {janitor_holds} thing(s) never closed"] if janitor_holds else []))
