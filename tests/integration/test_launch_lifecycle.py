@@ -155,3 +155,27 @@ def test_the_janitor_knows_a_runs_cgroups_before_they_exist():
         assert made.paths == expected and all(os.path.isdir(p) for p in expected)
     finally:
         assert made.remove() == []
+
+
+def test_a_janitor_that_died_is_replaced_and_told_everything_still_watched(tmp_path, nothing_left_behind):
+    """If the supervisor's janitor is killed, the next watch() starts another and tells it all
+    that is still watched (lease locks included): a supervisor dying after that still leaves
+    nothing. Here the "supervisor's death" is close() (EOF), which is what the janitor sees."""
+    from sandbox_kernel.launch.janitor import JANITOR
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    key = JANITOR.watch(paths=[str(first)])
+    old = JANITOR._proc
+    old.kill()
+    old.wait()
+    other = JANITOR.watch(paths=[str(second)])
+    assert JANITOR._proc is not old and JANITOR._proc.poll() is None
+    assert JANITOR.watching() == 2
+    JANITOR.forget(key)  # the supervisor cleaned this one up itself...
+    first.rmdir()
+    JANITOR.close()  # ...and "dies" with the other one still watched
+    assert not second.exists() and JANITOR.watching() == 1
+    JANITOR.forget(other)  # (the janitor is gone: nothing to tell it)
+    assert nothing_left_behind.left() == []
