@@ -41,9 +41,10 @@ log = logging.getLogger(__name__)
 
 # Where the spawning thread cannot step into the run's cgroups (v2; cgroup.ThreadHop), a shell
 # joins them and execs the rest. "0" written to cgroup.procs (v2) or tasks (v1) moves the
-# writer itself; the shell then becomes the sandbox. On v1 the shell writes tasks: it is single-threaded, so moving its one
-# thread moves the process, and the kernel skips the system-wide lock a cgroup.procs write
-# takes (a wait for an RCU grace period: ~10 ms per cold launch on these hosts).
+# writer itself; the shell then becomes the sandbox. On v1 the shell writes tasks: it is
+# single-threaded, so moving its one thread moves the process, and the kernel skips the
+# system-wide lock a cgroup.procs write takes (a wait for an RCU grace period: ~10 ms per cold
+# launch on these hosts).
 JOIN_CGROUPS = 'for p; do [ "$p" = -- ] && break; echo 0 > "$p" || exit 125; shift; done; shift; exec "$@"'
 
 
