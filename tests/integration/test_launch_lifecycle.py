@@ -89,7 +89,7 @@ def test_a_cgroup_still_busy_after_the_run_is_removed_by_the_janitor(lease, monk
     from sandbox_kernel.policy import secure_default
 
     if not os.path.isdir("/sys/fs/cgroup/freezer") or os.geteuid() != 0:
-        pytest.skip("needs root and the v1 freezer to make a process slow to die")
+        pytest.fail("needs root and the v1 freezer to make a process slow to die (see env-probe): run the suite as root")
     monkeypatch.setattr(process, "REMOVE_WAIT", 0.3)
     spec = RunSpec(argv=("/bin/sh", "-c", "echo up; exec sleep 600"), runtime="shell")
     kernel_lease = None
